@@ -1,0 +1,79 @@
+"""Speaker embeddings with SpeechBrain's ECAPA-TDNN, and cosine scoring."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+EMBEDDING_DIM = 192
+MODEL_ID = "speechbrain/spkrec-ecapa-voxceleb"
+
+
+class SpeakerEncoder:
+    """Turn 16 kHz mono float32 speech into L2-normalised 192-dim embeddings."""
+
+    model_id = MODEL_ID
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None):
+        # Imported here so that code which never embeds (migrations, the CLI) never loads torch.
+        import torch
+        from speechbrain.inference.speaker import EncoderClassifier
+        from speechbrain.utils.fetching import LocalStrategy
+
+        if threads:
+            torch.set_num_threads(threads)
+        directory = str(Path(model_dir).resolve())
+        self._torch = torch
+        self._model = EncoderClassifier.from_hparams(
+            source=directory,
+            savedir=directory,
+            # The shipped hyperparams point at the hub; load from the local copy instead.
+            overrides={"pretrained_path": directory},
+            run_opts={"device": "cpu"},
+            local_strategy=LocalStrategy.NO_LINK,
+        )
+        self._model.eval()
+        # SpeechBrain modules keep per-call state; one caller at a time is the safe contract.
+        self._lock = threading.Lock()
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        """Return the unit-length embedding (float32, 192) of 16 kHz mono float32 audio."""
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError("embed() takes a non-empty 1-D array of 16 kHz samples")
+        tensor = self._torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+        with self._lock, self._torch.inference_mode():
+            vector = self._model.encode_batch(tensor)[0, 0].numpy()
+        return normalise(vector)
+
+
+def normalise(vector: np.ndarray) -> np.ndarray:
+    """Scale a vector to unit length (as float32)."""
+    vector = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        raise ValueError("cannot normalise a zero vector")
+    return vector / norm
+
+
+def centroid(embeddings: np.ndarray) -> np.ndarray:
+    """Return the unit-length mean of unit-length embeddings (shape n × dim)."""
+    return normalise(np.asarray(embeddings, dtype=np.float32).mean(axis=0))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Return the cosine similarity of two embeddings."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def to_bytes(vectors: np.ndarray) -> bytes:
+    """Serialise embeddings as little-endian float32 bytes (how the database keeps them)."""
+    return np.asarray(vectors, dtype="<f4").tobytes()
+
+
+def from_bytes(data: bytes, dim: int) -> np.ndarray:
+    """Read little-endian float32 bytes back into an array of rows of ``dim`` values."""
+    return np.frombuffer(data, dtype="<f4").reshape(-1, dim)

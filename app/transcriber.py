@@ -1,0 +1,47 @@
+"""Speech to text with faster-whisper (CTranslate2, int8 on the CPU)."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What was said: the joined text, its segments' texts, and the language."""
+
+    text: str
+    segments: tuple[str, ...]
+    language: str
+
+
+class Transcriber:
+    """Transcribe 16 kHz mono float32 audio with one faster-whisper model."""
+
+    def __init__(self, model: str, threads: int = 0, beam_size: int = 5):
+        # Imported here so that code which never transcribes never loads CTranslate2.
+        from faster_whisper import WhisperModel
+
+        self.model_name = model
+        self.beam_size = beam_size
+        self._model = WhisperModel(model, device="cpu", compute_type="int8", cpu_threads=threads)
+        self.multilingual = self._model.model.is_multilingual
+        self._lock = threading.Lock()
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        """Return the transcript of ``audio``; ``language`` None lets a multilingual model detect it."""
+        if not self.multilingual:
+            language = "en"
+        # transcribe() returns a lazy generator: decoding happens while it is consumed,
+        # so the lock must be held until every segment has been read.
+        with self._lock:
+            segments, info = self._model.transcribe(
+                np.ascontiguousarray(audio, dtype=np.float32),
+                language=language,
+                beam_size=self.beam_size,
+                condition_on_previous_text=False,
+                vad_filter=False,
+            )
+            texts = tuple(segment.text.strip() for segment in segments)
+        return Transcript(" ".join(t for t in texts if t), texts, info.language)

@@ -1,0 +1,51 @@
+"""VoiceGate: speaker verification and identity-gated transcription, as a Flask app."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+
+from .config import ROOT, Config, database_url, secret_key
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Flask:
+    """Build the app: defaults, then ``VOICEGATE_*`` variables, then ``test_config``."""
+    instance_path = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("VOICEGATE_INSTANCE_PATH")
+    app = Flask(
+        __name__,
+        instance_path=str(Path(instance_path).resolve()) if instance_path else None,
+        instance_relative_config=True,
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.from_object(Config)
+    app.config.from_prefixed_env("VOICEGATE")
+    if test_config:
+        app.config.from_mapping(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url(app.config["DATABASE_URL"], app.instance_path)
+    app.config["SECRET_KEY"] = secret_key(app.config["SECRET_KEY"], app.instance_path)
+    # The weights are local files; a missing one must fail at once, not reach for a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from . import cli, health, models  # noqa: F401  (models registers the tables)
+    from .db import db
+    from .extensions import get_engines, migrate, set_engines, sock
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
+    sock.init_app(app)
+    app.register_blueprint(health.bp)
+    cli.register(app)
+
+    if engines is not None:
+        set_engines(app, engines)
+    elif app.config["PRELOAD_MODELS"]:
+        # Load in the background so the server answers /healthz ("loading") at once.
+        threading.Thread(target=get_engines, args=(app,), name="model-loader", daemon=True).start()
+    return app

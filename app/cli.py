@@ -1,0 +1,151 @@
+"""Command line: ``flask users``, ``flask admin`` and ``flask models``."""
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import modelstore
+from .db import db
+from .models import AdminAccount, User
+
+users = AppGroup("users", help="Manage the people who can enroll a voice.")
+admin = AppGroup("admin", help="Manage admin accounts.")
+models = AppGroup("models", help="Fetch and check the model weights.")
+
+
+def register(app: Flask) -> None:
+    """Attach the command groups to ``app``."""
+    for group in (users, admin, models):
+        app.cli.add_command(group)
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--display-name", default="", help="Name shown on screens (defaults to NAME).")
+def users_create(name: str, display_name: str) -> None:
+    """Create a user called NAME."""
+    if User.by_name(name) is not None:
+        raise click.ClickException(f"user {name!r} already exists")
+    db.session.add(User(name=name, display_name=display_name or name))
+    db.session.commit()
+    click.echo(f"created user {name}")
+
+
+@users.command("list")
+def users_list() -> None:
+    """List the users with their enrollment state."""
+    rows = db.session.scalars(select(User).order_by(User.name)).all()
+    if not rows:
+        click.echo("no users")
+        return
+    click.echo(f"{'name':<24} {'state':<9} {'enrolled':<9} {'clips':>5} {'speech s':>8}  created")
+    for user in rows:
+        voiceprint = user.voiceprint
+        click.echo(
+            f"{user.name:<24} {'active' if user.active else 'disabled':<9} {'yes' if voiceprint else 'no':<9} "
+            f"{voiceprint.clip_count if voiceprint else 0:>5} {voiceprint.speech_seconds if voiceprint else 0:>8.1f}  "
+            f"{user.created_at:%Y-%m-%d %H:%M}"
+        )
+
+
+@users.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def users_delete(name: str, yes: bool) -> None:
+    """Delete user NAME, erase their voiceprint, and anonymise their audit events."""
+    user = User.by_name(name)
+    if user is None:
+        raise click.ClickException(f"no user called {name!r}")
+    if not yes:
+        click.confirm(f"Delete {name} and erase their voiceprint?", abort=True)
+    user.erase()
+    db.session.commit()
+    click.echo(f"deleted user {name}")
+
+
+@admin.command("create")
+@click.argument("username")
+@click.option("--password", envvar="VOICEGATE_ADMIN_PASSWORD", help="Default: $VOICEGATE_ADMIN_PASSWORD, else asked.")
+def admin_create(username: str, password: str | None) -> None:
+    """Create an admin account USERNAME."""
+    if db.session.scalar(select(AdminAccount).where(AdminAccount.username == username)):
+        raise click.ClickException(f"admin {username!r} already exists")
+    if not password:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    _add_admin(username, password)
+    click.echo(f"created admin {username}")
+
+
+@admin.command("ensure")
+@click.option("--username", default="admin", show_default=True)
+def admin_ensure(username: str) -> None:
+    """Make sure an admin account exists; a generated password is printed once."""
+    if db.session.scalar(select(AdminAccount).limit(1)) is not None:
+        click.echo("an admin account exists")
+        return
+    password = os.environ.get("VOICEGATE_ADMIN_PASSWORD")
+    generated = not password
+    password = password or secrets.token_urlsafe(12)
+    _add_admin(username, password)
+    if generated:
+        click.echo(f"created admin {username!r} with password: {password}  (shown once; keep it)")
+    else:
+        click.echo(f"created admin {username!r} with the password from VOICEGATE_ADMIN_PASSWORD")
+
+
+def _add_admin(username: str, password: str) -> None:
+    if len(password) < 8:
+        raise click.ClickException("an admin password needs at least 8 characters")
+    account = AdminAccount(username=username)
+    account.set_password(password)
+    db.session.add(account)
+    db.session.commit()
+
+
+@models.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--all", "fetch_all", is_flag=True, help="Every known model, Whisper base included.")
+def models_fetch(names: tuple[str, ...], fetch_all: bool) -> None:
+    """Download, extract and verify model weights (default: ECAPA and the configured Whisper model)."""
+    models_dir = current_app.config["MODELS_DIR"]
+    if fetch_all:
+        names = tuple(modelstore.MODELS)
+    elif not names:
+        names = _configured_models()
+    try:
+        for name in names:
+            modelstore.fetch(models_dir, name, log=click.echo)
+    except modelstore.ModelError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@models.command("check")
+def models_check() -> None:
+    """Report which model files are present and verified; exit 1 if a needed one is not."""
+    models_dir = current_app.config["MODELS_DIR"]
+    needed = set(_configured_models())
+    failed = False
+    for name, spec in modelstore.MODELS.items():
+        report = modelstore.check(models_dir, name)
+        states = {status.state for status in report}
+        summary = "ok" if states == {"ok"} else ", ".join(f"{s.name} {s.state}" for s in report if s.state != "ok")
+        marker = "needed" if name in needed else "optional"
+        click.echo(f"{name:<8} {marker:<8} {summary}   ({spec.description})")
+        failed |= name in needed and states != {"ok"}
+    whisper = current_app.config["WHISPER_MODEL"]
+    if whisper not in modelstore.WHISPER_MODELS:
+        click.echo(f"whisper  configured as {whisper!r}: not one of ours, so not checked here")
+    if failed:
+        click.echo("run 'flask models fetch' to fetch the missing or damaged files", err=True)
+        sys.exit(1)
+
+
+def _configured_models() -> tuple[str, ...]:
+    whisper = current_app.config["WHISPER_MODEL"]
+    return ("ecapa", whisper) if whisper in modelstore.WHISPER_MODELS else ("ecapa",)

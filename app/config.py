@@ -1,0 +1,61 @@
+"""Configuration: one set of defaults, overridden by ``VOICEGATE_*`` environment variables.
+
+``create_app`` applies, in order: ``Config`` below, then ``VOICEGATE_<NAME>`` from the
+environment (values are parsed as JSON when they can be, so ``VOICEGATE_MAX_AUDIO_SECONDS=30``
+is a number), then the mapping a caller (a test) hands in.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Config:
+    """The defaults; every name can be set as ``VOICEGATE_<NAME>``."""
+
+    # Any SQLAlchemy URL; None means an SQLite file in the instance folder.
+    DATABASE_URL: str | None = None
+    # None means: generated once and kept in the instance folder.
+    SECRET_KEY: str | None = None
+
+    MODELS_DIR = str(ROOT / "pretrained_models")
+    # "tiny.en" or "base" (verified local copies), a CTranslate2 directory, or a hub name.
+    WHISPER_MODEL = "tiny.en"
+    WHISPER_BEAM_SIZE = 5
+    # Load the models when the app starts rather than on the first request.
+    PRELOAD_MODELS = False
+
+    # Inference: one worker per core, and a short queue before callers hear "busy".
+    INFERENCE_WORKERS = os.cpu_count() or 1
+    INFERENCE_QUEUE = 8
+
+    # Limits on one piece of incoming audio.
+    MAX_AUDIO_BYTES = 32 * 1024 * 1024
+    MAX_AUDIO_SECONDS = 120.0
+
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+
+
+def database_url(configured: str | None, instance_path: str) -> str:
+    """Return the configured database URL, or the default SQLite file in ``instance_path``."""
+    if configured:
+        return configured
+    return "sqlite:///" + str(Path(instance_path) / "voicegate.db")
+
+
+def secret_key(configured: str | None, instance_path: str) -> str:
+    """Return the configured secret key, or one generated once and kept in ``instance_path``."""
+    if configured:
+        return configured
+    path = Path(instance_path) / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_hex(32)
+    # Created with owner-only permissions, and never overwritten by a concurrent start.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key

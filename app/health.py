@@ -1,0 +1,44 @@
+"""GET /healthz: is the database reachable, are the models present, loaded, or failing."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import modelstore
+from .db import db
+from .extensions import engines_error, engines_loaded
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Report database and model status; 200 when usable, 503 otherwise."""
+    try:
+        db.session.execute(text("SELECT 1"))
+        database = {"ok": True}
+    except SQLAlchemyError as error:
+        logger.warning("health check: database unreachable: %s", error)
+        database = {"ok": False, "error": error.__class__.__name__}
+
+    models_dir = current_app.config["MODELS_DIR"]
+    whisper = current_app.config["WHISPER_MODEL"]
+    loaded = engines_loaded(current_app)
+    models = {
+        "speaker": {"name": "ecapa", "present": modelstore.is_complete(models_dir, "ecapa"), "loaded": loaded},
+        "whisper": {
+            "name": whisper,
+            # A hub name or a directory of the user's own cannot be checked file by file.
+            "present": modelstore.is_complete(models_dir, whisper) if whisper in modelstore.WHISPER_MODELS else None,
+            "loaded": loaded,
+        },
+    }
+    error = engines_error(current_app)
+    if error:
+        models["error"] = error
+    ok = database["ok"] and models["speaker"]["present"] and models["whisper"]["present"] is not False and not error
+    return jsonify(status="ok" if ok else "unavailable", database=database, models=models), 200 if ok else 503

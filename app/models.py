@@ -1,0 +1,179 @@
+"""The database rows: users, voiceprints, the audit log, admin accounts, enrollment invites.
+
+No audio is ever stored: a voiceprint is a handful of embeddings (float32 bytes).
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, select, update
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .db import db
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time without tzinfo (how SQLite hands it back)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class User(db.Model):
+    """A person who may enroll a voice and then log in or dictate with it."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    voiceprint: Mapped[Voiceprint | None] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+    invites: Mapped[list[EnrollmentInvite]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def enrolled(self) -> bool:
+        """Return True when the user has a voiceprint."""
+        return self.voiceprint is not None
+
+    @classmethod
+    def by_name(cls, name: str) -> User | None:
+        """Return the user called ``name``, or None."""
+        return db.session.scalar(select(cls).where(cls.name == name))
+
+    def erase(self) -> None:
+        """Delete the user and their voiceprint, and remove their name from the audit log.
+
+        The audit events stay, anonymised. The caller commits.
+        """
+        for column in (AuditEvent.claimed_user, AuditEvent.matched_user):
+            db.session.execute(update(AuditEvent).where(column == self.name).values({column: None}))
+        db.session.delete(self)
+
+
+class Voiceprint(db.Model):
+    """A user's enrolled voice: per-clip embeddings and their centroid, as float32 bytes."""
+
+    __tablename__ = "voiceprints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    model_id: Mapped[str] = mapped_column(String(128))
+    dim: Mapped[int] = mapped_column(Integer)
+    clip_count: Mapped[int] = mapped_column(Integer)
+    clip_embeddings: Mapped[bytes] = mapped_column(LargeBinary)
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    speech_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="voiceprint")
+
+    @classmethod
+    def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float) -> Voiceprint:
+        """Build a voiceprint from unit-length clip embeddings (shape clips × dim)."""
+        clips = np.asarray(clips, dtype="<f4")
+        mean = clips.mean(axis=0)
+        centroid = mean / np.linalg.norm(mean)
+        return cls(
+            model_id=model_id,
+            dim=clips.shape[1],
+            clip_count=clips.shape[0],
+            clip_embeddings=clips.tobytes(),
+            centroid=centroid.astype("<f4").tobytes(),
+            speech_seconds=float(speech_seconds),
+        )
+
+    def centroid_vector(self) -> np.ndarray:
+        """Return the centroid as a float32 vector."""
+        return np.frombuffer(self.centroid, dtype="<f4")
+
+    def clip_vectors(self) -> np.ndarray:
+        """Return the per-clip embeddings as a float32 array (clips × dim)."""
+        return np.frombuffer(self.clip_embeddings, dtype="<f4").reshape(self.clip_count, self.dim)
+
+
+class AuditEvent(db.Model):
+    """One decision the service made. Append-only (enforced by triggers in SQLite).
+
+    Never holds audio or transcript text. The only change allowed after insertion is
+    clearing a user's name when that user is deleted.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    request_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # enroll, verify, identify, transcribe
+    protocol: Mapped[str] = mapped_column(String(16))  # ws, http, kaldi, cli
+    claimed_user: Mapped[str | None] = mapped_column(String(64), index=True)
+    matched_user: Mapped[str | None] = mapped_column(String(64))
+    score: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(24), index=True)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    audio_seconds: Mapped[float | None] = mapped_column(Float)
+    client_addr: Mapped[str | None] = mapped_column(String(64))
+
+
+class AdminAccount(db.Model):
+    """Someone allowed into the admin screens."""
+
+    __tablename__ = "admin_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def set_password(self, password: str) -> None:
+        """Store a salted hash of ``password`` (never the password)."""
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        """Return True when ``password`` matches the stored hash."""
+        return check_password_hash(self.password_hash, password)
+
+
+class EnrollmentInvite(db.Model):
+    """A one-time, expiring permission to enroll a voice for one user; only its hash is kept."""
+
+    __tablename__ = "enrollment_invites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="invites")
+
+    @staticmethod
+    def hash_token(token: str) -> str:
+        """Return the stored form of a token."""
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user: User, ttl: timedelta) -> tuple[EnrollmentInvite, str]:
+        """Create an invite for ``user``; return it and the token, which is shown once."""
+        token = secrets.token_urlsafe(24)
+        invite = cls(user=user, token_hash=cls.hash_token(token), expires_at=utcnow() + ttl)
+        db.session.add(invite)
+        return invite, token
+
+    @classmethod
+    def find_valid(cls, token: str) -> EnrollmentInvite | None:
+        """Return the unused, unexpired invite for ``token``, or None."""
+        invite = db.session.scalar(select(cls).where(cls.token_hash == cls.hash_token(token)))
+        if invite is None or invite.used_at is not None or invite.expires_at <= utcnow():
+            return None
+        return invite

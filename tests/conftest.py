@@ -1,0 +1,114 @@
+"""Shared fixtures: the real models (loaded once), the dev speech set, an app per test."""
+from __future__ import annotations
+
+import csv
+import os
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask_migrate import upgrade
+
+from app import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEECH_DEV = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
+MODELS_DIR = Path(os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models"))
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One file of the dev set with its speaker and transcript."""
+
+    file: str
+    speaker: str
+    transcript: str
+    language: str
+
+
+class SpeechSet:
+    """A directory in the speech-dev format: speakers.tsv, trials.tsv and wav/."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        with open(root / "speakers.tsv", newline="") as handle:
+            self.utterances = [
+                Utterance(row["file"], row["speaker"], row["transcript"], row.get("language") or "en")
+                for row in csv.DictReader(handle, delimiter="\t")
+            ]
+        with open(root / "trials.tsv", newline="") as handle:
+            self.trials = [
+                (row["enroll_files"].split(","), row["test_file"], row["label"] == "1")
+                for row in csv.DictReader(handle, delimiter="\t")
+            ]
+
+    def path(self, file: str) -> Path:
+        """Return the absolute path of a file named relative to the set."""
+        return self.root / file
+
+    def load(self, file: str) -> np.ndarray:
+        """Return a 16 kHz mono 16-bit WAV of the set as float32."""
+        with wave.open(str(self.path(file))) as handle:
+            assert handle.getframerate() == 16000 and handle.getnchannels() == 1
+            return np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2").astype(np.float32) / 32768
+
+    def by_speaker(self) -> dict[str, list[Utterance]]:
+        """Return the utterances grouped by speaker."""
+        groups: dict[str, list[Utterance]] = {}
+        for utterance in self.utterances:
+            groups.setdefault(utterance.speaker, []).append(utterance)
+        return groups
+
+
+@pytest.fixture(scope="session")
+def speech() -> SpeechSet:
+    """The dev speech set (VOICEGATE_SPEECH_DEV overrides where it is)."""
+    if not (SPEECH_DEV / "trials.tsv").is_file():
+        pytest.fail(f"the dev speech set is not at {SPEECH_DEV}; set VOICEGATE_SPEECH_DEV")
+    return SpeechSet(SPEECH_DEV)
+
+
+@pytest.fixture(scope="session")
+def engines():
+    """The real ECAPA and tiny.en models, loaded once for the whole run."""
+    from app.runtime import load_engines
+
+    engines = load_engines(MODELS_DIR, "tiny.en", workers=2, queue=8)
+    yield engines
+    engines.pool.shutdown()
+
+
+def make_app(tmp_path: Path, engines=None, **overrides):
+    """Create an app with its own SQLite file under ``tmp_path``, migrated to head."""
+    config = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'voicegate.db'}",
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "MODELS_DIR": str(MODELS_DIR),
+    }
+    config.update(overrides)
+    app = create_app(config, engines=engines)
+    with app.app_context():
+        upgrade()
+    return app
+
+
+@pytest.fixture
+def app(tmp_path, engines):
+    """An app on a fresh SQLite file, sharing the session's real models."""
+    return make_app(tmp_path, engines)
+
+
+@pytest.fixture
+def client(app):
+    """A test client for ``app``."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """A CLI runner for ``app``."""
+    return app.test_cli_runner()

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 EMBEDDING_DIM = 192
+# ECAPA's convolutions need a few frames; anything this short carries no voice anyway.
+MIN_SAMPLES = 1600
 MODEL_ID = "speechbrain/spkrec-ecapa-voxceleb"
 
 
@@ -40,8 +42,8 @@ class SpeakerEncoder:
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         """Return the unit-length embedding (float32, 192) of 16 kHz mono float32 audio."""
-        if audio.ndim != 1 or audio.size == 0:
-            raise ValueError("embed() takes a non-empty 1-D array of 16 kHz samples")
+        if audio.ndim != 1 or audio.size < MIN_SAMPLES:
+            raise ValueError(f"embed() takes a 1-D array of at least {MIN_SAMPLES} samples at 16 kHz")
         tensor = self._torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
         with self._lock, self._torch.inference_mode():
             vector = self._model.encode_batch(tensor)[0, 0].numpy()

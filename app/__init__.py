@@ -33,7 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     # The weights are local files; a missing one must fail at once, not reach for a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from . import cli, health, models  # noqa: F401  (models registers the tables)
+    from . import api, cli, health, models, voice_ws  # noqa: F401  (models registers tables, voice_ws a route)
     from .db import db
     from .extensions import get_engines, migrate, set_engines, sock
 
@@ -41,6 +41,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     sock.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
     cli.register(app)
 
     if engines is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from datetime import timedelta
 
 import click
 from flask import Flask, current_app
@@ -12,7 +13,7 @@ from sqlalchemy import select
 
 from . import modelstore
 from .db import db
-from .models import AdminAccount, User
+from .models import AdminAccount, EnrollmentInvite, User
 
 users = AppGroup("users", help="Manage the people who can enroll a voice.")
 admin = AppGroup("admin", help="Manage admin accounts.")
@@ -52,6 +53,21 @@ def users_list() -> None:
             f"{voiceprint.clip_count if voiceprint else 0:>5} {voiceprint.speech_seconds if voiceprint else 0:>8.1f}  "
             f"{user.created_at:%Y-%m-%d %H:%M}"
         )
+
+
+@users.command("invite")
+@click.argument("name")
+@click.option("--hours", type=float, default=None, help="Hours until the invite expires (default: INVITE_HOURS).")
+def users_invite(name: str, hours: float | None) -> None:
+    """Create a one-time enrollment invite for NAME; its token is printed on the last line."""
+    user = User.by_name(name)
+    if user is None:
+        raise click.ClickException(f"no user called {name!r}")
+    hours = hours if hours is not None else float(current_app.config["INVITE_HOURS"])
+    invite, token = EnrollmentInvite.issue(user, timedelta(hours=hours))
+    db.session.commit()
+    click.echo(f"enrollment invite for {name}, valid until {invite.expires_at:%Y-%m-%d %H:%M} UTC:")
+    click.echo(token)
 
 
 @users.command("delete")

@@ -36,6 +36,16 @@ class Config:
     MAX_AUDIO_BYTES = 32 * 1024 * 1024
     MAX_AUDIO_SECONDS = 120.0
 
+    # Uploads beyond this are refused before they are read.
+    MAX_CONTENT_LENGTH = 40 * 1024 * 1024
+    # The WebSocket transport's own cap; sessions refuse frames over POLICY_MAX_FRAME_BYTES
+    # with a clear error well before this, and ping keeps idle proxies from cutting sessions.
+    SOCK_SERVER_OPTIONS = {"max_message_size": 4 * 1024 * 1024, "ping_interval": 25}
+    # Enrollment invites expire after this many hours.
+    INVITE_HOURS = 72
+    # Decision rules (thresholds, speech minimums, lockout, limits) are app.policy.Policy's
+    # fields, set as POLICY_<FIELD>, e.g. VOICEGATE_POLICY_THRESHOLD=0.45.
+
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 
 

@@ -31,6 +31,9 @@ class User(db.Model):
     display_name: Mapped[str] = mapped_column(String(128), default="")
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Consecutive rejected voice attempts, and until when voice login is locked.
+    failed_attempts: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
 
     voiceprint: Mapped[Voiceprint | None] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
@@ -43,6 +46,21 @@ class User(db.Model):
     def enrolled(self) -> bool:
         """Return True when the user has a voiceprint."""
         return self.voiceprint is not None
+
+    def is_locked(self) -> bool:
+        """Return True while voice login is locked after repeated rejects."""
+        return self.locked_until is not None and self.locked_until > utcnow()
+
+    def record_attempt(self, accepted: bool, attempts: int, lock_seconds: int) -> None:
+        """Count a voice attempt; ``attempts`` rejects in a row lock voice login for a while."""
+        if accepted:
+            self.failed_attempts = 0
+            self.locked_until = None
+            return
+        self.failed_attempts += 1
+        if self.failed_attempts >= attempts:
+            self.failed_attempts = 0
+            self.locked_until = utcnow() + timedelta(seconds=lock_seconds)
 
     @classmethod
     def by_name(cls, name: str) -> User | None:

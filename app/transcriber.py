@@ -29,8 +29,11 @@ class Transcriber:
         self.multilingual = self._model.model.is_multilingual
         self._lock = threading.Lock()
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        """Return the transcript of ``audio``; ``language`` None lets a multilingual model detect it."""
+    def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None) -> Transcript:
+        """Return the transcript of ``audio``; ``language`` None lets a multilingual model detect it.
+
+        ``beam_size`` 1 (greedy) is for quick partial results.
+        """
         if not self.multilingual:
             language = "en"
         # transcribe() returns a lazy generator: decoding happens while it is consumed,
@@ -39,7 +42,7 @@ class Transcriber:
             segments, info = self._model.transcribe(
                 np.ascontiguousarray(audio, dtype=np.float32),
                 language=language,
-                beam_size=self.beam_size,
+                beam_size=beam_size or self.beam_size,
                 condition_on_previous_text=False,
                 vad_filter=False,
             )

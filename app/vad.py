@@ -44,3 +44,107 @@ def speech_only(audio: np.ndarray, segments: list[Segment]) -> np.ndarray:
     if not segments:
         return audio[:0]
     return np.concatenate([audio[s.start:s.end] for s in segments])
+
+
+WINDOW = 512  # Silero scores 32 ms windows at 16 kHz
+CONTEXT = 64
+
+
+class Endpointer:
+    """Find where utterances start and end in a 16 kHz stream, as the audio arrives.
+
+    ``feed`` returns events ``("start", sample)`` and ``("end", sample)`` in stream
+    samples. An utterance ends after ``end_silence_ms`` of silence, or is cut at
+    ``max_utterance_s``. The VAD probability of every window is kept (31 floats a
+    second) so that callers can look for pauses.
+    """
+
+    def __init__(self, end_silence_ms: int = 600, max_utterance_s: float = 30.0,
+                 threshold: float = 0.5, min_speech_ms: int = 200):
+        from faster_whisper.vad import get_vad_model
+
+        self._model = get_vad_model()
+        self._threshold = threshold
+        self._neg_threshold = max(threshold - 0.15, 0.01)
+        self._end_windows = max(1, end_silence_ms * SAMPLE_RATE // 1000 // WINDOW)
+        self._min_speech_windows = max(1, min_speech_ms * SAMPLE_RATE // 1000 // WINDOW)
+        self._max_windows = int(max_utterance_s * SAMPLE_RATE / WINDOW)
+        self._pending = np.zeros(0, dtype=np.float32)
+        # The model's recurrent state and the 64-sample context it reads before each window.
+        self._state = (np.zeros((1, 1, 128), dtype=np.float32), np.zeros((1, 1, 128), dtype=np.float32))
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+        self.probabilities: list[float] = []
+        self.in_speech = False
+        self._run = 0  # windows of speech (before a start) or of silence (inside an utterance)
+        self._start_window = 0
+        self.speech_windows = 0  # windows of speech in the current utterance
+
+    @property
+    def position(self) -> int:
+        """Return how many samples have been scored."""
+        return len(self.probabilities) * WINDOW
+
+    @property
+    def utterance_speech_seconds(self) -> float:
+        """Return the seconds of speech in the current utterance."""
+        return self.speech_windows * WINDOW / SAMPLE_RATE
+
+    def feed(self, audio: np.ndarray) -> list[tuple[str, int]]:
+        """Score the new audio and return the utterance starts and ends it completes."""
+        self._pending = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32)])
+        count = len(self._pending) // WINDOW
+        if count == 0:
+            return []
+        windows, self._pending = self._pending[: count * WINDOW], self._pending[count * WINDOW:]
+        events = []
+        for probability in self._score(windows.reshape(count, WINDOW)):
+            events.extend(self._step(float(probability)))
+        return events
+
+    def _score(self, windows: np.ndarray) -> np.ndarray:
+        """Run Silero on whole windows, carrying its state across calls as one long pass does."""
+        contexts = np.concatenate([self._context[None], windows[:-1, -CONTEXT:]])
+        self._context = windows[-1, -CONTEXT:].copy()
+        output, h, c = self._model.session.run(
+            None, {"input": np.concatenate([contexts, windows], axis=1), "h": self._state[0], "c": self._state[1]}
+        )
+        self._state = (h, c)
+        return np.ravel(output)
+
+    def flush(self) -> list[tuple[str, int]]:
+        """End the stream: close an open utterance at the last scored sample."""
+        if not self.in_speech:
+            return []
+        self.in_speech = False
+        return [("end", self.position)]
+
+    def _step(self, probability: float) -> list[tuple[str, int]]:
+        index = len(self.probabilities)
+        self.probabilities.append(probability)
+        if not self.in_speech:
+            self._run = self._run + 1 if probability >= self._threshold else 0
+            if self._run >= self._min_speech_windows:
+                self.in_speech, self._start_window = True, index - self._run + 1
+                self.speech_windows, self._run = self._run, 0
+                return [("start", self._start_window * WINDOW)]
+            return []
+        if probability >= self._threshold:
+            self.speech_windows += 1
+        self._run = self._run + 1 if probability < self._neg_threshold else 0
+        if self._run >= self._end_windows:
+            self.in_speech = False
+            end, self._run = (index - self._run + 1) * WINDOW, 0
+            return [("end", end)]
+        if index + 1 - self._start_window >= self._max_windows:
+            # Cut an over-long utterance here and go straight on with the next.
+            self._start_window, self.speech_windows, self._run = index + 1, 0, 0
+            return [("end", (index + 1) * WINDOW), ("start", (index + 1) * WINDOW)]
+        return []
+
+    def quietest(self, start: int, end: int) -> int:
+        """Return the sample in [start, end) where the VAD is least sure of speech (a pause)."""
+        first, last = start // WINDOW, min(end // WINDOW, len(self.probabilities))
+        if last - first < 3:
+            return start
+        probabilities = np.convolve(self.probabilities[first:last], np.ones(5) / 5, mode="same")
+        return (first + int(np.argmin(probabilities))) * WINDOW

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask_migrate import upgrade
+from werkzeug.serving import make_server
 
 from app import create_app
 
@@ -112,3 +114,45 @@ def client(app):
 def runner(app):
     """A CLI runner for ``app``."""
     return app.test_cli_runner()
+
+
+@dataclass
+class LiveServer:
+    """A real threaded HTTP/WebSocket server on 127.0.0.1 around one app."""
+
+    app: object
+    url: str
+
+    @property
+    def ws_url(self) -> str:
+        """Return the voice WebSocket's URL."""
+        return self.url.replace("http://", "ws://") + "/ws/voice"
+
+    def invite(self, name: str) -> str:
+        """Create user ``name`` if needed and return a fresh enrollment invite token (via the CLI)."""
+        runner = self.app.test_cli_runner()
+        runner.invoke(args=["users", "create", name])
+        result = runner.invoke(args=["users", "invite", name])
+        assert result.exit_code == 0, result.output
+        return result.output.strip().splitlines()[-1]
+
+
+def serve(app):
+    """Start ``app`` on a free port of 127.0.0.1; return (LiveServer, stop function)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        thread.join(timeout=10)
+
+    return LiveServer(app, f"http://127.0.0.1:{server.server_port}"), stop
+
+
+@pytest.fixture
+def live(app):
+    """A real server on 127.0.0.1 with a fresh database and the session's models."""
+    server, stop = serve(app)
+    yield server
+    stop()

@@ -1,0 +1,148 @@
+"""HTTP JSON API under /api/v1: verify a clip, transcribe a verified clip, enrollment status."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+
+from . import store, tokens
+from .audio import AudioError, AudioFormat, AudioLimits, decode
+from .context import is_admin, session_context
+from .models import EnrollmentInvite
+from .policy import Policy
+from .pool import Busy
+from .sessions import SessionError, new_request_id, verify_audio
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+_STATUS = {"busy": 503, "unknown_user": 404, "not_allowed": 401, "bad_token": 401, "token_expired": 401,
+           "too_large": 413, "forbidden": 403}
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}``."""
+
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.status = status or _STATUS.get(code, 400)
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError):
+    response = jsonify(error={"code": error.code, "message": error.message})
+    if error.code == "busy":
+        response.headers["Retry-After"] = "1"
+    return response, error.status
+
+
+@bp.errorhandler(SessionError)
+@bp.errorhandler(AudioError)
+def _known_error(error):
+    return _api_error(ApiError(error.code, error.message))
+
+
+@bp.errorhandler(413)
+def _too_large(_error):
+    return _api_error(ApiError("too_large", "the upload is larger than the server accepts"))
+
+
+@bp.post("/verify")
+def verify():
+    """Verify an uploaded clip against ``user`` (1:1), or identify the speaker without one."""
+    user = _claimed_user()
+    result = verify_audio(session_context("http"), _uploaded_audio(), user)
+    if result["state"] == "unknown_user":
+        raise ApiError("unknown_user", result["message"])
+    return jsonify(_public(result))
+
+
+@bp.post("/transcribe")
+def transcribe():
+    """Transcribe an uploaded clip, only if it verifies as the token's or the claimed user.
+
+    A session token names the user; the voice in the clip is verified all the same,
+    so that no one else's speech is ever transcribed.
+    """
+    user = _claimed_user()
+    if not user:
+        raise ApiError("user_required", "give a session token (Authorization: Bearer ...) or a user")
+    ctx = session_context("http")
+    request_id = new_request_id()
+    audio = _uploaded_audio()
+    result = verify_audio(ctx, audio, user, request_id, kind="transcribe")
+    if result["state"] == "unknown_user":
+        raise ApiError("unknown_user", result["message"])
+    result = {**_public(result), "mode": "transcribe", "text": None}
+    if result["state"] == "accept":
+        try:
+            result["text"] = ctx.engines.pool.run(ctx.engines.transcriber.transcribe, audio).text
+        except Busy:
+            raise ApiError("busy", "the server is at capacity; try again in a moment") from None
+    return jsonify(result)
+
+
+@bp.get("/users/<name>/enrollment")
+def enrollment_status(name: str):
+    """Report whether ``name`` has enrolled (for that user, an invite holder, or an admin)."""
+    user = store.find_user(name)
+    if not (is_admin() or _token_user() == name or _invite_user() == name):
+        raise ApiError("not_allowed", "show a session token or an enrollment invite for this user")
+    if user is None:
+        raise ApiError("unknown_user", "there is no user by that name")
+    voiceprint = user.voiceprint
+    return jsonify(
+        user=user.name, active=user.active, enrolled=voiceprint is not None, locked=user.is_locked(),
+        clips=voiceprint.clip_count if voiceprint else 0,
+        speech_seconds=round(voiceprint.speech_seconds, 2) if voiceprint else 0.0,
+        enrolled_at=voiceprint.created_at.isoformat() + "Z" if voiceprint else None,
+    )
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "type"}
+
+
+def _token_user() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    max_age = Policy.from_config(current_app.config).token_seconds
+    try:
+        return tokens.read(current_app.config["SECRET_KEY"], header[7:].strip(), max_age)
+    except tokens.TokenError as error:
+        raise ApiError(error.code, str(error)) from None
+
+
+def _invite_user() -> str | None:
+    token = request.headers.get("X-Invite-Token") or request.args.get("invite")
+    invite = EnrollmentInvite.find_valid(token) if token else None
+    return invite.user.name if invite else None
+
+
+def _claimed_user() -> str | None:
+    """Return the user named by a session token, or else by a ``user`` field."""
+    token_user = _token_user()
+    claimed = request.values.get("user") or None
+    if token_user and claimed and claimed != token_user:
+        raise ApiError("bad_token", "the session token belongs to another user")
+    return token_user or claimed
+
+
+def _uploaded_audio():
+    """Return the clip (multipart field ``audio``, or the raw body) as 16 kHz float32."""
+    upload = request.files.get("audio")
+    data = upload.read() if upload else request.get_data(cache=False)
+    encoding = request.values.get("encoding")
+    fmt = None
+    if encoding and encoding != "container":
+        try:
+            fmt = AudioFormat(encoding, int(request.values.get("sample_rate", 16000)),
+                              int(request.values.get("channels", 1))).validate()
+        except ValueError as error:
+            if isinstance(error, AudioError):
+                raise
+            raise ApiError("bad_format", "sample_rate and channels must be integers") from None
+    max_seconds = Policy.from_config(current_app.config).max_clip_seconds
+    return decode(data, fmt, AudioLimits(max_bytes=int(current_app.config["MAX_AUDIO_BYTES"]), max_seconds=max_seconds))

@@ -1,0 +1,179 @@
+"""Stream WAV files to a VoiceGate server over its WebSocket.
+
+    python -m app.client enroll  A.wav B.wav C.wav --user NAME --invite TOKEN
+    python -m app.client verify  CLIP.wav [--user NAME]
+    python -m app.client dictate SPEECH.wav --user NAME [--realtime]
+
+Every server message is printed as one JSON line; the last line is the server's final
+reply. Exit status: 0 for accept, enrolled or a finished dictation; 1 for any other
+result; 2 for an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+import websocket
+
+DEFAULT_URL = "ws://127.0.0.1:8000/ws/voice"
+CHUNK_SECONDS = 0.1
+
+
+def read_audio(path: Path) -> tuple[dict, bytes, float]:
+    """Return (format, bytes, seconds) for a file: PCM for 16-bit WAV, else the file as a container."""
+    try:
+        with wave.open(str(path)) as handle:
+            if handle.getsampwidth() == 2:
+                data = handle.readframes(handle.getnframes())
+                rate, channels = handle.getframerate(), handle.getnchannels()
+                return ({"encoding": "pcm_s16le", "sample_rate": rate, "channels": channels}, data,
+                        len(data) / (2 * channels * rate))
+    except (wave.Error, EOFError):
+        pass
+    return {"encoding": "container"}, path.read_bytes(), 0.0
+
+
+class Conversation:
+    """One WebSocket session: send a start, audio and stops; collect every reply."""
+
+    def __init__(self, url: str, start: dict, echo=print):
+        self.ws = websocket.create_connection(url, timeout=120)
+        self.echo = echo
+        self.replies: list[dict] = []
+        self._arrived = threading.Condition()
+        self.ws.send(json.dumps(start))
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                text = self.ws.recv()
+            except (websocket.WebSocketException, OSError):
+                text = None
+            if not text:
+                with self._arrived:
+                    self.replies.append({"type": "closed"})
+                    self._arrived.notify_all()
+                return
+            reply = json.loads(text)
+            self.echo(json.dumps(reply))
+            with self._arrived:
+                self.replies.append(reply)
+                self._arrived.notify_all()
+
+    def wait_for(self, *types: str, after: int = 0, timeout: float = 120) -> dict:
+        """Return the first reply of one of ``types`` (or an error, or the close) from index ``after``."""
+        wanted = set(types) | {"error", "closed"}
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for reply in self.replies[after:]:
+                    if reply["type"] in wanted:
+                        return reply
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {'/'.join(types)} reply within {timeout:g} s")
+                self._arrived.wait(remaining)
+
+    def send_audio(self, data: bytes, fmt: dict, realtime: bool) -> None:
+        """Send audio in 100 ms frames, at real-time pace if asked."""
+        if fmt["encoding"] == "container":
+            step = 16000
+            bytes_per_second = None
+        else:
+            bytes_per_second = 2 * fmt["channels"] * fmt["sample_rate"]
+            step = max(2 * fmt["channels"], int(bytes_per_second * CHUNK_SECONDS) // (2 * fmt["channels"]) * 2 * fmt["channels"])
+        began = time.monotonic()
+        for offset in range(0, len(data), step):
+            if self.closed:
+                return
+            self.ws.send_binary(data[offset: offset + step])
+            if realtime and bytes_per_second:
+                ahead = began + (offset + step) / bytes_per_second - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+
+    @property
+    def closed(self) -> bool:
+        """Return True once the server has closed the session."""
+        return any(reply["type"] in ("closed", "error") for reply in self.replies)
+
+    def stop(self) -> None:
+        """Send the end of the current clip or utterance."""
+        if not self.closed:
+            self.ws.send(json.dumps({"type": "stop"}))
+
+    def close(self) -> None:
+        """Close the socket."""
+        try:
+            self.ws.close()
+        except (websocket.WebSocketException, OSError):
+            pass
+
+
+def run(mode: str, files: list[Path], url: str, user: str | None = None, invite: str | None = None,
+        token: str | None = None, realtime: bool = False, echo=print) -> dict:
+    """Run one session and return the server's final reply."""
+    clips = [read_audio(path) for path in files]
+    formats = {json.dumps(fmt, sort_keys=True) for fmt, _, _ in clips}
+    if mode != "enroll" and len(formats) > 1:
+        raise SystemExit("verify and dictate send one stream: the files must share one format")
+    start = {"type": "start", "mode": mode, "format": clips[0][0]}
+    for key, value in (("user", user), ("invite", invite), ("token", token)):
+        if value:
+            start[key] = value
+    conversation = Conversation(url, start, echo)
+    try:
+        ready = conversation.wait_for("ready")
+        if ready["type"] != "ready":
+            return ready
+        if mode == "enroll":
+            final = ready
+            for fmt, data, _ in clips:
+                if fmt != clips[0][0]:
+                    raise SystemExit("all enrollment clips must share one format")
+                seen = len(conversation.replies)
+                conversation.send_audio(data, fmt, realtime)
+                conversation.stop()
+                final = conversation.wait_for("progress", after=seen)
+                if final["type"] != "progress":
+                    return final
+                if final["percent"] >= 100:
+                    return conversation.wait_for("result", after=seen)
+            return final
+        for fmt, data, _ in clips:
+            conversation.send_audio(data, fmt, realtime)
+        conversation.stop()
+        return conversation.wait_for("result")
+    finally:
+        conversation.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the session, and return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m app.client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("enroll", "verify", "dictate"))
+    parser.add_argument("files", nargs="+", type=Path, help="WAV files (16-bit PCM is streamed raw; others as containers)")
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--user", help="the user to enroll, verify as, or dictate as")
+    parser.add_argument("--invite", help="enrollment invite token (from 'flask users invite NAME')")
+    parser.add_argument("--token", help="session token from an accepted verification")
+    parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
+    args = parser.parse_args(argv)
+    final = run(args.mode, args.files, args.url, args.user, args.invite, args.token, args.realtime,
+                echo=lambda line: print(line, flush=True))
+    if final.get("type") == "closed":
+        print(json.dumps(final))
+    if final.get("type") in ("error", "closed"):
+        return 2
+    return 0 if final.get("state") in ("accept", "enrolled") or final.get("mode") == "dictate" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

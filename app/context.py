@@ -1,0 +1,27 @@
+"""Build a session Context for the current request (the bridge from Flask to the sessions)."""
+from __future__ import annotations
+
+from flask import current_app, request, session
+
+from .extensions import get_engines
+from .models import AdminAccount
+from .db import db
+from .policy import Policy
+from .sessions import Context
+
+
+def session_context(protocol: str) -> Context:
+    """Return the models, policy and client of the current request."""
+    return Context(
+        engines=get_engines(),
+        policy=Policy.from_config(current_app.config),
+        secret_key=current_app.config["SECRET_KEY"],
+        protocol=protocol,
+        client_addr=request.remote_addr,
+    )
+
+
+def is_admin() -> bool:
+    """Return True when the request carries a signed-in admin's session cookie."""
+    admin_id = session.get("admin_id")
+    return admin_id is not None and db.session.get(AdminAccount, admin_id) is not None

@@ -1,0 +1,42 @@
+"""The rules a decision is made by: thresholds, speech minimums, lockout, limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+# How the default threshold was chosen: docs/threshold.md (bench/threshold.py).
+DEFAULT_THRESHOLD = 0.40
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every tunable of enrollment, verification and dictation; seconds are of speech unless named."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    identify_margin: float = 0.10
+    min_verify_speech: float = 1.5
+    enroll_min_clips: int = 3
+    enroll_min_clip_speech: float = 3.0
+    enroll_min_total_speech: float = 15.0
+    lockout_attempts: int = 5
+    lockout_seconds: int = 300
+    token_seconds: int = 3600
+    # Limits on one session, in seconds of audio received.
+    max_clip_seconds: float = 30.0
+    max_dictation_seconds: float = 600.0
+    idle_seconds: float = 15.0
+    max_frame_bytes: int = 1 << 20
+    # Dictation: silence that ends an utterance, and the longest utterance before a forced cut.
+    end_silence_ms: int = 600
+    max_utterance_seconds: float = 30.0
+    partial_interval: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Policy:
+        """Build the policy from ``POLICY_<FIELD>`` config keys (``VOICEGATE_POLICY_<FIELD>``)."""
+        values = {}
+        for field in fields(cls):
+            key = f"POLICY_{field.name.upper()}"
+            if key in config:
+                values[field.name] = type(field.default)(config[key])
+        return cls(**values)

@@ -156,3 +156,11 @@ def live(app):
     server, stop = serve(app)
     yield server
     stop()
+
+
+def pcm(audio: np.ndarray) -> bytes:
+    """Return float32 audio as 16-bit little-endian PCM bytes."""
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+PCM16K = {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1}

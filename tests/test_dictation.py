@@ -1,0 +1,81 @@
+"""Dictation gated by identity: the enrolled voice gets text, any other voice gets none."""
+from __future__ import annotations
+
+import json
+
+import jiwer
+import pytest
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from app import client
+
+from .conftest import make_app, serve
+
+normalise = EnglishTextNormalizer()
+LJ_ENROLL = ["wav/ljspeech/LJ001-0003.wav", "wav/ljspeech/LJ001-0005.wav", "wav/ljspeech/LJ001-0007.wav"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, engines, speech):
+    """A server where the LJ Speech reader is enrolled as 'lj'."""
+    app = make_app(tmp_path_factory.mktemp("dictation"), engines)
+    live, stop = serve(app)
+    enrolled = client.run("enroll", [speech.path(f) for f in LJ_ENROLL], live.ws_url, invite=live.invite("lj"),
+                          echo=lambda _: None)
+    assert enrolled["state"] == "enrolled"
+    yield live
+    stop()
+
+
+def _dictate(server, speech, files, realtime=False):
+    replies = []
+    final = client.run("dictate", [speech.path(f) for f in files], server.ws_url, user="lj", realtime=realtime,
+                       echo=lambda line: replies.append(json.loads(line)))
+    assert final["type"] == "result", final
+    return replies, final
+
+
+def _transcript(speech, file):
+    return next(u.transcript for u in speech.utterances if u.file == file)
+
+
+def test_the_enrolled_voice_gets_partials_and_its_words(server, speech):
+    file = "wav/ljspeech/LJ001-0001.wav"
+    replies, final = _dictate(server, speech, [file], realtime=True)
+    finals = [r for r in replies if r["type"] == "final"]
+    partials = [r for r in replies if r["type"] == "partial"]
+    text = " ".join(r["text"] for r in finals if r["state"] == "accept")
+    wer = jiwer.wer(normalise(_transcript(speech, file)), normalise(text))
+    print(f"\n{len(partials)} partials, {len(finals)} finals, WER {wer:.1%}: {text}")
+    assert final["accepted"] >= 1 and final["rejected"] == 0
+    assert len(partials) >= 2  # about one a second while a 9.7 s sentence is spoken
+    assert wer <= 0.15
+
+
+def test_an_impostor_gets_no_text_at_all(server, speech):
+    replies, final = _dictate(server, speech, ["wav/vctk-p287/p287_003.wav", "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0870.wav"])
+    assert final["accepted"] == 0 and final["rejected"] >= 1
+    assert not [r for r in replies if r["type"] == "partial"]
+    assert all(r["text"] is None and r["state"] == "reject" for r in replies if r["type"] == "final")
+
+
+def test_when_another_voice_takes_over_only_the_first_half_is_written(server, speech):
+    first, second = "wav/ljspeech/LJ001-0004.wav", "wav/vctk-p287/p287_003.wav"
+    replies, final = _dictate(server, speech, [first, second])
+    finals = [r for r in replies if r["type"] == "final"]
+    text = normalise(" ".join(r["text"] for r in finals if r["state"] == "accept"))
+    print(f"\nfinals: {[(r['state'], r['start'], r['end'], r['text']) for r in finals]}")
+    assert final["accepted"] >= 1 and final["rejected"] >= 1
+    assert jiwer.wer(normalise(_transcript(speech, first)), text) <= 0.2
+    intruder_words = set(normalise(_transcript(speech, second)).split()) - set(normalise(_transcript(speech, first)).split())
+    assert not intruder_words & set(text.split()), text
+
+
+def test_short_pauses_split_utterances_and_each_is_verified(server, speech):
+    files = ["wav/ljspeech/LJ001-0004.wav", "wav/ljspeech/LJ001-0006.wav"]
+    replies, final = _dictate(server, speech, files)
+    accepted = [r for r in replies if r["type"] == "final" and r["state"] == "accept"]
+    assert final["rejected"] == 0 and len(accepted) >= 1
+    text = normalise(" ".join(r["text"] for r in accepted))
+    reference = normalise(" ".join(_transcript(speech, f) for f in files))
+    assert jiwer.wer(reference, text) <= 0.15

@@ -1,0 +1,203 @@
+"""Enrollment and voice login against a real server: the dev trials over WebSocket and HTTP."""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+import requests
+
+from app import client
+from app.db import db
+from app.models import User
+
+from .conftest import make_app, serve
+
+QUIET = {"echo": lambda _line: None}
+
+# The trials enroll on one to three short clips, fewer than the default policy asks for;
+# these minimums let every trial's enrollment list stand as a user (lockout is off so that
+# the impostor trials do not lock anyone out half-way).
+TRIAL_POLICY = {"POLICY_ENROLL_MIN_CLIPS": 1, "POLICY_ENROLL_MIN_CLIP_SPEECH": 1.5,
+                "POLICY_ENROLL_MIN_TOTAL_SPEECH": 1.5, "POLICY_LOCKOUT_ATTEMPTS": 1000}
+
+
+@pytest.fixture(scope="module")
+def trial_server(tmp_path_factory, engines, speech):
+    """A server with one user per distinct enrollment list of the dev trials."""
+    app = make_app(tmp_path_factory.mktemp("trials"), engines, **TRIAL_POLICY)
+    server, stop = serve(app)
+    users = {}
+    for enroll_files, _, _ in speech.trials:
+        key = ",".join(enroll_files)
+        if key in users:
+            continue
+        name = f"trial{len(users)}"
+        reply = client.run("enroll", [speech.path(f) for f in enroll_files], server.ws_url,
+                           invite=server.invite(name), **QUIET)
+        assert reply["state"] == "enrolled", reply
+        users[key] = name
+    yield server, users
+    stop()
+
+
+def _rates(decisions: list[tuple[bool, str]]) -> tuple[int, int, int, int]:
+    false_accepts = sum(1 for same, state in decisions if not same and state == "accept")
+    false_rejects = sum(1 for same, state in decisions if same and state != "accept")
+    return false_accepts, sum(1 for same, _ in decisions if not same), false_rejects, sum(1 for same, _ in decisions if same)
+
+
+def test_every_dev_trial_over_websocket_has_no_false_accept(trial_server, speech):
+    server, users = trial_server
+    decisions = []
+    for enroll_files, test_file, same in speech.trials:
+        reply = client.run("verify", [speech.path(test_file)], server.ws_url, user=users[",".join(enroll_files)], **QUIET)
+        assert reply["type"] == "result" and reply["threshold"] == pytest.approx(0.40)
+        decisions.append((same, reply["state"]))
+    fa, impostors, fr, targets = _rates(decisions)
+    print(f"\nWebSocket: false accepts {fa}/{impostors}, false rejects {fr}/{targets} (FRR {fr / targets:.1%})")
+    assert fa == 0
+    assert fr / targets <= 0.05
+
+
+def test_every_dev_trial_over_http_has_no_false_accept(trial_server, speech):
+    server, users = trial_server
+    decisions = []
+    for enroll_files, test_file, same in speech.trials:
+        with open(speech.path(test_file), "rb") as handle:
+            response = requests.post(f"{server.url}/api/v1/verify", files={"audio": handle},
+                                     data={"user": users[",".join(enroll_files)]}, timeout=60)
+        assert response.status_code == 200, response.text
+        decisions.append((same, response.json()["state"]))
+    fa, impostors, fr, targets = _rates(decisions)
+    print(f"\nHTTP: false accepts {fa}/{impostors}, false rejects {fr}/{targets} (FRR {fr / targets:.1%})")
+    assert fa == 0
+    assert fr / targets <= 0.05
+
+
+ENROLLABLE = {  # the dev speakers with enough speech for the default policy (3 clips, 15 s)
+    "ljspeech": ["wav/ljspeech/LJ001-0001.wav", "wav/ljspeech/LJ001-0003.wav", "wav/ljspeech/LJ001-0005.wav"],
+    "vctk": ["wav/vctk-p287/p287_003.wav", "wav/vctk-p287/p287_005.wav", "wav/vctk-p287/p287_006.wav",
+             "wav/vctk-p287/p287_004.wav"],
+    "librivox": ["wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0870.wav",
+                 "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0890.wav",
+                 "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0920.wav",
+                 "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0930.wav"],
+}
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory, engines, speech):
+    """A server with the default policy and three dev speakers enrolled over the WebSocket."""
+    folder = tmp_path_factory.mktemp("default")
+    app = make_app(folder, engines)
+    server, stop = serve(app)
+    progress = {}
+    for name, files in ENROLLABLE.items():
+        replies = []
+        final = client.run("enroll", [speech.path(f) for f in files], server.ws_url, invite=server.invite(name),
+                           echo=replies.append)
+        assert final["state"] == "enrolled", final
+        progress[name] = [r for r in map(__import__("json").loads, replies) if r["type"] == "progress"]
+    yield server, folder / "voicegate.db", progress
+    stop()
+
+
+def test_enrollment_reports_progress_and_stores_only_embeddings(default_server):
+    server, database, progress = default_server
+    for name, steps in progress.items():
+        percents = [step["percent"] for step in steps]
+        assert percents == sorted(percents) and percents[-1] == 100
+        assert all(step["clip"]["accepted"] for step in steps)
+    rows = sqlite3.connect(database).execute(
+        "SELECT u.name, v.clip_count, v.dim, length(v.centroid), length(v.clip_embeddings), v.speech_seconds "
+        "FROM users u JOIN voiceprints v ON v.user_id = u.id ORDER BY u.name").fetchall()
+    assert [r[0] for r in rows] == ["librivox", "ljspeech", "vctk"]
+    for _, clips, dim, centroid_bytes, clip_bytes, speech_seconds in rows:
+        assert dim == 192 and centroid_bytes == 192 * 4 and clip_bytes == clips * 192 * 4
+        assert speech_seconds >= 15.0
+    # An invite is good for one enrollment only.
+    used = sqlite3.connect(database).execute("SELECT COUNT(*) FROM enrollment_invites WHERE used_at IS NULL").fetchone()
+    assert used == (0,)
+
+
+def test_identification_names_the_speaker_or_nobody(default_server, speech):
+    server, _, _ = default_server
+    known = client.run("verify", [speech.path("wav/ljspeech/LJ001-0004.wav")], server.ws_url, **QUIET)
+    assert (known["state"], known["user"]) == ("accept", "ljspeech")
+    assert known["score"] - known["runner_up_score"] >= 0.10
+    stranger = client.run("verify", [speech.path("wav/arctic-aew/arctic_a0001.wav")], server.ws_url, **QUIET)
+    assert stranger["state"] == "reject" and stranger["user"] is None and "token" not in stranger
+
+
+def test_states_for_silence_short_speech_and_unenrolled_users(default_server, speech):
+    server, _, _ = default_server
+    silence = np.zeros(16000 * 3, dtype=np.int16).tobytes()
+    reply = requests.post(f"{server.url}/api/v1/verify?user=ljspeech&encoding=pcm_s16le&sample_rate=16000",
+                          data=silence, timeout=30).json()
+    assert reply["state"] == "no_speech" and reply["score"] is None
+    short = (speech.load("wav/ljspeech/LJ001-0004.wav")[16000:32000] * 32767).astype("<i2").tobytes()
+    reply = requests.post(f"{server.url}/api/v1/verify?user=ljspeech&encoding=pcm_s16le&sample_rate=16000",
+                          data=short, timeout=30).json()
+    assert reply["state"] == "not_enough_speech"
+    server.app.test_cli_runner().invoke(args=["users", "create", "newcomer"])
+    with open(speech.path("wav/ljspeech/LJ001-0004.wav"), "rb") as handle:
+        reply = requests.post(f"{server.url}/api/v1/verify", data={"user": "newcomer"}, files={"audio": handle}, timeout=30)
+    assert reply.json()["state"] == "not_enrolled"
+    with open(speech.path("wav/ljspeech/LJ001-0004.wav"), "rb") as handle:
+        unknown = requests.post(f"{server.url}/api/v1/verify", data={"user": "nobody"}, files={"audio": handle}, timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_user"
+
+
+def test_a_token_from_voice_login_lets_the_user_transcribe_their_own_voice_only(default_server, speech):
+    server, _, _ = default_server
+    login = client.run("verify", [speech.path("wav/vctk-p287/p287_002.wav")], server.ws_url, user="vctk", **QUIET)
+    assert login["state"] == "accept"
+    headers = {"Authorization": f"Bearer {login['token']}"}
+    with open(speech.path("wav/vctk-p287/p287_002.wav"), "rb") as handle:
+        own = requests.post(f"{server.url}/api/v1/transcribe", headers=headers, files={"audio": handle}, timeout=60).json()
+    assert own["state"] == "accept" and "with her from the store" in own["text"].lower()
+    with open(speech.path("wav/ljspeech/LJ001-0004.wav"), "rb") as handle:
+        other = requests.post(f"{server.url}/api/v1/transcribe", headers=headers, files={"audio": handle}, timeout=60).json()
+    assert other["state"] == "reject" and other["text"] is None
+    forged = requests.post(f"{server.url}/api/v1/transcribe", headers={"Authorization": "Bearer forged.token.here"},
+                           data=b"", timeout=30)
+    assert forged.status_code == 401 and forged.json()["error"]["code"] == "bad_token"
+    status = requests.get(f"{server.url}/api/v1/users/vctk/enrollment", headers=headers, timeout=30)
+    assert status.json()["enrolled"] is True and status.json()["clips"] == 4
+    assert requests.get(f"{server.url}/api/v1/users/vctk/enrollment", timeout=30).status_code == 401
+
+
+def test_repeated_rejects_lock_voice_login(tmp_path, engines, speech):
+    app = make_app(tmp_path, engines, POLICY_ENROLL_MIN_CLIPS=1, POLICY_ENROLL_MIN_TOTAL_SPEECH=3,
+                   POLICY_LOCKOUT_ATTEMPTS=3, POLICY_LOCKOUT_SECONDS=600)
+    server, stop = serve(app)
+    try:
+        enrolled = client.run("enroll", [speech.path("wav/ljspeech/LJ001-0001.wav")], server.ws_url,
+                              invite=server.invite("lj"), **QUIET)
+        assert enrolled["state"] == "enrolled"
+        impostor = speech.path("wav/vctk-p287/p287_003.wav")
+        states = [client.run("verify", [impostor], server.ws_url, user="lj", **QUIET)["state"] for _ in range(3)]
+        assert states == ["reject"] * 3
+        locked = client.run("verify", [speech.path("wav/ljspeech/LJ001-0004.wav")], server.ws_url, user="lj", **QUIET)
+        assert locked["type"] == "error" and locked["code"] == "locked"
+        with app.app_context():
+            user = User.by_name("lj")
+            assert user.is_locked()
+            user.locked_until = None  # what an admin's "unlock" does
+            db.session.commit()
+        genuine = client.run("verify", [speech.path("wav/ljspeech/LJ001-0004.wav")], server.ws_url, user="lj", **QUIET)
+        assert genuine["state"] == "accept"
+    finally:
+        stop()
+
+
+def test_every_decision_is_audited_without_audio_or_text(default_server):
+    server, database, _ = default_server
+    connection = sqlite3.connect(database)
+    columns = [row[1] for row in connection.execute("PRAGMA table_info(audit_events)")]
+    assert not {"audio", "text", "transcript"} & set(columns)
+    kinds = dict(connection.execute("SELECT kind, COUNT(*) FROM audit_events GROUP BY kind").fetchall())
+    assert kinds.get("enroll", 0) >= 11 and kinds.get("verify", 0) >= 1 and kinds.get("identify", 0) >= 2
+    decisions = {row[0] for row in connection.execute("SELECT decision FROM audit_events")}
+    assert {"clip_accepted", "enrolled", "accept", "reject"} <= decisions

@@ -121,10 +121,18 @@ def _invite_user() -> str | None:
     return invite.user.name if invite else None
 
 
+def _fields():
+    """Return the request's parameters: the form of a multipart upload, else the query string.
+
+    A raw body is never parsed as a form, even when a client (curl) labels it as one.
+    """
+    return request.form if request.mimetype == "multipart/form-data" else request.args
+
+
 def _claimed_user() -> str | None:
     """Return the user named by a session token, or else by a ``user`` field."""
     token_user = _token_user()
-    claimed = request.values.get("user") or None
+    claimed = _fields().get("user") or None
     if token_user and claimed and claimed != token_user:
         raise ApiError("bad_token", "the session token belongs to another user")
     return token_user or claimed
@@ -132,15 +140,20 @@ def _claimed_user() -> str | None:
 
 def _uploaded_audio():
     """Return the clip (multipart field ``audio``, or the raw body) as 16 kHz float32."""
-    upload = request.files.get("audio")
-    data = upload.read() if upload else request.get_data(cache=False)
-    encoding = request.values.get("encoding")
+    fields = _fields()
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("audio")
+        if upload is None:
+            raise ApiError("bad_request", "a multipart upload needs its audio in the field 'audio'")
+        data = upload.read()
+    else:
+        data = request.get_data(cache=False)
+    encoding = fields.get("encoding")
     fmt = None
     if encoding and encoding != "container":
         try:
-            fmt = AudioFormat(encoding, int(request.values.get("sample_rate", 16000)),
-                              int(request.values.get("channels", 1))).validate()
-        except ValueError as error:
+            fmt = AudioFormat(encoding, int(fields.get("sample_rate", 16000)), int(fields.get("channels", 1))).validate()
+        except (ValueError, OverflowError) as error:
             if isinstance(error, AudioError):
                 raise
             raise ApiError("bad_format", "sample_rate and channels must be integers") from None

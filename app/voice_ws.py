@@ -93,7 +93,7 @@ class Channel:
             return bytes(message)
         try:
             parsed = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise SessionError("bad_message", "text messages must be JSON objects") from None
         if not isinstance(parsed, dict):
             raise SessionError("bad_message", "text messages must be JSON objects")
@@ -164,7 +164,7 @@ def _audio_format(spec) -> AudioFormat:
             sample_rate=int(spec.get("sample_rate", 16000)),
             channels=int(spec.get("channels", 1)),
         ).validate()
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         if isinstance(error, AudioError):
             raise
         raise SessionError("bad_format", "sample_rate and channels must be integers") from None

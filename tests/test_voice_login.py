@@ -201,3 +201,24 @@ def test_every_decision_is_audited_without_audio_or_text(default_server):
     assert kinds.get("enroll", 0) >= 11 and kinds.get("verify", 0) >= 1 and kinds.get("identify", 0) >= 2
     decisions = {row[0] for row in connection.execute("SELECT decision FROM audit_events")}
     assert {"clip_accepted", "enrolled", "accept", "reject"} <= decisions
+
+
+def test_several_sessions_at_once_each_get_their_own_answer(default_server, speech):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _, _ = default_server
+    cases = [("ljspeech", "wav/ljspeech/LJ001-0004.wav", "accept"), ("vctk", "wav/vctk-p287/p287_002.wav", "accept"),
+             ("librivox", "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0880.wav", "accept"),
+             ("ljspeech", "wav/vctk-p287/p287_002.wav", "reject"), ("vctk", "wav/ljspeech/LJ001-0006.wav", "reject"),
+             ("librivox", "wav/arctic-axb/arctic_a0004.wav", "reject")]
+
+    def login(case):
+        user, file, _ = case
+        return client.run("verify", [speech.path(file)], server.ws_url, user=user, **QUIET)
+
+    with ThreadPoolExecutor(len(cases)) as threads:
+        replies = list(threads.map(login, cases))
+    # A busy server may refuse (never hang); every answer given must be the right one.
+    answered = [(case, reply) for case, reply in zip(cases, replies) if reply.get("code") != "busy"]
+    assert len(answered) >= 4
+    assert all(reply["state"] == expected for (_, _, expected), reply in answered)

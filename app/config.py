@@ -31,6 +31,8 @@ class Config:
     # Inference: one worker per core, and a short queue before callers hear "busy".
     INFERENCE_WORKERS = os.cpu_count() or 1
     INFERENCE_QUEUE = 8
+    # Threads inside one model call (see runtime.load_engines for why one).
+    INFERENCE_THREADS = 1
 
     # Limits on one piece of incoming audio.
     MAX_AUDIO_BYTES = 32 * 1024 * 1024

@@ -34,6 +34,7 @@ def get_engines(app: Flask | None = None):
                     workers=int(app.config["INFERENCE_WORKERS"]),
                     queue=int(app.config["INFERENCE_QUEUE"]),
                     beam_size=int(app.config["WHISPER_BEAM_SIZE"]),
+                    threads=int(app.config["INFERENCE_THREADS"]),
                 )
             except Exception as error:
                 # Kept for /healthz; the caller still gets the exception.

@@ -43,13 +43,18 @@ def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
     return name
 
 
-def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int, queue: int, beam_size: int = 5) -> Engines:
-    """Load both models from ``models_dir`` and start the inference pool."""
+def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int, queue: int, beam_size: int = 5,
+                 threads: int = 1) -> Engines:
+    """Load both models from ``models_dir`` and start the inference pool.
+
+    Each model call runs on ``threads`` threads. One per call, with one worker per core,
+    is fastest here: on our 2-core machines ECAPA takes twice as long on two threads as
+    on one, and parallel calls would fight over the cores (docs/benchmarks.md).
+    """
     if not modelstore.is_complete(models_dir, "ecapa"):
         raise modelstore.ModelError(
             f"the ECAPA speaker model is not in {modelstore.model_dir(models_dir, 'ecapa')}; run 'flask models fetch'"
         )
-    threads = os.cpu_count() or 1
     timings = {}
     started = time.perf_counter()
     speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads)

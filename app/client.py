@@ -110,11 +110,16 @@ class Conversation:
             self.ws.send(json.dumps({"type": "stop"}))
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket, and shut it down even when the server closed the session first.
+
+        websocket-client leaves the TCP socket open after a server-initiated close, and a
+        gunicorn worker then waits on it (up to 2 s, holding up other clients).
+        """
         try:
             self.ws.close()
         except (websocket.WebSocketException, OSError):
             pass
+        self.ws.shutdown()
 
 
 def run(mode: str, files: list[Path], url: str, user: str | None = None, invite: str | None = None,

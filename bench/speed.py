@@ -1,0 +1,127 @@
+"""Speed as a user feels it: latency after a ~5 s utterance, and simultaneous real-time dictation streams.
+
+Every stream here is sent at real-time pace, so the server can work while the user speaks;
+latency runs from the client's ``stop`` (sent at the end of the audio) to the reply.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import calls, metrics
+from .data import SpeechSet
+
+logger = logging.getLogger(__name__)
+
+# Targets from issue 3, for this 2-core machine.
+VERIFY_TARGET_MS = 300
+FINAL_TARGET_MS = 700
+STREAMS_TARGET = 4
+# A stream has fallen behind when its last final comes this long after the end of its audio.
+FALL_BEHIND_S = 1.5
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A file and a user enrolled on the same speaker's voice (not on this file)."""
+
+    user: str
+    path: Path
+    seconds: float
+
+
+def pick(pairs: list[Pair], low: float, high: float, count: int) -> list[Pair]:
+    """Return ``count`` pairs (repeating if needed) whose files last ``low``-``high`` s, else the nearest."""
+    if not pairs:
+        return []
+    middle = (low + high) / 2
+    inside = [p for p in pairs if low <= p.seconds <= high]
+    chosen = sorted(inside or pairs, key=lambda p: abs(p.seconds - middle))
+    if not inside:
+        chosen = chosen[:max(1, count)]
+    # One pair per file before any file repeats.
+    unique = list({p.path: p for p in chosen}.values())
+    return [unique[i % len(unique)] for i in range(count)]
+
+
+def verify_latency(service, speech: SpeechSet, pairs: list[Pair]) -> dict:
+    """Verify each pair's file at real-time pace; return latency from stop to result."""
+    outcomes = [calls.verify(service.ws_url, p.user, speech.audio(p.path), realtime=True) for p in pairs]
+    latencies = [o["latency_s"] for o in outcomes if o["latency_s"] is not None]
+    return {**metrics.summary_ms(latencies), "states": dict(Counter(o["state"] for o in outcomes)),
+            "audio_seconds": sorted({round(p.seconds, 2) for p in pairs})}
+
+
+def final_latency(service, speech: SpeechSet, pairs: list[Pair]) -> dict:
+    """Dictate each pair's file at real-time pace; return latency from stop to the last final."""
+    outcomes = [calls.dictate(service.ws_url, p.user, speech.audio(p.path), realtime=True) for p in pairs]
+    latencies = [o.last_final_s for o in outcomes if o.last_final_s is not None]
+    return {**metrics.summary_ms(latencies), "errors": dict(Counter(o.error for o in outcomes if o.error)),
+            "without_final": sum(1 for o in outcomes if o.last_final_s is None),
+            "rejected_utterances": sum(o.count("reject") for o in outcomes),
+            "audio_seconds": sorted({round(p.seconds, 2) for p in pairs})}
+
+
+def streams(service, speech: SpeechSet, pairs: list[Pair]) -> dict:
+    """Run one real-time dictation per pair at the same time; report latency and who fell behind."""
+    outcomes: list[calls.Dictation | None] = [None] * len(pairs)
+    gate = threading.Barrier(len(pairs))
+
+    def stream(index: int, pair: Pair) -> None:
+        audio = speech.audio(pair.path)
+        gate.wait()
+        outcomes[index] = calls.dictate(service.ws_url, pair.user, audio, realtime=True)
+
+    threads = [threading.Thread(target=stream, args=(i, p), daemon=True) for i, p in enumerate(pairs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    done = [o for o in outcomes if o is not None]
+    latencies = [o.last_final_s for o in done if o.last_final_s is not None]
+    busy = sum(1 for o in done if o.error == "busy")
+    late = sum(1 for o in done if o.last_final_s is not None and o.last_final_s > FALL_BEHIND_S)
+    without_final = sum(1 for o in done if o.error is None and o.last_final_s is None)
+    return {
+        "streams": len(pairs),
+        **{f"latency_{k}": v for k, v in metrics.summary_ms(latencies).items() if k != "n"},
+        "busy": busy,
+        "late": late,
+        "other_errors": dict(Counter(o.error for o in done if o.error and o.error != "busy")),
+        "without_final": without_final,
+        "unfinished": len(pairs) - len(done),
+        "fell_behind": busy + late + without_final + (len(pairs) - len(done))
+        + sum(1 for o in done if o.error and o.error != "busy"),
+        "rejected_utterances": sum(o.count("reject") for o in done),
+        "audio_seconds": sorted({round(p.seconds, 2) for p in pairs}),
+    }
+
+
+def sweep(service, speech: SpeechSet, pairs: list[Pair], levels: list[int]) -> list[dict]:
+    """Run ``streams`` at each concurrency level, with a pause between levels for the server to drain."""
+    results = []
+    for level in levels:
+        result = streams(service, speech, pick(pairs, 5.0, 8.0, level))
+        logger.info("%d streams: p50 %s ms, p95 %s ms, fell behind %d (busy %d)", level, result["latency_p50_ms"],
+                    result["latency_p95_ms"], result["fell_behind"], result["busy"])
+        results.append(result)
+        time.sleep(2)
+    return results
+
+
+def targets(verify: dict, final: dict, levels: list[dict]) -> dict:
+    """Check the issue-3 targets: verify ≤ 300 ms and final ≤ 700 ms (medians), 4 streams keep up."""
+    four = next((level for level in levels if level["streams"] == STREAMS_TARGET), None)
+    return {
+        "verify_p50_ms": verify["p50_ms"], "verify_target_ms": VERIFY_TARGET_MS,
+        "verify_met": verify["p50_ms"] is not None and verify["p50_ms"] <= VERIFY_TARGET_MS,
+        "final_p50_ms": final["p50_ms"], "final_target_ms": FINAL_TARGET_MS,
+        "final_met": final["p50_ms"] is not None and final["p50_ms"] <= FINAL_TARGET_MS,
+        "streams": STREAMS_TARGET,
+        "streams_fell_behind": None if four is None else four["fell_behind"],
+        "streams_met": None if four is None else four["fell_behind"] == 0,
+    }

@@ -102,6 +102,28 @@ PROBLEM_MESSAGES = {
 }
 
 
+class ClipBuffer:
+    """Collect one clip or utterance, refusing more than ``max_seconds`` of it."""
+
+    def __init__(self, max_seconds: float, what: str):
+        self.max_samples, self.max_seconds, self.what = int(max_seconds * SAMPLE_RATE), max_seconds, what
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        """Take more audio; raise ``too_long`` past the limit."""
+        self._samples += samples.size
+        if self._samples > self.max_samples:
+            raise SessionError("too_long", f"{self.what} may last at most {self.max_seconds:g} s")
+        self._chunks.append(samples)
+
+    def take(self) -> np.ndarray:
+        """Return the audio collected and start empty again."""
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        self._chunks, self._samples = [], 0
+        return audio
+
+
 # --------------------------------------------------------------------------- verification
 
 def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_id: str | None = None,
@@ -160,23 +182,17 @@ class VerifySession:
         self.ctx, self.claimed = ctx, claimed
         self.request_id = new_request_id()
         self.done = False
-        self._chunks: list[np.ndarray] = []
-        self._samples = 0
+        self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "an utterance")
 
     def audio(self, samples: np.ndarray) -> list[dict]:
         """Take more of the utterance."""
-        self._samples += samples.size
-        if self._samples > self.ctx.policy.max_clip_seconds * SAMPLE_RATE:
-            raise SessionError("too_long", f"an utterance may last at most {self.ctx.policy.max_clip_seconds:g} s")
-        self._chunks.append(samples)
+        self._buffer.add(samples)
         return []
 
     def stop(self) -> list[dict]:
         """Decide on the utterance received and end the session."""
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
-        self._chunks = []
         self.done = True
-        return [verify_audio(self.ctx, audio, self.claimed, self.request_id)]
+        return [verify_audio(self.ctx, self._buffer.take(), self.claimed, self.request_id)]
 
     def poll(self) -> list[dict]:
         """Nothing arrives between messages in a verification."""
@@ -194,24 +210,18 @@ class EnrollSession:
         self.ctx, self.user_id, self.user_name, self.invite_id = ctx, user_id, user_name, invite_id
         self.request_id = new_request_id()
         self.done = False
-        self._chunks: list[np.ndarray] = []
-        self._samples = 0
+        self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "a clip")
         self._embeddings: list[np.ndarray] = []
         self._speech = 0.0
 
     def audio(self, samples: np.ndarray) -> list[dict]:
         """Take more of the current clip."""
-        self._samples += samples.size
-        if self._samples > self.ctx.policy.max_clip_seconds * SAMPLE_RATE:
-            raise SessionError("too_long", f"a clip may last at most {self.ctx.policy.max_clip_seconds:g} s")
-        self._chunks.append(samples)
+        self._buffer.add(samples)
         return []
 
     def stop(self) -> list[dict]:
         """End the current clip: accept or refuse it, report progress, and finish when complete."""
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
-        self._chunks, self._samples = [], 0
-        messages = [self._clip(audio)]
+        messages = [self._clip(self._buffer.take())]
         if self._complete():
             messages.append(self._finish())
         return messages

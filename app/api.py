@@ -10,8 +10,7 @@ from .audio import AudioError, AudioFormat, AudioLimits, decode
 from .context import is_admin, session_context
 from .models import EnrollmentInvite
 from .policy import Policy
-from .pool import Busy
-from .sessions import SessionError, new_request_id, verify_audio
+from .sessions import SessionError, new_request_id, run_model, verify_audio
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -76,10 +75,7 @@ def transcribe():
         raise ApiError("unknown_user", result["message"])
     result = {**_public(result), "mode": "transcribe", "text": None}
     if result["state"] == "accept":
-        try:
-            result["text"] = ctx.engines.pool.run(ctx.engines.transcriber.transcribe, audio).text
-        except Busy:
-            raise ApiError("busy", "the server is at capacity; try again in a moment") from None
+        result["text"] = run_model(ctx, ctx.engines.transcriber.transcribe, audio).text
     return jsonify(result)
 
 

@@ -60,7 +60,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _run(ctx: Context, fn, *args):
+def run_model(ctx: Context, fn, *args):
     """Run a model call on the pool; a full pool ends the session with ``busy``."""
     try:
         return ctx.engines.pool.run(fn, *args)
@@ -153,7 +153,7 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
         store.record(replace(audit, decision=state, reason=state))
         return {**result, "state": state}
 
-    embedding = _run(ctx, ctx.engines.speaker.embed, audio)
+    embedding = run_model(ctx, ctx.engines.speaker.embed, audio)
     if claimed:
         enrolled = store.find_user(claimed).voiceprint.centroid_vector()
         match = voice.verify(embedding, enrolled, claimed, policy.threshold)
@@ -236,7 +236,7 @@ class EnrollSession:
         reason = voice.clip_problem(quality, policy.enroll_min_clip_speech)
         score = None
         if reason is None:
-            embedding = _run(self.ctx, self.ctx.engines.speaker.embed, audio)
+            embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
             score = voice.consistency(embedding, self._embeddings)
             if score is not None and score < policy.threshold:
                 reason = "inconsistent_voice"
@@ -418,7 +418,7 @@ class DictateSession:
             state = "reject" if utterance.rejected else "accept"
         text = None
         if state == "accept":
-            text = _run(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(utterance.start, utterance.verified_until)).text
+            text = run_model(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(utterance.start, utterance.verified_until)).text
         self._tally[{"accept": "accepted", "reject": "rejected"}.get(state, "unverified")] += 1
         audit = self.ctx.audit(self.request_id, "transcribe", state, claimed_user=self.user,
                                matched_user=self.user if state == "accept" else None, score=utterance.score,
@@ -449,7 +449,7 @@ class DictateSession:
             self._partial = None
 
     def _score(self, begin: int, end: int) -> float:
-        embedding = _run(self.ctx, self.ctx.engines.speaker.embed, self._slice(begin, end))
+        embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, self._slice(begin, end))
         return voice.verify(embedding, self._enrolled, self.user, self.ctx.policy.threshold).score
 
     def _slice(self, begin: int, end: int) -> np.ndarray:

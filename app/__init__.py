@@ -35,9 +35,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
 
     from . import api, cli, health, models, voice_ws  # noqa: F401  (models registers tables, voice_ws a route)
     from .db import db
-    from .extensions import get_engines, migrate, set_engines, sock
+    from .extensions import csrf, get_engines, migrate, set_engines, sock
 
     db.init_app(app)
+    csrf.init_app(app)
+    # The JSON API is called by programs with bearer tokens or voices, never by a form.
+    csrf.exempt(api.bp)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     sock.init_app(app)
     app.register_blueprint(health.bp)

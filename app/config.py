@@ -50,6 +50,15 @@ class Config:
 
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 
+    # Session cookies (user and admin sign-in): never readable by scripts, not sent on
+    # cross-site requests; set VOICEGATE_SESSION_COOKIE_SECURE=true behind HTTPS.
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False
+    PERMANENT_SESSION_LIFETIME = 12 * 3600
+    # CSRF tokens (Flask-WTF) on every form post; the JSON API authenticates otherwise.
+    WTF_CSRF_TIME_LIMIT = None
+
 
 def database_url(configured: str | None, instance_path: str) -> str:
     """Return the configured database URL, or the default SQLite file in ``instance_path``."""

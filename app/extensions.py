@@ -6,7 +6,9 @@ import threading
 from flask import Flask, current_app
 from flask_migrate import Migrate
 from flask_sock import Sock
+from flask_wtf.csrf import CSRFProtect
 
+csrf = CSRFProtect()
 migrate = Migrate()
 sock = Sock()
 

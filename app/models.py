@@ -1,4 +1,4 @@
-"""The database rows: users, voiceprints, the audit log, admin accounts, enrollment invites.
+"""The database rows: users, voiceprints, the audit log, admin accounts, invites, settings.
 
 No audio is ever stored: a voiceprint is a handful of embeddings (float32 bytes).
 """
@@ -9,7 +9,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, select, update
+from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, select, update
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -34,6 +34,9 @@ class User(db.Model):
     # Consecutive rejected voice attempts, and until when voice login is locked.
     failed_attempts: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None]
+    # The personal dictation key is derived from the secret key and this number
+    # (app/dictation_keys.py), so it is never stored; revoking it bumps the number.
+    dictation_key_version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     voiceprint: Mapped[Voiceprint | None] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
@@ -151,6 +154,9 @@ class AdminAccount(db.Model):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Sign-in throttling: failed sign-ins in a row, and until when sign-in is refused.
+    failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
+    locked_until: Mapped[datetime | None]
 
     def set_password(self, password: str) -> None:
         """Store a salted hash of ``password`` (never the password)."""
@@ -195,3 +201,14 @@ class EnrollmentInvite(db.Model):
         if invite is None or invite.used_at is not None or invite.expires_at <= utcnow():
             return None
         return invite
+
+
+class Setting(db.Model):
+    """A policy value changed by an admin; it overrides the configured default until cleared."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # JSON
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))

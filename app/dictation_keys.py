@@ -1,0 +1,40 @@
+"""Personal dictation keys: the secret a user's Kõnele URL carries instead of a sign-in.
+
+A key is ``<user id>.<HMAC of the id and key version under the app's secret key>``, so it is
+never stored, can be shown again at any time, and is revoked by bumping the user's version.
+Changing the app's secret key revokes every key.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from .db import db
+from .models import User
+
+
+def _mac(secret_key: str, user_id: int, version: int) -> str:
+    digest = hmac.new(secret_key.encode(), f"dictation:{user_id}:{version}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
+def key_for(user: User, secret_key: str) -> str:
+    """Return ``user``'s current dictation key."""
+    return f"{user.id}.{_mac(secret_key, user.id, user.dictation_key_version)}"
+
+
+def user_for(key: str | None, secret_key: str) -> User | None:
+    """Return the user whose current dictation key is ``key``, or None (also for a revoked key)."""
+    user_id, _, mac = (key or "").partition(".")
+    if not user_id.isdigit() or not mac:
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or not hmac.compare_digest(mac, _mac(secret_key, user.id, user.dictation_key_version)):
+        return None
+    return user
+
+
+def revoke(user: User) -> None:
+    """Invalidate ``user``'s dictation key; the next key_for gives a new one. The caller commits."""
+    user.dictation_key_version += 1

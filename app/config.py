@@ -33,6 +33,8 @@ class Config:
     INFERENCE_QUEUE = 8
     # Threads inside one model call (see runtime.load_engines for why one).
     INFERENCE_THREADS = 1
+    # ECAPA's arithmetic: "auto" is bfloat16 on CPUs that compute it natively, else float32.
+    SPEAKER_PRECISION = "auto"
 
     # Limits on one piece of incoming audio.
     MAX_AUDIO_BYTES = 32 * 1024 * 1024

@@ -37,6 +37,7 @@ def get_engines(app: Flask | None = None):
                     queue=int(app.config["INFERENCE_QUEUE"]),
                     beam_size=int(app.config["WHISPER_BEAM_SIZE"]),
                     threads=int(app.config["INFERENCE_THREADS"]),
+                    speaker_precision=app.config["SPEAKER_PRECISION"],
                 )
             except Exception as error:
                 # Kept for /healthz; the caller still gets the exception.

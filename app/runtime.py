@@ -44,7 +44,7 @@ def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
 
 
 def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int, queue: int, beam_size: int = 5,
-                 threads: int = 1) -> Engines:
+                 threads: int = 1, speaker_precision: str = "auto") -> Engines:
     """Load both models from ``models_dir`` and start the inference pool.
 
     Each model call runs on ``threads`` threads. One per call, with one worker per core,
@@ -57,10 +57,12 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
         )
     timings = {}
     started = time.perf_counter()
-    speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads)
+    speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads, precision=speaker_precision)
     timings["speaker"] = time.perf_counter() - started
     started = time.perf_counter()
-    transcriber = Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size)
+    transcriber = Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size,
+                              workers=workers)
     timings["whisper"] = time.perf_counter() - started
-    logger.info("models loaded: ECAPA in %.1f s, Whisper %s in %.1f s", timings["speaker"], whisper_model, timings["whisper"])
+    logger.info("models loaded: ECAPA (%s) in %.1f s, Whisper %s in %.1f s", speaker.precision, timings["speaker"],
+                whisper_model, timings["whisper"])
     return Engines(speaker, transcriber, InferencePool(workers, queue), timings)

@@ -31,3 +31,21 @@ def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(eng
     print(f"different speaker: {len(impostor)} trials, scores {min(impostor):.3f} .. {max(impostor):.3f}")
     assert len(genuine) == len(impostor) == 40
     assert min(genuine) > max(impostor)
+
+
+def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
+    """The fast precision must not move a decision: scores agree within 0.01 on every dev trial."""
+    from app.speaker import SpeakerEncoder
+    from tests.conftest import MODELS_DIR
+
+    exact = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision="float32")
+    fast = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision="bfloat16")
+    assert (exact.precision, fast.precision) == ("float32", "bfloat16")
+    files = sorted({f for enroll, test, _ in speech.trials for f in [*enroll, test]})
+    embeddings = [{f: encoder.embed(speech.load(f)) for f in files} for encoder in (exact, fast)]
+    worst = 0.0
+    for enroll_files, test_file, _ in speech.trials:
+        scores = [cosine(centroid(np.stack([e[f] for f in enroll_files])), e[test_file]) for e in embeddings]
+        worst = max(worst, abs(scores[0] - scores[1]))
+    print(f"\nlargest score difference, bfloat16 vs float32: {worst:.4f}")
+    assert worst < 0.01

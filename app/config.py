@@ -31,6 +31,9 @@ class Config:
     # Inference: one worker per core, and a short queue before callers hear "busy".
     INFERENCE_WORKERS = os.cpu_count() or 1
     INFERENCE_QUEUE = 8
+    # Live dictations at once; the next is told "busy" at its start instead of every
+    # stream falling behind. None means two per inference worker.
+    MAX_STREAMS: int | None = None
     # Threads inside one model call (see runtime.load_engines for why one).
     INFERENCE_THREADS = 1
     # ECAPA's arithmetic: "auto" is bfloat16 on CPUs that compute it natively, else float32.

@@ -38,6 +38,7 @@ def get_engines(app: Flask | None = None):
                     beam_size=int(app.config["WHISPER_BEAM_SIZE"]),
                     threads=int(app.config["INFERENCE_THREADS"]),
                     speaker_precision=app.config["SPEAKER_PRECISION"],
+                    max_streams=app.config["MAX_STREAMS"],
                 )
             except Exception as error:
                 # Kept for /healthz; the caller still gets the exception.

@@ -1,4 +1,7 @@
-"""A bounded pool for model inference: a few workers, a short queue, and "busy" beyond it."""
+"""A bounded pool for model inference: a few workers, a short queue, and "busy" beyond it.
+
+Also the admission limit on live streams (dictations), which need the pool every second.
+"""
 from __future__ import annotations
 
 import threading
@@ -49,4 +52,33 @@ class InferencePool:
     def _release(self, _future: Future) -> None:
         with self._count_lock:
             self._pending -= 1
+        self._slots.release()
+
+
+class StreamSlots:
+    """Admit at most ``limit`` live streams at once; the next is refused rather than slowing all."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self._slots = threading.BoundedSemaphore(self.limit)
+        self._count_lock = threading.Lock()
+        self._open = 0
+
+    @property
+    def open(self) -> int:
+        """Return how many streams hold a slot."""
+        return self._open
+
+    def acquire(self) -> bool:
+        """Take a slot; return False at once when all are taken."""
+        if not self._slots.acquire(blocking=False):
+            return False
+        with self._count_lock:
+            self._open += 1
+        return True
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._count_lock:
+            self._open -= 1
         self._slots.release()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import modelstore
-from .pool import InferencePool
+from .pool import InferencePool, StreamSlots
 from .speaker import SpeakerEncoder
 from .transcriber import Transcriber
 
@@ -22,6 +22,7 @@ class Engines:
     speaker: SpeakerEncoder
     transcriber: Transcriber
     pool: InferencePool
+    streams: StreamSlots
     load_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -44,12 +45,14 @@ def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
 
 
 def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int, queue: int, beam_size: int = 5,
-                 threads: int = 1, speaker_precision: str = "auto") -> Engines:
+                 threads: int = 1, speaker_precision: str = "auto", max_streams: int | None = None) -> Engines:
     """Load both models from ``models_dir`` and start the inference pool.
 
     Each model call runs on ``threads`` threads. One per call, with one worker per core,
     is fastest here: on our 2-core machines ECAPA takes twice as long on two threads as
     on one, and parallel calls would fight over the cores (docs/benchmarks.md).
+    At most ``max_streams`` dictations run at once (default: two per worker, what
+    the benchmark shows keeps up in real time).
     """
     if not modelstore.is_complete(models_dir, "ecapa"):
         raise modelstore.ModelError(
@@ -65,4 +68,5 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     timings["whisper"] = time.perf_counter() - started
     logger.info("models loaded: ECAPA (%s) in %.1f s, Whisper %s in %.1f s", speaker.precision, timings["speaker"],
                 whisper_model, timings["whisper"])
-    return Engines(speaker, transcriber, InferencePool(workers, queue), timings)
+    streams = StreamSlots(max_streams or 2 * workers)
+    return Engines(speaker, transcriber, InferencePool(workers, queue), streams, timings)

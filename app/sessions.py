@@ -198,6 +198,9 @@ class VerifySession:
         """Nothing arrives between messages in a verification."""
         return []
 
+    def close(self) -> None:
+        """Nothing to give back."""
+
 
 # --------------------------------------------------------------------------- enrollment
 
@@ -229,6 +232,9 @@ class EnrollSession:
     def poll(self) -> list[dict]:
         """Nothing arrives between clips."""
         return []
+
+    def close(self) -> None:
+        """Nothing to give back: an unfinished enrollment has stored nothing."""
 
     def _clip(self, audio: np.ndarray) -> dict:
         policy = self.ctx.policy
@@ -313,6 +319,10 @@ class DictateSession:
     mode = "dictate"
 
     def __init__(self, ctx: Context, user_name: str):
+        if not ctx.engines.streams.acquire():
+            raise SessionError("busy", f"the server is taking all the dictations it can keep up with "
+                                       f"({ctx.engines.streams.limit}); try again in a moment")
+        self._slot = True
         self.ctx, self.user = ctx, user_name
         self.request_id = new_request_id()
         self.done = False
@@ -354,6 +364,12 @@ class DictateSession:
         self.done = True
         return messages + [{"type": "result", "mode": "dictate", "user": self.user, "request_id": self.request_id,
                             "utterances": self._count, **self._tally}]
+
+    def close(self) -> None:
+        """Give back the session's stream slot; the adapter calls this however the session ended."""
+        if self._slot:
+            self._slot = False
+            self.ctx.engines.streams.release()
 
     def poll(self) -> list[dict]:
         """Return a partial transcript that has finished computing, if any."""

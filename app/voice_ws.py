@@ -59,6 +59,9 @@ class Channel:
         except Exception:
             logger.exception("voice session failed")
             self._fail("internal", "the server failed to handle this session")
+        finally:
+            if self.session is not None:
+                self.session.close()
 
     # -- messages
 

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from app import client as voice_client
 from app.db import db
 from app.models import EnrollmentInvite, User, Voiceprint
-from app.pool import InferencePool
+from app.pool import InferencePool, StreamSlots
 from app.runtime import Engines
 
 from .conftest import LiveServer, make_app, serve
@@ -418,7 +418,7 @@ def test_cancel_after_an_accepted_clip_stores_nothing(gate, speech):
 def test_full_pool_answers_busy_at_once(gate, engines, policy_server):
     # One worker and no queue, sharing the loaded models; occupying the worker fills the pool.
     pool = InferencePool(1, 0)
-    server = policy_server(Engines(engines.speaker, engines.transcriber, pool))
+    server = policy_server(Engines(engines.speaker, engines.transcriber, pool, StreamSlots(2)))
     release = threading.Event()
     blocker = pool.submit(release.wait)
     try:
@@ -434,6 +434,26 @@ def test_full_pool_answers_busy_at_once(gate, engines, policy_server):
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_dictations_beyond_the_stream_limit_are_told_busy_and_a_slot_frees_when_one_ends(gate, engines, policy_server):
+    # One live dictation at a time: the second caller hears "busy" at once (not a stream that
+    # falls behind), and when the first session ends, however it ends, the next caller gets in.
+    server = policy_server(Engines(engines.speaker, engines.transcriber, engines.pool, StreamSlots(1)))
+    first = open_session(server.ws_url, start("dictate", user="alice"))
+    try:
+        assert_error(converse(server.ws_url, start("dictate", user="alice")), "busy", close=TRY_LATER)
+        assert_serves(gate, server.ws_url)  # verification is not a stream: it still gets in
+    finally:
+        first.shutdown()  # the client vanishes without a stop
+    deadline = time.monotonic() + 10
+    while True:
+        ending = converse(server.ws_url, start("dictate", user="alice"), *frames(gate.probe), STOP)
+        if ending.types[:1] != ["error"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # the server notices the vanished client on its next receive
+    assert ending.types[0] == "ready" and ending.types[-1] == "result", ending.replies
+    assert ending.close_code == NORMAL
 
 
 def test_frame_over_the_transport_cap_is_closed_1009(gate):

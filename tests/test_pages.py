@@ -27,6 +27,8 @@ LJ_LOGIN = "wav/ljspeech/LJ001-0004.wav"
 LJ_DICTATE = "wav/ljspeech/LJ001-0006.wav"
 IMPOSTOR = "wav/vctk-p287/p287_005.wav"
 IMPOSTOR_DICTATE = ["wav/vctk-p287/p287_003.wav", "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0870.wav"]
+# What the browser itself says when the page asks for the microphone.
+GET_USER_MEDIA = "navigator.mediaDevices.getUserMedia({audio: true}).then(() => 'granted', (e) => e.name)"
 DECISION_TIMEOUT = 60_000  # ms; the machine is shared, model calls queue
 
 
@@ -178,13 +180,21 @@ def test_the_enrolled_speaker_logs_in_and_signs_out(server, speech, tmp_path):
         expect(page).to_have_url(re.compile(r"/login$"))
 
 
-def test_identification_without_a_name_logs_the_speaker_in(server, speech, tmp_path):
+def test_on_a_phone_with_the_keyboard_and_no_name_the_speaker_is_recognised(server, speech, tmp_path):
     wav = microphone(tmp_path, "identify", [speech.load(LJ_LOGIN)])
     with chromium(microphone=wav) as browser:
-        _, page = new_page(browser, server.url)
-        _log_in(page, None)
+        _, page = new_page(browser, server.url, viewport={"width": 390, "height": 844})
+        page.goto("/login")
+        # Tab to the button and press Enter: no mouse needed.
+        page.get_by_label("Your user name").focus()
+        page.keyboard.press("Tab")
+        expect(page.get_by_role("button", name="Press to talk")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("button", name="Stop")).to_be_focused()
+        screenshot(page, "login-phone-listening")
         expect(page.locator("#decision")).to_contain_text("Accepted: welcome, lj", timeout=DECISION_TIMEOUT)
         page.wait_for_url("**/me", timeout=10_000)
+        screenshot(page, "me-phone")
 
 
 def test_another_voice_is_rejected_with_its_score_and_not_signed_in(server, speech, tmp_path):
@@ -233,6 +243,7 @@ def test_a_denied_microphone_is_explained(server):
         expect(problem).to_contain_text("Microphone access is blocked")
         expect(page.get_by_role("button", name="Press to talk")).to_be_enabled()
         screenshot(page, "login-mic-denied")
+        assert page.evaluate(GET_USER_MEDIA) == "NotAllowedError"
 
 
 def test_a_missing_microphone_is_explained(server, signed_in):
@@ -242,6 +253,7 @@ def test_a_missing_microphone_is_explained(server, signed_in):
         page.get_by_role("button", name="Start dictating").click()
         expect(page.get_by_role("alert")).to_contain_text("No microphone was found")
         screenshot(page, "dictate-no-microphone")
+        assert page.evaluate(GET_USER_MEDIA) == "NotFoundError"
 
 
 # --------------------------------------------------------------------------- dictation
@@ -316,7 +328,7 @@ def test_a_dropped_connection_reconnects_and_dictation_goes_on(server, speech, s
         expect(page.locator("#utterances li.is-ok")).to_have_count(1, timeout=DECISION_TIMEOUT)
         connections[0].close(code=1011, reason="gone")  # the network drops the page's connection
         expect(page.get_by_role("alert")).to_contain_text("The connection to the server was lost")
-        screenshot(page, "dictate-4-connection-lost")
+        screenshot(page, "dictate-4-reconnecting")
         expect(page.locator("#status")).to_have_text("Reconnected. Listening…", timeout=20_000)
         expect(page.get_by_role("alert")).to_be_hidden()
         expect(page.locator("#utterances li.is-ok")).to_have_count(2, timeout=DECISION_TIMEOUT)

@@ -338,3 +338,32 @@ def test_a_dropped_connection_reconnects_and_dictation_goes_on(server, speech, s
         text = page.locator("#transcript").input_value()
         wer = jiwer.wer(normalise(_transcript(speech, LJ_LOGIN) + " " + _transcript(speech, LJ_DICTATE)), normalise(text))
         assert wer <= 0.25, text
+
+
+# --------------------------------------------------------------------------- session cookie
+
+def test_signing_out_keeps_an_admin_signed_in(app):
+    from app.context import same_origin
+    from app.models import User
+    from app.db import db
+
+    with app.app_context():
+        user = User(name="lj")
+        db.session.add(user)
+        db.session.commit()
+        user_id = user.id
+    client_ = app.test_client()
+    with client_.session_transaction() as session:
+        session.update(admin_id=7, user_id=user_id, user_name="lj")
+    page = client_.get("/me").get_data(as_text=True)
+    assert "Signed in as lj" in page
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert client_.post("/logout", data={}).status_code == 400  # no CSRF token: refused
+    assert client_.post("/logout", data={"csrf_token": csrf}).status_code == 302
+    with client_.session_transaction() as session:
+        assert "user_id" not in session and session["admin_id"] == 7
+    # A WebSocket handshake from another site's page carries the cookie, but may not use it.
+    with app.test_request_context("/ws/voice", headers={"Origin": "http://evil.example", "Host": "localhost"}):
+        assert not same_origin()
+    with app.test_request_context("/ws/voice", headers={"Origin": "http://localhost", "Host": "localhost"}):
+        assert same_origin()

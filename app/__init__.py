@@ -45,6 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     sock.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    from .pages import bp as pages_bp; app.register_blueprint(pages_bp)  # noqa: E702  (the people's pages)
     cli.register(app)
 
     if engines is not None:

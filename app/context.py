@@ -1,6 +1,8 @@
 """Build a session Context for the current request (the bridge from Flask to the sessions)."""
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import current_app, request, session
 
 from .extensions import get_engines
@@ -25,3 +27,13 @@ def is_admin() -> bool:
     """Return True when the request carries a signed-in admin's session cookie."""
     admin_id = session.get("admin_id")
     return admin_id is not None and db.session.get(AdminAccount, admin_id) is not None
+
+
+def same_origin() -> bool:
+    """Return False when a browser page of another origin made the request (its Origin header).
+
+    A WebSocket handshake carries the site's cookies whichever page opens it, so a
+    cookie may only authorize what a page of this site itself asks for.
+    """
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host

@@ -8,7 +8,7 @@ import time
 from simple_websocket import ConnectionClosed
 
 from .audio import AudioError, AudioFormat, AudioLimits, PcmStream, decode
-from .context import is_admin, session_context
+from .context import is_admin, same_origin, session_context
 from .extensions import sock
 from .sessions import Context, SessionError, open_session
 
@@ -23,7 +23,7 @@ _POLL_SECONDS = 0.1
 @sock.route("/ws/voice")
 def voice(ws):
     """Run one enrollment, verification or dictation session on this socket."""
-    Channel(ws, session_context("ws"), admin=is_admin()).serve()
+    Channel(ws, session_context("ws"), admin=is_admin() and same_origin()).serve()
 
 
 class Channel:

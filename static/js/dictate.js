@@ -1,0 +1,196 @@
+// Dictation: stream the microphone over a dictate session; partials show live, finals are
+// written into the text box, and an utterance in another voice gets a notice and no text.
+import { FORMAT, Microphone, microphoneProblem, showLevel } from "./capture.js";
+import { VoiceSocket, explainError, say } from "./voice-socket.js";
+
+const root = document.getElementById("dictate");
+const toggle = document.getElementById("toggle");
+const copy = document.getElementById("copy");
+const clear = document.getElementById("clear");
+const transcript = document.getElementById("transcript");
+const partial = document.getElementById("partial");
+const utterances = document.getElementById("utterances");
+const summary = document.getElementById("summary");
+const meter = document.getElementById("level");
+const status = document.getElementById("status");
+const problem = document.getElementById("problem");
+const problemText = document.getElementById("problem-text");
+const retry = document.getElementById("retry");
+const RECONNECT_DELAYS = [500, 1000, 2000, 4000];
+
+let mic = null;
+let socket = null;
+let running = false; // the person wants to dictate
+let stopping = false;
+
+function showProblem(text, retryLabel = "") {
+  say(problemText, text);
+  problem.hidden = false;
+  retry.textContent = retryLabel;
+  retry.hidden = !retryLabel;
+}
+
+function setRunning(value) {
+  running = value;
+  toggle.textContent = value ? "Stop" : "Start dictating";
+  toggle.classList.toggle("recording", value);
+}
+
+function note(kind, text) {
+  const item = document.createElement("li");
+  item.className = `utterance is-${kind}`;
+  item.textContent = text;
+  utterances.appendChild(item);
+  document.getElementById("heard").hidden = false;
+}
+
+const score = (message) => (message.score === null ? "" : ` (score ${message.score.toFixed(2)}, needs ${message.threshold.toFixed(2)})`);
+
+function onMessage(message) {
+  if (message.type === "partial") {
+    partial.textContent = message.text;
+  } else if (message.type === "final") {
+    partial.textContent = "";
+    if (message.state === "accept") {
+      const text = message.text.trim();
+      if (text) {
+        transcript.value = transcript.value ? `${transcript.value.trimEnd()} ${text}` : text;
+        transcript.scrollTop = transcript.scrollHeight;
+      }
+      note("ok", `Verified${score(message)}: ${text || "(no words)"}`);
+    } else if (message.state === "reject") {
+      note("bad", `Not verified — nothing was transcribed${score(message)}.`);
+    } else {
+      note("warn", "Too short to check your voice — nothing was transcribed.");
+    }
+  } else if (message.type === "result") {
+    summary.textContent = `${message.utterances} utterance${message.utterances === 1 ? "" : "s"}: `
+      + `${message.accepted} written, ${message.rejected} not verified, ${message.unverified} too short to check.`;
+  }
+}
+
+async function connect() {
+  const start = { type: "start", mode: "dictate", user: root.dataset.user, format: FORMAT };
+  for (const delay of [0, ...RECONNECT_DELAYS]) {
+    if (!running) return false;
+    if (delay) await new Promise((resolve) => setTimeout(resolve, delay));
+    const candidate = new VoiceSocket(start, { onMessage, onClose });
+    try {
+      await candidate.open();
+      socket = candidate;
+      return true;
+    } catch (outcome) {
+      if (outcome.error) {
+        showProblem(explainError(outcome.error));
+        return false;
+      }
+    }
+  }
+  showProblem("Cannot reach the server. Check your connection, then reconnect.", "Reconnect");
+  return false;
+}
+
+function onClose(outcome) {
+  socket = null;
+  if (stopping || outcome.finished) {
+    finish();
+    return;
+  }
+  if (outcome.error) {
+    showProblem(explainError(outcome.error));
+    finish("Dictation ended.");
+    return;
+  }
+  // Dropped: keep the microphone and reconnect; what is said meanwhile is not sent.
+  partial.textContent = "";
+  say(status, "The connection was lost: reconnecting…", "warn");
+  showProblem("The connection to the server was lost. Reconnecting… (words spoken meanwhile are not written).");
+  connect().then((ok) => {
+    if (ok) {
+      problem.hidden = true;
+      say(status, "Reconnected. Listening…", "rec");
+    } else {
+      finish("Not connected.");
+    }
+  });
+}
+
+function finish(statusText = "Stopped.") {
+  if (mic) mic.close();
+  mic = null;
+  stopping = false;
+  setRunning(false);
+  toggle.disabled = false;
+  showLevel(meter, -100);
+  partial.textContent = "";
+  say(status, statusText);
+}
+
+async function begin() {
+  problem.hidden = true;
+  summary.textContent = "";
+  toggle.disabled = true;
+  try {
+    mic = await Microphone.open((chunk) => {
+      showLevel(meter, chunk.dbfs);
+      if (socket && !stopping) socket.sendAudio(chunk.pcm);
+    });
+  } catch (error) {
+    toggle.disabled = false;
+    showProblem(microphoneProblem(error), "Try again");
+    say(status, "The microphone is not available.", "bad");
+    return;
+  }
+  setRunning(true);
+  say(status, "Connecting…");
+  if (await connect()) {
+    say(status, "Listening… speak now.", "rec");
+    toggle.disabled = false;
+    toggle.focus();
+  } else {
+    finish("Not connected.");
+  }
+}
+
+function end() {
+  stopping = true;
+  toggle.disabled = true;
+  say(status, "Finishing the last words…");
+  if (socket) socket.stop();
+  else finish();
+}
+
+toggle.addEventListener("click", () => (running ? end() : begin()));
+
+retry.addEventListener("click", () => {
+  problem.hidden = true;
+  if (running && !socket) {
+    connect().then((ok) => say(status, ok ? "Listening… speak now." : "Not connected.", ok ? "rec" : "bad"));
+  } else if (!running) {
+    begin();
+  }
+});
+
+copy.addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(transcript.value);
+  } catch {
+    transcript.select();
+    document.execCommand("copy");
+  }
+  say(status, transcript.value ? "Copied the text to the clipboard." : "There is no text to copy yet.", "ok");
+});
+
+clear.addEventListener("click", () => {
+  transcript.value = "";
+  utterances.replaceChildren();
+  document.getElementById("heard").hidden = true;
+  summary.textContent = "";
+  transcript.focus();
+});
+
+window.addEventListener("pagehide", () => {
+  stopping = true;
+  if (socket) socket.close();
+  if (mic) mic.close();
+});

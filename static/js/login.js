@@ -1,0 +1,170 @@
+// Voice login: one utterance over a verify session; on accept, the page hands the signed
+// token to POST /session, which checks it and signs the user in.
+import { FORMAT, Microphone, PauseDetector, microphoneProblem, showLevel } from "./capture.js";
+import { VoiceSocket, csrfToken, explainError, say } from "./voice-socket.js";
+
+const root = document.getElementById("login");
+const form = document.getElementById("login-form");
+const userInput = document.getElementById("user");
+const talk = document.getElementById("talk");
+const autoStop = document.getElementById("auto-stop");
+const meter = document.getElementById("level");
+const status = document.getElementById("status");
+const problem = document.getElementById("problem");
+const problemText = document.getElementById("problem-text");
+const retry = document.getElementById("retry");
+const decision = document.getElementById("decision");
+const MAX_SECONDS = 25; // under the server's 30 s per utterance
+
+let mic = null;
+let socket = null;
+let recording = false;
+let seconds = 0;
+let pending = null; // chunks captured while the session opens
+const pause = new PauseDetector({ pauseSeconds: 1.2 });
+
+function showProblem(text, retryLabel = "") {
+  say(problemText, text);
+  problem.hidden = false;
+  retry.textContent = retryLabel;
+  retry.hidden = !retryLabel;
+}
+
+function showDecision(kind, title, text) {
+  decision.className = `card notice notice-${kind}`;
+  document.getElementById("decision-title").textContent = title;
+  document.getElementById("decision-text").textContent = text;
+  decision.hidden = false;
+}
+
+function release() {
+  if (mic) mic.close();
+  mic = null;
+  recording = false;
+  pending = null;
+  showLevel(meter, -100);
+  talk.textContent = "Press to talk";
+  talk.classList.remove("recording");
+  talk.disabled = false;
+  userInput.disabled = false;
+}
+
+async function start() {
+  problem.hidden = true;
+  decision.hidden = true;
+  talk.disabled = true;
+  userInput.disabled = true;
+  // The microphone first: its permission prompt may take a while, and the server waits only 15 s.
+  pending = [];
+  try {
+    mic = await Microphone.open(onChunk);
+  } catch (error) {
+    release();
+    showProblem(microphoneProblem(error), "Try again");
+    say(status, "The microphone is not available.", "bad");
+    return;
+  }
+  const name = userInput.value.trim();
+  const message = { type: "start", mode: "verify", format: FORMAT };
+  if (name) message.user = name;
+  say(status, "Connecting…");
+  pause.reset();
+  seconds = 0;
+  recording = true;
+  socket = new VoiceSocket(message, { onMessage, onClose });
+  try {
+    await socket.open();
+  } catch (outcome) {
+    socket = null;
+    release();
+    if (outcome.error) showProblem(explainError(outcome.error));
+    else showProblem("Cannot reach the server. Check your connection and try again.", "Reconnect");
+    say(status, "");
+    return;
+  }
+  // What was said while connecting is part of the utterance.
+  pending.forEach((pcm) => socket.sendAudio(pcm));
+  pending = null;
+  talk.textContent = "Stop";
+  talk.classList.add("recording");
+  talk.disabled = false;
+  talk.focus();
+  say(status, "Listening… speak now.", "rec");
+}
+
+function stop() {
+  if (!recording || pending) return;
+  recording = false;
+  talk.disabled = true;
+  socket.stop();
+  mic.close();
+  mic = null;
+  showLevel(meter, -100);
+  say(status, "Checking your voice…");
+}
+
+function onChunk(chunk) {
+  showLevel(meter, chunk.dbfs);
+  if (!recording) return;
+  if (pending) pending.push(chunk.pcm);
+  else socket.sendAudio(chunk.pcm);
+  const length = chunk.pcm.byteLength / 2 / FORMAT.sample_rate;
+  seconds += length;
+  if ((pause.feed(chunk.dbfs, length) && autoStop.checked) || seconds >= MAX_SECONDS) stop();
+}
+
+const score = (result) => `score ${result.score.toFixed(2)}, needs ${result.threshold.toFixed(2)}`;
+
+async function onMessage(result) {
+  if (result.type !== "result") return;
+  release();
+  say(status, "");
+  if (result.state === "accept") {
+    showDecision("ok", `Accepted: welcome, ${result.user}`, `Your voice matched (${score(result)}). Signing you in…`);
+    const response = await fetch(root.dataset.session, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify({ token: result.token }),
+      credentials: "same-origin",
+    });
+    if (response.ok) {
+      const body = await response.json();
+      document.getElementById("decision-text").textContent = `Your voice matched (${score(result)}). You are signed in.`;
+      setTimeout(() => location.assign(body.next), 1500);
+    } else {
+      showDecision("bad", "Could not sign you in", "The server did not accept the sign-in. Try again.");
+    }
+  } else if (result.state === "reject") {
+    const who = result.user ? `${result.user}'s voiceprint` : "anyone enrolled";
+    const text = result.score === null
+      ? "Nobody has enrolled a voice yet."
+      : `Your voice did not match ${who} (${score(result)}). You are not signed in. Try again, speaking naturally.`;
+    showDecision("bad", "Not recognised", text);
+  } else if (result.state === "no_speech" || result.state === "not_enough_speech") {
+    showDecision("warn", "Too little speech", `We heard ${result.speech_seconds ?? 0} s of speech: say a full sentence or two, then try again. Nothing was counted.`);
+  } else {
+    showDecision("bad", "Cannot log in", result.message || result.state);
+  }
+  decision.focus();
+}
+
+function onClose(outcome) {
+  if (outcome.finished) return;
+  release();
+  say(status, "");
+  if (outcome.error) showProblem(explainError(outcome.error));
+  else showProblem("The connection to the server was lost before a decision. Nothing was decided.", "Reconnect and try again");
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (recording) stop();
+  else if (!talk.disabled) start();
+});
+
+retry.addEventListener("click", () => {
+  problem.hidden = true;
+  start();
+});
+
+window.addEventListener("pagehide", release);

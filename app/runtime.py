@@ -23,6 +23,8 @@ class Engines:
     transcriber: Transcriber
     pool: InferencePool
     load_seconds: dict[str, float] = field(default_factory=dict)
+    # The configured name of the loaded Whisper model (tiny.en, base, a directory, a hub name).
+    whisper_name: str | None = None
 
 
 def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
@@ -60,7 +62,12 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads)
     timings["speaker"] = time.perf_counter() - started
     started = time.perf_counter()
-    transcriber = Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size)
+    transcriber = load_transcriber(models_dir, whisper_model, threads=threads, beam_size=beam_size)
     timings["whisper"] = time.perf_counter() - started
     logger.info("models loaded: ECAPA in %.1f s, Whisper %s in %.1f s", timings["speaker"], whisper_model, timings["whisper"])
-    return Engines(speaker, transcriber, InferencePool(workers, queue), timings)
+    return Engines(speaker, transcriber, InferencePool(workers, queue), timings, whisper_model)
+
+
+def load_transcriber(models_dir: str | os.PathLike, whisper_model: str, threads: int = 1, beam_size: int = 5) -> Transcriber:
+    """Load the Whisper model ``whisper_model`` (a name as in resolve_whisper)."""
+    return Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size)

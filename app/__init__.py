@@ -45,6 +45,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     sock.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    from .admin import bp as admin_bp
+    app.register_blueprint(admin_bp)
     cli.register(app)
 
     if engines is not None:

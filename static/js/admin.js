@@ -14,12 +14,10 @@
         setTimeout(function () { button.textContent = label; }, 2000);
       };
       input.select();
-      if (navigator.clipboard && window.isSecureContext) {
-        navigator.clipboard.writeText(input.value).then(done, function () { document.execCommand("copy"); done(); });
-      } else {
-        document.execCommand("copy");
-        done();
-      }
+      // The selection stays, so if both ways fail the person can still press Ctrl+C.
+      var copied = false;
+      try { copied = document.execCommand("copy"); } catch (e) { copied = false; }
+      if (copied) { done(); } else if (navigator.clipboard) { navigator.clipboard.writeText(input.value).then(done); }
     });
   });
 
@@ -43,7 +41,10 @@
       var x = left + Math.min(1, Math.max(0, (t - low) / (high - low))) * width;
       var line = mark.querySelector("line"), text = mark.querySelector("text");
       line.setAttribute("x1", x); line.setAttribute("x2", x);
-      text.setAttribute("x", x + 4); text.textContent = "proposed " + t.toFixed(2);
+      var flip = x > left + width * 0.75;  // keep the label inside the chart near its right edge
+      text.setAttribute("x", flip ? x - 4 : x + 4);
+      text.setAttribute("text-anchor", flip ? "end" : "start");
+      text.textContent = "proposed " + t.toFixed(2);
       mark.removeAttribute("hidden");
       if (scores) {
         var lost = scores.accepted.filter(function (s) { return s < t; }).length;

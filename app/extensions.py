@@ -68,10 +68,16 @@ def engines_error(app: Flask) -> str | None:
 
 def _wanted_whisper(app: Flask) -> str:
     """Return the Whisper model to load: an admin's choice in the database, else the configured one."""
-    from .settings import whisper_model
+    from .settings import whisper_model, whisper_present
 
     with app.app_context():
-        return whisper_model()
+        name = whisper_model()
+        if whisper_present(name) is False:
+            # A stored choice whose files have gone must not keep the service from starting.
+            logger.warning("Whisper %s is chosen in the settings but not on disk; loading %s",
+                           name, app.config["WHISPER_MODEL"])
+            return app.config["WHISPER_MODEL"]
+        return name
 
 
 def switch_whisper(app: Flask, name: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.db import db
-from app.extensions import set_engines, whisper_status
+from app.extensions import _wanted_whisper, whisper_status
 from app.models import AdminAccount, AuditEvent, EnrollmentInvite, Setting, User, Voiceprint, utcnow
 from app.settings import current_policy
 
@@ -317,6 +317,16 @@ def test_a_whisper_model_not_on_disk_is_refused_with_a_clear_error(tmp_path, eng
     response = post(client, "/admin/settings", whisper_model="base")
     assert response.status_code == 400 and "run &#39;flask models fetch base&#39; first" in response.text
     assert whisper_status(app)["active"] == "tiny.en"
+    # A stored choice whose files are missing never keeps the models from loading.
+    with app.app_context():
+        Setting.put("whisper_model", "base", "hand")
+        db.session.commit()
+    assert _wanted_whisper(app) == "tiny.en"
+    other = make_app(tmp_path / "other", engines)  # the real models folder, with base in it
+    with other.app_context():
+        Setting.put("whisper_model", "base", "hand")
+        db.session.commit()
+    assert _wanted_whisper(other) == "base"
 
 
 def test_switching_the_whisper_model_takes_effect_without_restart(tmp_path, engines, speech):

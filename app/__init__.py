@@ -45,7 +45,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     sock.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
-    from .pages import bp as pages_bp; app.register_blueprint(pages_bp)  # noqa: E702  (the people's pages)
+    from .admin import bp as admin_bp
+    from .pages import bp as pages_bp
+
+    app.register_blueprint(pages_bp)
+    app.register_blueprint(admin_bp)
     cli.register(app)
 
     if engines is not None:

@@ -64,6 +64,13 @@ class Config:
     # CSRF tokens (Flask-WTF) on every form post; the JSON API authenticates otherwise.
     WTF_CSRF_TIME_LIMIT = None
 
+    # Admin sign-in throttling: this many wrong passwords in a row lock the account for a
+    # while, and one client address may fail this many times per window (any account).
+    ADMIN_SIGNIN_ATTEMPTS = 5
+    ADMIN_SIGNIN_LOCK_SECONDS = 900
+    ADMIN_ADDRESS_ATTEMPTS = 20
+    ADMIN_ADDRESS_WINDOW_SECONDS = 900
+
 
 def database_url(configured: str | None, instance_path: str) -> str:
     """Return the configured database URL, or the default SQLite file in ``instance_path``."""

@@ -8,7 +8,7 @@ from flask import current_app, request, session
 from .extensions import get_engines
 from .models import AdminAccount
 from .db import db
-from .policy import Policy
+from .settings import current_policy
 from .sessions import Context
 
 
@@ -16,7 +16,7 @@ def session_context(protocol: str) -> Context:
     """Return the models, policy and client of the current request."""
     return Context(
         engines=get_engines(),
-        policy=Policy.from_config(current_app.config),
+        policy=current_policy(),
         secret_key=current_app.config["SECRET_KEY"],
         protocol=protocol,
         client_addr=request.remote_addr,

@@ -5,6 +5,7 @@ No audio is ever stored: a voiceprint is a handful of embeddings (float32 bytes)
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from datetime import datetime, timedelta, timezone
 
@@ -166,6 +167,21 @@ class AdminAccount(db.Model):
         """Return True when ``password`` matches the stored hash."""
         return check_password_hash(self.password_hash, password)
 
+    def is_locked(self) -> bool:
+        """Return True while sign-in is refused after repeated wrong passwords."""
+        return self.locked_until is not None and self.locked_until > utcnow()
+
+    def record_sign_in(self, succeeded: bool, attempts: int, lock_seconds: int) -> None:
+        """Count a sign-in; ``attempts`` wrong passwords in a row refuse sign-in for a while."""
+        if succeeded:
+            self.failed_logins = 0
+            self.locked_until = None
+            return
+        self.failed_logins += 1
+        if self.failed_logins >= attempts:
+            self.failed_logins = 0
+            self.locked_until = utcnow() + timedelta(seconds=lock_seconds)
+
 
 class EnrollmentInvite(db.Model):
     """A one-time, expiring permission to enroll a voice for one user; only its hash is kept."""
@@ -212,3 +228,21 @@ class Setting(db.Model):
     value: Mapped[str] = mapped_column(Text)  # JSON
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(64))
+
+    @classmethod
+    def stored(cls) -> dict[str, object]:
+        """Return every stored value by key, decoded from JSON."""
+        return {row.key: json.loads(row.value) for row in db.session.scalars(select(cls))}
+
+    @classmethod
+    def put(cls, key: str, value: object, updated_by: str | None) -> None:
+        """Store ``value`` under ``key`` (None clears it, back to the default). The caller commits."""
+        row = db.session.get(cls, key)
+        if value is None:
+            if row is not None:
+                db.session.delete(row)
+            return
+        if row is None:
+            row = cls(key=key)
+            db.session.add(row)
+        row.value, row.updated_by = json.dumps(value), updated_by

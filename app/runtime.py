@@ -24,6 +24,8 @@ class Engines:
     pool: InferencePool
     streams: StreamSlots
     load_seconds: dict[str, float] = field(default_factory=dict)
+    # The configured name of the loaded Whisper model (tiny.en, base, a directory, a hub name).
+    whisper_name: str | None = None
 
 
 def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
@@ -63,10 +65,15 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads, precision=speaker_precision)
     timings["speaker"] = time.perf_counter() - started
     started = time.perf_counter()
-    transcriber = Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size,
-                              workers=workers)
+    transcriber = load_transcriber(models_dir, whisper_model, threads=threads, beam_size=beam_size, workers=workers)
     timings["whisper"] = time.perf_counter() - started
     logger.info("models loaded: ECAPA (%s) in %.1f s, Whisper %s in %.1f s", speaker.precision, timings["speaker"],
                 whisper_model, timings["whisper"])
     streams = StreamSlots(max_streams or 2 * workers)
-    return Engines(speaker, transcriber, InferencePool(workers, queue), streams, timings)
+    return Engines(speaker, transcriber, InferencePool(workers, queue), streams, timings, whisper_model)
+
+
+def load_transcriber(models_dir: str | os.PathLike, whisper_model: str, threads: int = 1, beam_size: int = 5,
+                     workers: int = 1) -> Transcriber:
+    """Load the Whisper model ``whisper_model`` (a name as in resolve_whisper) for ``workers`` parallel calls."""
+    return Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size, workers=workers)

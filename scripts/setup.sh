@@ -42,5 +42,6 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-.venv/bin/flask models fetch
+# The tests switch to Whisper base once (the admin settings), so they fetch every model.
+if [ "$mode" = test ]; then .venv/bin/flask models fetch --all; else .venv/bin/flask models fetch; fi
 .venv/bin/flask db upgrade

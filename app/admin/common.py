@@ -1,0 +1,40 @@
+"""What the admin views share: the signed-in admin, safe redirects, audit rows of admin actions."""
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from flask import g, request, session
+
+from ..db import db
+from ..models import AdminAccount
+from ..sessions import new_request_id
+from ..store import Audit, record
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/admin/api/"
+
+
+def current_admin() -> AdminAccount | None:
+    """Return the admin account of this request's session, or None."""
+    admin_id = session.get("admin_id")
+    return db.session.get(AdminAccount, admin_id) if isinstance(admin_id, int) else None
+
+
+def safe_next(target: str | None, default: str = "/admin/") -> str:
+    """Return ``target`` if it is a path on this site, else ``default`` (no open redirects)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
+def note(action: str, user_name: str | None = None) -> None:
+    """Write an audit row (kind ``admin``) for an admin action on a user or the settings."""
+    admin = g.admin.username if g.get("admin") else "?"
+    logger.info("admin %s: %s %s", admin, action, user_name or "")
+    record(Audit(new_request_id(), "admin", "web", action, claimed_user=user_name,
+                 reason=f"by admin {admin}"[:64], client_addr=request.remote_addr))

@@ -1,0 +1,161 @@
+"""Settings an admin changes at run time: the configured defaults overlaid with database rows.
+
+Each editable value has a type and a range; a stored value outside them (written by hand,
+or by an older version) is ignored with a warning rather than trusted.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from flask import current_app
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import modelstore
+from .db import db
+from .models import Setting
+from .policy import Policy
+
+logger = logging.getLogger(__name__)
+
+WHISPER_KEY = "whisper_model"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One editable policy value: its type, range and what it means."""
+
+    name: str
+    kind: type
+    low: float
+    high: float
+    label: str
+    help: str
+    unit: str = ""
+    step: str = "any"
+
+    def parse(self, raw: Any) -> int | float:
+        """Return ``raw`` as this field's type, or raise ValueError with a message for people."""
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.label}: enter a number") from None
+        if self.kind is int:
+            if not number.is_integer():
+                raise ValueError(f"{self.label}: enter a whole number")
+            number = int(number)
+        if not (self.low <= number <= self.high) or number != number:
+            raise ValueError(f"{self.label}: must be between {self.low:g} and {self.high:g}")
+        return number
+
+
+POLICY_FIELDS = (
+    Field("threshold", float, 0.05, 0.99, "Accept threshold",
+          "Cosine score at or above which a voice is accepted. Higher: fewer false accepts, more false rejects.",
+          step="0.01"),
+    Field("min_verify_speech", float, 0.5, 10.0, "Minimum speech for a decision",
+          "Below this much speech a verification answers 'not enough speech' instead of deciding.", "s", "0.1"),
+    Field("enroll_min_clips", int, 1, 10, "Enrollment: clips", "How many accepted clips an enrollment needs.",
+          step="1"),
+    Field("enroll_min_clip_speech", float, 0.5, 30.0, "Enrollment: speech per clip",
+          "A clip with less speech than this is refused.", "s", "0.1"),
+    Field("enroll_min_total_speech", float, 1.0, 120.0, "Enrollment: total speech",
+          "An enrollment completes once its accepted clips hold this much speech.", "s", "0.5"),
+)
+FIELDS = {field.name: field for field in POLICY_FIELDS}
+
+
+def _stored() -> dict[str, Any]:
+    try:
+        return Setting.stored()
+    except SQLAlchemyError as error:
+        # Before the first migration there is no settings table: the defaults apply.
+        logger.warning("settings unreadable, using the configured defaults: %s", error)
+        db.session.rollback()
+        return {}
+
+
+def _valid_overrides(stored: dict[str, Any]) -> dict[str, int | float]:
+    values = {}
+    for name, field in FIELDS.items():
+        if name in stored:
+            try:
+                values[name] = field.parse(stored[name])
+            except ValueError as error:
+                logger.warning("ignoring stored setting %s=%r: %s", name, stored[name], error)
+    return values
+
+
+def default_policy() -> Policy:
+    """Return the policy of the configuration alone."""
+    return Policy.from_config(current_app.config)
+
+
+def current_policy() -> Policy:
+    """Return the policy in force: the configured defaults with the admin's changes on top."""
+    return replace(default_policy(), **_valid_overrides(_stored()))
+
+
+def whisper_choices() -> list[str]:
+    """Return the Whisper models an admin can pick (ours, and the configured one)."""
+    configured = current_app.config["WHISPER_MODEL"]
+    return list(modelstore.WHISPER_MODELS) + ([configured] if configured not in modelstore.WHISPER_MODELS else [])
+
+
+def whisper_model() -> str:
+    """Return the Whisper model in force: the stored choice, else the configured one."""
+    stored = _stored().get(WHISPER_KEY)
+    if isinstance(stored, str) and stored in whisper_choices():
+        return stored
+    return current_app.config["WHISPER_MODEL"]
+
+
+def whisper_present(name: str) -> bool | None:
+    """Return whether our copy of ``name`` is on disk (None: not one of ours, cannot tell)."""
+    if name not in modelstore.WHISPER_MODELS:
+        return None
+    return modelstore.is_complete(current_app.config["MODELS_DIR"], name)
+
+
+def save(form: dict[str, str], updated_by: str) -> tuple[list[str], list[str]]:
+    """Validate and store the submitted settings; return (changed names, errors).
+
+    Nothing is stored when any value is invalid. A value equal to the configured
+    default clears its row, so later changes of the default apply to it again.
+    """
+    errors, parsed = [], {}
+    for name, field in FIELDS.items():
+        if name in form:
+            try:
+                parsed[name] = field.parse(form[name])
+            except ValueError as error:
+                errors.append(str(error))
+    whisper = form.get(WHISPER_KEY)
+    if whisper is not None:
+        if whisper not in whisper_choices():
+            errors.append(f"Whisper model: choose one of {', '.join(whisper_choices())}")
+        elif whisper_present(whisper) is False:
+            errors.append(f"Whisper model {whisper!r} is not downloaded; run 'flask models fetch {whisper}' first")
+    if errors:
+        return [], errors
+
+    defaults, before = default_policy(), current_policy()
+    changed = []
+    for name, value in parsed.items():
+        if value != getattr(before, name):
+            changed.append(name)
+        Setting.put(name, None if value == getattr(defaults, name) else value, updated_by)
+    if whisper is not None:
+        if whisper != whisper_model():
+            changed.append(WHISPER_KEY)
+        Setting.put(WHISPER_KEY, None if whisper == current_app.config["WHISPER_MODEL"] else whisper, updated_by)
+    db.session.commit()
+    return changed, []
+
+
+def reset(updated_by: str) -> None:
+    """Clear every stored setting: the configured defaults apply again."""
+    for key in list(_stored()):
+        Setting.put(key, None, updated_by)
+    db.session.commit()

@@ -45,6 +45,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     sock.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    from .kaldi import bp as kaldi_bp  # Kõnele's endpoints (docs/konele.md)
+    app.register_blueprint(kaldi_bp)
     cli.register(app)
 
     if engines is not None:

@@ -19,6 +19,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 from app import client
 from app.audio import AudioError, AudioFormat, AudioLimits
 from app.db import db
+from app.dictation_keys import dictation_url, recognize_url
 from app.kaldi_audio import AudioIntake, parse_caps
 from app.kaldi_client import KONELE_CAPS, Stream, run, with_params
 from app.models import AuditEvent, User
@@ -101,6 +102,17 @@ def test_a_wav_sent_without_content_type_streams_after_its_header(speech):
     assert intake.streaming and sum(b.size for b in blocks[:-1]) > 0
     audio = np.concatenate(blocks + [intake.finish()])
     assert np.allclose(audio, speech.load("wav/ljspeech/LJ001-0004.wav"), atol=1e-4)
+
+
+def test_dictation_urls_follow_the_servers_scheme():
+    assert dictation_url("https://voice.example.org/", "3.a-b_c") == "wss://voice.example.org/client/ws/speech?key=3.a-b_c"
+    assert dictation_url("http://10.0.0.2:8000", "3.x") == "ws://10.0.0.2:8000/client/ws/speech?key=3.x"
+    assert recognize_url("https://v.example", "3.x") == "https://v.example/client/dynamic/recognize?key=3.x"
+
+
+def test_users_key_names_an_unknown_user(runner):
+    result = runner.invoke(args=["users", "key", "nobody"])
+    assert result.exit_code != 0 and "no user called 'nobody'" in result.output
 
 
 # --------------------------------------------------------------------------- the speech socket

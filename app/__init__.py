@@ -46,8 +46,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     from .admin import bp as admin_bp
+    from .kaldi import bp as kaldi_bp  # Kõnele's endpoints (docs/konele.md)
     from .pages import bp as pages_bp
 
+    app.register_blueprint(kaldi_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(admin_bp)
     cli.register(app)

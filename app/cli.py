@@ -70,6 +70,30 @@ def users_invite(name: str, hours: float | None) -> None:
     click.echo(token)
 
 
+@users.command("key")
+@click.argument("name")
+@click.option("--revoke", is_flag=True, help="Invalidate the current key first; the URL printed is the new one.")
+@click.option("--base-url", envvar="VOICEGATE_PUBLIC_URL", default="http://127.0.0.1:8000", show_default=True,
+              help="The server's public address (default: $VOICEGATE_PUBLIC_URL, else the local one).")
+def users_key(name: str, revoke: bool, base_url: str) -> None:
+    """Print NAME's personal dictation URLs; the one to put in Kõnele is the last line."""
+    from . import dictation_keys
+
+    user = User.by_name(name)
+    if user is None:
+        raise click.ClickException(f"no user called {name!r}")
+    if revoke:
+        dictation_keys.revoke(user)
+        db.session.commit()
+        click.echo(f"revoked {name}'s previous dictation key")
+    if not user.enrolled:
+        click.echo(f"note: {name} has not enrolled a voice yet; dictation is refused until they do", err=True)
+    key = dictation_keys.key_for(user, current_app.config["SECRET_KEY"])
+    click.echo(f"HTTP (whole recordings): {dictation_keys.recognize_url(base_url, key)}")
+    click.echo(f"Kõnele WebSocket URL for {name}:")
+    click.echo(dictation_keys.dictation_url(base_url, key))
+
+
 @users.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from urllib.parse import quote
 
 from .db import db
 from .models import User
@@ -38,3 +39,27 @@ def user_for(key: str | None, secret_key: str) -> User | None:
 def revoke(user: User) -> None:
     """Invalidate ``user``'s dictation key; the next key_for gives a new one. The caller commits."""
     user.dictation_key_version += 1
+
+
+# Kõnele's endpoints (app/kaldi.py serves them; the paths are kaldi-gstreamer-server's own).
+SPEECH_PATH = "/client/ws/speech"
+STATUS_PATH = "/client/ws/status"
+RECOGNIZE_PATH = "/client/dynamic/recognize"
+
+
+def dictation_url(base_url: str, key: str) -> str:
+    """Return the WebSocket URL to paste into Kõnele, e.g. ``wss://host/client/ws/speech?key=...``.
+
+    ``base_url`` is the server's public http(s) address (``request.host_url`` in a view).
+    Kõnele keeps the key because it appends its own parameters with ``&``.
+    """
+    base = base_url.rstrip("/")
+    for plain, secure in (("http://", "ws://"), ("https://", "wss://")):
+        if base.startswith(plain):
+            base = secure + base[len(plain):]
+    return f"{base}{SPEECH_PATH}?key={quote(key, safe='')}"
+
+
+def recognize_url(base_url: str, key: str) -> str:
+    """Return the HTTP URL that transcribes a whole recording for the key's user."""
+    return f"{base_url.rstrip('/')}{RECOGNIZE_PATH}?key={quote(key, safe='')}"

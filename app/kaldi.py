@@ -1,0 +1,381 @@
+"""Kõnele's endpoints: the kaldi-gstreamer-server protocol over identity-gated dictation (docs/konele.md).
+
+``WS /client/ws/speech``, ``WS /client/ws/status`` and ``PUT|POST /client/dynamic/recognize``.
+Kõnele cannot sign in, so a personal dictation key (app/dictation_keys.py) names the user,
+and every utterance must still verify as that user's voice: the engine is the same
+DictateSession as on /ws/voice; this module only translates its messages.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request
+from simple_websocket import ConnectionClosed
+
+from . import dictation_keys, store
+from .audio import AudioError, AudioLimits
+from .context import session_context
+from .extensions import csrf, engines_loaded, get_engines, sock
+from .kaldi_audio import AudioIntake, has_header, parse_caps
+from .sessions import PROBLEM_MESSAGES, Context, DictateSession, SessionError, new_request_id, open_session
+from .vad import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("kaldi", __name__, url_prefix="/client")
+# Kõnele and scripts post audio here with a key, never from a form of ours.
+csrf.exempt(bp)
+
+# kaldi-gstreamer-server's status codes.
+SUCCESS, NO_SPEECH, ABORTED, NOT_ALLOWED, NOT_AVAILABLE = 0, 1, 2, 5, 9
+_STATUS = {"busy": NOT_AVAILABLE, "unknown_user": NOT_ALLOWED, "disabled": NOT_ALLOWED,
+           "not_enrolled": NOT_ALLOWED, "locked": NOT_ALLOWED}
+_HTTP_STATUS = {SUCCESS: 200, NO_SPEECH: 200, ABORTED: 400, NOT_ALLOWED: 403, NOT_AVAILABLE: 503}
+KEY_HEADER = "X-Dictation-Key"
+_KEY = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
+# Audio is handed to the session in blocks this long, so that its voice checks run between them.
+BLOCK = SAMPLE_RATE // 4
+# After the final that ends Kõnele's session, how long to wait for its EOS before closing.
+EOS_GRACE_SECONDS = 5.0
+_POLL_SECONDS = 0.1
+# The status socket reports at most this often, and closes after a while (Kõnele reopens it).
+STATUS_INTERVAL = 1.0
+STATUS_MAX_SECONDS = 300.0
+
+
+class KaldiError(Exception):
+    """A refusal answered as ``{"status": N, "message": ...}`` and a close."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# --------------------------------------------------------------------------- opening a dictation
+
+def request_key() -> str | None:
+    """Return the dictation key of the current request: ``key=`` in the query, or the X-Dictation-Key header."""
+    return request.args.get("key") or request.headers.get(KEY_HEADER) or None
+
+
+def open_dictation(ctx: Context, key: str | None, partials: bool) -> DictateSession:
+    """Return a dictation session for the key's user, or raise KaldiError (5 not allowed, 9 busy).
+
+    A missing or wrong key is audited like the sessions' own refusals. Without
+    ``partials`` the session computes none (they would only cost CPU).
+    """
+    user = dictation_keys.user_for(key, ctx.secret_key) if key and _KEY.match(key) else None
+    if user is None:
+        reason = "bad_key" if key else "no_key"
+        store.record(ctx.audit(new_request_id(), "transcribe", reason, reason=reason))
+        raise KaldiError(NOT_ALLOWED, "this dictation URL holds no valid key; ask for your personal URL "
+                         "(it changes when the key is revoked)")
+    pool = ctx.engines.pool
+    if pool.pending >= pool.capacity:
+        raise KaldiError(NOT_AVAILABLE, "the server is at capacity; try again in a moment")
+    if not partials:
+        ctx = replace(ctx, policy=replace(ctx.policy, partial_interval=float("inf")))
+    try:
+        return open_session(ctx, {"mode": "dictate", "user": user.name})
+    except SessionError as error:
+        message = PROBLEM_MESSAGES.get(error.code, error.message)
+        raise KaldiError(_STATUS.get(error.code, ABORTED), f"dictation is not allowed: {message}") from None
+
+
+class KaldiDictation:
+    """A DictateSession's messages in kaldi terms: results with segments, refusals as KaldiError.
+
+    Only accepted utterances become segments. A rejected one ends everything with
+    status 5 and no text. ``single``: the first final ends the session (Kõnele's default).
+    """
+
+    def __init__(self, session: DictateSession, partials: bool, single: bool):
+        self.session, self.partials, self.single = session, partials, single
+        self.id = session.request_id
+        self.segment = 0
+        self.finals: list[str] = []
+        self.finished = False  # a single-final session has its final; later audio is ignored
+        self._received = 0
+        self._partial: str | None = None  # the current segment's last partial
+        self._too_short = 0
+
+    def feed(self, samples: np.ndarray) -> list[dict]:
+        """Take 16 kHz float32 audio; return the results it completes."""
+        out = []
+        for start in range(0, samples.size, BLOCK):
+            if self.finished:
+                break
+            block = samples[start:start + BLOCK]
+            self._received += block.size
+            out += self._relay(self.session.audio(block))
+        return out
+
+    def poll(self) -> list[dict]:
+        """Return a partial result that finished computing meanwhile, if any."""
+        return [] if self.finished else self._relay(self.session.poll())
+
+    def end(self) -> list[dict]:
+        """End the audio (EOS): return the last results, or status 1 when nothing was recognised."""
+        out = [] if self.finished else self._relay(self.session.stop())
+        if not self.finals:
+            reason = ("too little speech to check the voice" if self._too_short else "no speech was heard")
+            raise KaldiError(NO_SPEECH, reason)
+        return out
+
+    def _relay(self, messages: list[dict]) -> list[dict]:
+        out = []
+        for message in messages:
+            if self.finished:
+                break
+            if message["type"] == "partial" and self.partials and message["text"] != self._partial:
+                self._partial = message["text"]
+                out.append(self._result(message["text"], final=False))
+            elif message["type"] == "final":
+                out += self._final(message)
+        return out
+
+    def _final(self, message: dict) -> list[dict]:
+        if message["state"] == "reject":
+            raise KaldiError(NOT_ALLOWED, "the voice does not match this dictation key's user; nothing was transcribed")
+        if message["state"] != "accept":
+            self._too_short += 1
+            return []
+        if not message["text"] and self._partial is None:
+            return []  # nothing was said that Whisper could write, and nothing was shown
+        result = self._result(message["text"] or "", final=True)
+        result.update({"segment-start": message["start"], "segment-length": round(message["end"] - message["start"], 3),
+                       "total-length": round(self._received / SAMPLE_RATE, 3)})
+        self.finals.append(message["text"] or "")
+        self.segment += 1
+        self._partial = None
+        self.finished = self.single
+        return [result]
+
+    def _result(self, text: str, final: bool) -> dict:
+        return {"status": SUCCESS, "segment": self.segment, "id": self.id,
+                "result": {"hypotheses": [{"transcript": text}], "final": final}}
+
+
+# --------------------------------------------------------------------------- WS /client/ws/speech
+
+@sock.route("/ws/speech", bp=bp)
+def speech(ws):
+    """Run one Kõnele dictation on this socket."""
+    SpeechChannel(ws, session_context("kaldi"), request.args, request_key()).serve()
+
+
+class SpeechChannel:
+    """Drive one kaldi dictation over anything with ``receive(timeout)``, ``send(text)`` and ``close()``."""
+
+    def __init__(self, conn, ctx: Context, args, key: str | None):
+        self.conn, self.ctx, self.args, self.key = conn, ctx, args, key
+        self.dictation: KaldiDictation | None = None
+        self.intake: AudioIntake | None = None
+        self._finished_at: float | None = None
+
+    def serve(self) -> None:
+        """Run the dictation to its end; a refusal is one status message and a close."""
+        try:
+            self._open()
+            self._run()
+        except KaldiError as error:
+            self._refuse(error.status, error.message)
+        except SessionError as error:
+            self._refuse(_STATUS.get(error.code, ABORTED), error.message)
+        except AudioError as error:
+            self._refuse(ABORTED, error.message)
+        except ConnectionClosed:
+            # The client went away: its open utterance is dropped; finished ones are audited already.
+            logger.info("kaldi client left session %s", self.dictation.id if self.dictation else "(unopened)")
+        except Exception:
+            logger.exception("kaldi session failed")
+            self._refuse(ABORTED, "the server failed to handle this session")
+        finally:
+            if self.dictation is not None:
+                self.dictation.session.close()  # its stream slot, however the session ended
+            _requests().done()
+
+    def _open(self) -> None:
+        partials = self.args.get("partial", "").lower() == "true"
+        single = self.args.get("continuous", "").lower() not in ("true", "1", "yes")
+        session = open_dictation(self.ctx, self.key, partials)
+        try:
+            fmt = parse_caps(self.args.get("content-type"))
+        except AudioError as error:
+            session.close()
+            raise KaldiError(ABORTED, error.message) from None
+        self.intake = AudioIntake(fmt, AudioLimits(max_bytes=int(current_app.config["MAX_AUDIO_BYTES"]),
+                                                   max_seconds=self.ctx.policy.max_dictation_seconds))
+        self.dictation = KaldiDictation(session, partials, single)
+        logger.info("kaldi session %s for %s (%s, partials %s, %s)", self.dictation.id, session.user,
+                    fmt.encoding if fmt else "sniffed", partials, "first final ends it" if single else "continuous")
+
+    def _run(self) -> None:
+        while True:
+            message = self._receive()
+            if message is None:
+                break  # a finished session whose client sent no EOS in time
+            if isinstance(message, bytes):
+                if not self.dictation.finished:
+                    self._send_all(self.dictation.feed(self.intake.feed(message)))
+            elif message.strip() == "EOS":
+                if not self.dictation.finished:
+                    self._send_all(self.dictation.feed(self.intake.finish()))
+                    self._send_all(self.dictation.end())
+                break
+            else:
+                self._text(message)
+            if self.dictation.finished and self._finished_at is None:
+                self._finished_at = time.monotonic()
+        self._close()
+
+    def _receive(self) -> bytes | str | None:
+        """Return the next frame, sending partials while waiting; None once a finished session's grace is over."""
+        deadline = time.monotonic() + self.ctx.policy.idle_seconds
+        while True:
+            message = self.conn.receive(timeout=_POLL_SECONDS)
+            if message is not None:
+                break
+            self._send_all(self.dictation.poll())
+            now = time.monotonic()
+            if self._finished_at is not None and now - self._finished_at > EOS_GRACE_SECONDS:
+                return None
+            if now > deadline:
+                raise KaldiError(ABORTED, f"nothing received for {self.ctx.policy.idle_seconds:g} s")
+        if isinstance(message, (bytes, bytearray)):
+            if len(message) > self.ctx.policy.max_frame_bytes:
+                raise KaldiError(ABORTED, f"audio frames may hold at most {self.ctx.policy.max_frame_bytes} bytes")
+            return bytes(message)
+        return message
+
+    def _text(self, message: str) -> None:
+        """Ignore the text frames kaldi clients may send besides EOS (adaptation state)."""
+        try:
+            parsed = json.loads(message)
+        except (ValueError, RecursionError):
+            parsed = None
+        if not (isinstance(parsed, dict) and "adaptation_state" in parsed):
+            logger.info("kaldi session %s: ignored a text frame that is neither EOS nor adaptation state",
+                        self.dictation.id)
+
+    def _send_all(self, messages: list[dict]) -> None:
+        for message in messages:
+            self.conn.send(json.dumps(message))
+
+    def _refuse(self, status: int, message: str) -> None:
+        logger.info("kaldi session %s: status %d: %s", self.dictation.id if self.dictation else "(unopened)",
+                    status, message)
+        try:
+            self.conn.send(json.dumps({"status": status, "message": message}))
+        except ConnectionClosed:
+            return
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            self.conn.close(reason=1000)
+        except ConnectionClosed:
+            pass
+
+
+# --------------------------------------------------------------------------- WS /client/ws/status
+
+class _Requests:
+    """How many kaldi requests this app has finished (``num_requests_processed``)."""
+
+    def __init__(self):
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def done(self) -> None:
+        """Count one more finished request."""
+        with self._lock:
+            self.count += 1
+
+
+def _requests() -> _Requests:
+    return current_app.extensions.setdefault("voicegate.kaldi_requests", _Requests())
+
+
+def status_now() -> dict:
+    """Return the status message: free inference slots (a new session is refused at 0) and requests served."""
+    app = current_app._get_current_object()
+    available = 0
+    if engines_loaded(app):
+        engines = get_engines(app)
+        # A new session needs a free dictation slot and room in the inference pool.
+        pool_room = engines.pool.capacity - engines.pool.pending
+        available = max(0, min(pool_room, engines.streams.limit - engines.streams.open))
+    return {"num_workers_available": available, "num_requests_processed": _requests().count}
+
+
+@sock.route("/ws/status", bp=bp)
+def status(ws):
+    """Send the status on open and whenever it changes, until the client leaves."""
+    began, last = time.monotonic(), None
+    try:
+        while time.monotonic() - began < STATUS_MAX_SECONDS:
+            current = status_now()
+            if current != last:
+                ws.send(json.dumps(current))
+                last = current
+            ws.receive(timeout=STATUS_INTERVAL)  # whatever the client says is ignored
+        ws.close(reason=1000)
+    except ConnectionClosed:
+        pass
+
+
+# --------------------------------------------------------------------------- PUT|POST /client/dynamic/recognize
+
+@bp.errorhandler(KaldiError)
+def _refused(error: KaldiError):
+    response = jsonify(status=error.status, message=error.message)
+    if error.status == NOT_AVAILABLE:
+        response.headers["Retry-After"] = "1"
+    return response, _HTTP_STATUS.get(error.status, 400)
+
+
+@bp.errorhandler(413)
+def _too_large(_error):
+    return _refused(KaldiError(ABORTED, "the upload is larger than the server accepts"))
+
+
+@bp.route("/dynamic/recognize", methods=["PUT", "POST"])
+def recognize():
+    """Transcribe a whole recording for the key's user, only if its voice verifies as theirs.
+
+    The body is the audio (chunked transfer allowed); ``content-type`` in the query, or
+    an audio/* Content-Type header, says how it is encoded, as on the WebSocket.
+    """
+    ctx = session_context("kaldi")
+    session = None
+    try:
+        session = open_dictation(ctx, request_key(), partials=False)
+        caps = request.args.get("content-type")
+        if caps is None and request.mimetype.startswith("audio/"):
+            caps = request.headers["Content-Type"]
+        data = request.get_data(cache=False)
+        # Programs like curl label a raw body as a form; a file's own header then says what it is.
+        fmt = None if caps is None and has_header(data) else parse_caps(caps)
+        dictation = KaldiDictation(session, partials=False, single=False)
+        intake = AudioIntake(fmt, AudioLimits(max_bytes=int(current_app.config["MAX_AUDIO_BYTES"]),
+                                              max_seconds=ctx.policy.max_dictation_seconds))
+        dictation.feed(intake.feed(data))
+        dictation.feed(intake.finish())
+        dictation.end()
+    except SessionError as error:
+        raise KaldiError(_STATUS.get(error.code, ABORTED), error.message) from None
+    except AudioError as error:
+        raise KaldiError(ABORTED, error.message) from None
+    finally:
+        if session is not None:
+            session.close()
+        _requests().done()
+    text = " ".join(t for t in dictation.finals if t)
+    return jsonify(status=SUCCESS, id=dictation.id, hypotheses=[{"utterance": text}])

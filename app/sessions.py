@@ -460,7 +460,7 @@ class DictateSession:
         self._last_partial = utterance.verified_until
         audio = self._slice(utterance.start, utterance.verified_until)
         try:
-            self._partial = (utterance.index, pool.submit(self.ctx.engines.transcriber.transcribe, audio, None, 1))
+            self._partial = (utterance.index, pool.submit(self.ctx.engines.transcriber.transcribe, audio))
         except Busy:
             self._partial = None
 

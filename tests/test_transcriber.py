@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jiwer
+import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
 
@@ -19,3 +20,34 @@ def test_tiny_en_word_error_rate_is_at_most_ten_percent(engines, speech):
     assert len(references) == 21
     assert wer <= 0.10
 
+
+
+def _wer(transcribe, speech) -> float:
+    normalise = EnglishTextNormalizer()
+    pairs = [(normalise(u.transcript), normalise(transcribe(speech.load(u.file)).text)) for u in speech.utterances]
+    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+
+
+def test_short_context_decoding_is_as_accurate_as_the_30_second_window(engines, speech):
+    """Encoding an utterance over its own length must not cost accuracy against Whisper's usual 30 s."""
+    from app.transcriber import Transcriber
+    from tests.conftest import MODELS_DIR
+
+    standard = Transcriber(str(MODELS_DIR / "whisper-tiny.en"), threads=1, short_context=False)
+    short, full = _wer(engines.transcriber.transcribe, speech), _wer(standard.transcribe, speech)
+    print(f"\nWER short context {short:.1%}, 30 s window {full:.1%}")
+    assert engines.transcriber.short_context
+    assert short <= full + 0.01
+
+
+def test_a_recording_longer_than_one_window_is_transcribed_to_its_end(engines, speech):
+    # 30 s and more goes through faster-whisper's windowed path: nothing after 30 s is lost.
+    files = [u for u in speech.utterances if u.speaker == speech.utterances[0].speaker] + speech.utterances
+    audio, used = [], []
+    while sum(a.size for a in audio) < 40 * 16000:
+        utterance = files[len(used)]
+        audio.append(speech.load(utterance.file))
+        used.append(utterance)
+    text = EnglishTextNormalizer()(engines.transcriber.transcribe(np.concatenate(audio)).text)
+    last_words = EnglishTextNormalizer()(used[-1].transcript).split()[-3:]
+    assert " ".join(last_words) in text, (last_words, text[-200:])

@@ -8,10 +8,10 @@ import numpy as np
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # Whisper's mel frames
 WINDOW_FRAMES = 3000  # the 30 s every Whisper encoder pass is trained on
-# An utterance is encoded with this much silence after it, rounded up to a whole second,
+# An utterance is encoded with 2 s of silence after it, rounded up to a whole second,
 # instead of padded to 30 s (what whisper.cpp calls audio_ctx). On the dev set this cut a
-# 5 s utterance from about 490 to 80 ms with the same word error rate (docs/benchmarks.md).
-SHORT_PAD_FRAMES = 100
+# 5 s utterance from about 440 to 90 ms with the same word error rate (docs/benchmarks.md).
+SHORT_PAD_FRAMES = 200
 # faster-whisper's own thresholds for a decode that has gone wrong (hallucination, loops):
 # such a short decode is done again the standard way.
 LOG_PROB_THRESHOLD = -1.0
@@ -72,7 +72,12 @@ class Transcriber:
         return Transcript(" ".join(t for t in texts if t), texts, info.language)
 
     def _transcribe_short(self, audio: np.ndarray, language: str, beam_size: int) -> str | None:
-        """Decode an utterance under 29 s from an encoder pass over just its length; None if it looks wrong."""
+        """Decode an utterance under 28 s from an encoder pass over just its length; None if it looks wrong.
+
+        Decoding with timestamps anchors the text to the audio: without them, the decoder
+        sometimes says the utterance twice, the second time over the silent padding. Any
+        segment that starts after the audio has ended is dropped for the same reason.
+        """
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
@@ -83,10 +88,9 @@ class Transcriber:
         padded = np.zeros((1, features.shape[0], length), dtype=np.float32)
         padded[0, :, :min(frames, length)] = features[:, :length]
         tokenizer = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         result = self._model.model.generate(
             ctranslate2.StorageView.from_array(padded),
-            [prompt],
+            [list(tokenizer.sot_sequence)],
             beam_size=beam_size,
             max_length=self._model.max_length,
             return_scores=True,
@@ -94,10 +98,23 @@ class Transcriber:
             suppress_blank=True,
             suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
         )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        text = tokenizer.decode(tokens).strip()
+        tokens = result.sequences_ids[0]
+        text = " ".join(_segments_within(tokens, tokenizer, audio.size / SAMPLE_RATE))
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         if (avg_logprob < LOG_PROB_THRESHOLD or get_compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
                 or result.no_speech_prob > NO_SPEECH_THRESHOLD):
             return None
         return text
+
+
+def _segments_within(tokens: list[int], tokenizer, seconds: float) -> list[str]:
+    """Return the texts of the timestamped segments in ``tokens`` that start before ``seconds``."""
+    texts, words, start = [], [], 0.0
+    for token in [*tokens, tokenizer.timestamp_begin + int(seconds / 0.02)]:
+        if token < tokenizer.eot:
+            words.append(token)
+        elif token >= tokenizer.timestamp_begin:
+            if words and start < seconds - 0.1:
+                texts.append(tokenizer.decode(words).strip())
+            words, start = [], (token - tokenizer.timestamp_begin) * 0.02
+    return [text for text in texts if text]

@@ -1,7 +1,9 @@
 """The models run directly in this process on whole files: the baselines, and their real-time factors.
 
 The same weights the server loads (app.speaker.SpeakerEncoder, app.transcriber.Transcriber),
-one call at a time while the server is not running, so the timings are the models' own.
+in their stock configuration (float32 ECAPA, faster-whisper's 30 s window: what a plain
+SpeechBrain + faster-whisper service does), one call at a time while the server is not
+running, so the timings are the stock models' own.
 """
 from __future__ import annotations
 
@@ -52,8 +54,9 @@ class Models:
     def __init__(self, models_dir: str | os.PathLike, whisper: str, beam_size: int, threads: int):
         self.threads = threads
         self._whisper = resolve_whisper(models_dir, whisper)
-        self.speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=self.threads)
-        self.transcriber = Transcriber(self._whisper, threads=self.threads, beam_size=beam_size)
+        # Stock behaviour: float32 ECAPA, and faster-whisper's 30 s window for every utterance.
+        self.speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=self.threads, precision="float32")
+        self.transcriber = Transcriber(self._whisper, threads=self.threads, beam_size=beam_size, short_context=False)
         self.embedding_timings = Timings()
         self.transcription_timings = Timings()
 

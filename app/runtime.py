@@ -51,8 +51,8 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     """Load both models from ``models_dir`` and start the inference pool.
 
     Each model call runs on ``threads`` threads. One per call, with one worker per core,
-    is fastest here: on our 2-core machines ECAPA takes twice as long on two threads as
-    on one, and parallel calls would fight over the cores (docs/benchmarks.md).
+    serves parallel sessions best: a lone call is faster on two threads, but two such
+    calls at once fight over the cores (docs/benchmarks.md).
     At most ``max_streams`` dictations run at once (default: two per worker, what
     the benchmark shows keeps up in real time).
     """

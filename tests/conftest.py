@@ -158,6 +158,25 @@ def live(app):
     stop()
 
 
+# The LJ Speech reader's enrollment clips, shared by the modules that need an enrolled user.
+LJ_ENROLL = ["wav/ljspeech/LJ001-0003.wav", "wav/ljspeech/LJ001-0005.wav", "wav/ljspeech/LJ001-0007.wav"]
+
+
+def serve_enrolled(folder: Path, engines, speech: SpeechSet, name: str = "lj", files: list[str] = LJ_ENROLL,
+                   **overrides):
+    """Start a server on a fresh database where ``name`` enrolled from ``files`` over the WebSocket.
+
+    Returns (LiveServer, stop function), as ``serve`` does.
+    """
+    from app import client
+
+    live, stop = serve(make_app(folder, engines, **overrides))
+    enrolled = client.run("enroll", [speech.path(f) for f in files], live.ws_url, invite=live.invite(name),
+                          echo=lambda _: None)
+    assert enrolled["state"] == "enrolled", enrolled
+    return live, stop
+
+
 def pcm(audio: np.ndarray) -> bytes:
     """Return float32 audio as 16-bit little-endian PCM bytes."""
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()

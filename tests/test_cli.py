@@ -11,7 +11,7 @@ from app import modelstore
 from app.db import db
 from app.models import AdminAccount, AuditEvent, User
 
-from .conftest import MODELS_DIR, make_app
+from .conftest import make_app
 
 
 def test_users_create_list_delete(app, runner, tmp_path):

@@ -9,20 +9,15 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 from app import client
 
-from .conftest import make_app, serve
+from .conftest import serve_enrolled
 
 normalise = EnglishTextNormalizer()
-LJ_ENROLL = ["wav/ljspeech/LJ001-0003.wav", "wav/ljspeech/LJ001-0005.wav", "wav/ljspeech/LJ001-0007.wav"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, engines, speech):
     """A server where the LJ Speech reader is enrolled as 'lj'."""
-    app = make_app(tmp_path_factory.mktemp("dictation"), engines)
-    live, stop = serve(app)
-    enrolled = client.run("enroll", [speech.path(f) for f in LJ_ENROLL], live.ws_url, invite=live.invite("lj"),
-                          echo=lambda _: None)
-    assert enrolled["state"] == "enrolled"
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("dictation"), engines, speech)
     yield live
     stop()
 

@@ -16,7 +16,6 @@ import requests
 import websocket
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from app import client
 from app.audio import AudioError, AudioFormat, AudioLimits
 from app.db import db
 from app.dictation_keys import dictation_url, recognize_url
@@ -24,10 +23,9 @@ from app.kaldi_audio import AudioIntake, parse_caps
 from app.kaldi_client import KONELE_CAPS, Stream, run, with_params
 from app.models import AuditEvent, User
 
-from .conftest import make_app, pcm, serve
+from .conftest import pcm, serve_enrolled
 
 normalise = EnglishTextNormalizer()
-LJ_ENROLL = ["wav/ljspeech/LJ001-0003.wav", "wav/ljspeech/LJ001-0005.wav", "wav/ljspeech/LJ001-0007.wav"]
 IMPOSTOR = "wav/vctk-p287/p287_003.wav"
 F32_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)F32LE, channels=(int)1"
 
@@ -36,11 +34,7 @@ F32_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(st
 def server(tmp_path_factory, engines, speech):
     """A server where the LJ Speech reader is enrolled as 'lj' and 'ghost' exists without a voice."""
     # Impostor tests reject several utterances of 'lj'; lockout is tested elsewhere.
-    app = make_app(tmp_path_factory.mktemp("kaldi"), engines, POLICY_LOCKOUT_ATTEMPTS=1000)
-    live, stop = serve(app)
-    enrolled = client.run("enroll", [speech.path(f) for f in LJ_ENROLL], live.ws_url, invite=live.invite("lj"),
-                          echo=lambda _: None)
-    assert enrolled["state"] == "enrolled"
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("kaldi"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000)
     live.app.test_cli_runner().invoke(args=["users", "create", "ghost"])
     yield live
     stop()

@@ -16,13 +16,11 @@ import pytest
 from playwright.sync_api import expect
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from app import client
 
 from .browser import chromium, new_page, screenshot
-from .conftest import make_app, pcm, serve
+from .conftest import LJ_ENROLL, pcm, serve_enrolled
 
 normalise = EnglishTextNormalizer()
-LJ_ENROLL = ["wav/ljspeech/LJ001-0003.wav", "wav/ljspeech/LJ001-0005.wav", "wav/ljspeech/LJ001-0007.wav"]
 LJ_LOGIN = "wav/ljspeech/LJ001-0004.wav"
 LJ_DICTATE = "wav/ljspeech/LJ001-0006.wav"
 IMPOSTOR = "wav/vctk-p287/p287_005.wav"
@@ -56,11 +54,7 @@ def _transcript(speech, file: str) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, engines, speech):
     """A server where the LJ Speech reader is enrolled as 'lj' (no lockout to couple the tests)."""
-    app = make_app(tmp_path_factory.mktemp("pages"), engines, POLICY_LOCKOUT_ATTEMPTS=1000)
-    live, stop = serve(app)
-    enrolled = client.run("enroll", [speech.path(f) for f in LJ_ENROLL], live.ws_url, invite=live.invite("lj"),
-                          echo=lambda _: None)
-    assert enrolled["state"] == "enrolled"
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("pages"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000)
     yield live
     stop()
 

@@ -319,10 +319,6 @@ class DictateSession:
     mode = "dictate"
 
     def __init__(self, ctx: Context, user_name: str):
-        if not ctx.engines.streams.acquire():
-            raise SessionError("busy", f"the server is taking all the dictations it can keep up with "
-                                       f"({ctx.engines.streams.limit}); try again in a moment")
-        self._slot = True
         self.ctx, self.user = ctx, user_name
         self.request_id = new_request_id()
         self.done = False
@@ -337,6 +333,11 @@ class DictateSession:
         self._partial: tuple[int, Future] | None = None
         self._last_partial = 0
         self._tally = {"accepted": 0, "rejected": 0, "unverified": 0}
+        # Last, so that nothing after it can fail and leave the slot taken.
+        self._slot = ctx.engines.streams.acquire()
+        if not self._slot:
+            raise SessionError("busy", f"the server is taking all the dictations it can keep up with "
+                                       f"({ctx.engines.streams.limit}); try again in a moment")
 
     # -- adapter interface
 

@@ -60,25 +60,18 @@ class StreamSlots:
 
     def __init__(self, limit: int):
         self.limit = max(1, limit)
-        self._slots = threading.BoundedSemaphore(self.limit)
-        self._count_lock = threading.Lock()
-        self._open = 0
-
-    @property
-    def open(self) -> int:
-        """Return how many streams hold a slot."""
-        return self._open
+        self.open = 0  # streams holding a slot
+        self._lock = threading.Lock()
 
     def acquire(self) -> bool:
         """Take a slot; return False at once when all are taken."""
-        if not self._slots.acquire(blocking=False):
-            return False
-        with self._count_lock:
-            self._open += 1
-        return True
+        with self._lock:
+            if self.open >= self.limit:
+                return False
+            self.open += 1
+            return True
 
     def release(self) -> None:
         """Give a slot back."""
-        with self._count_lock:
-            self._open -= 1
-        self._slots.release()
+        with self._lock:
+            self.open -= 1

@@ -33,21 +33,22 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     # The weights are local files; a missing one must fail at once, not reach for a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from . import api, cli, health, models, voice_ws  # noqa: F401  (models registers tables, voice_ws a route)
+    from . import cli, health, models  # noqa: F401  (models registers tables)
+    from .protocols import http_api, voice_ws  # noqa: F401  (voice_ws registers a route)
     from .db import db
     from .extensions import csrf, get_engines, migrate, set_engines, sock
 
     db.init_app(app)
     csrf.init_app(app)
     # The JSON API is called by programs with bearer tokens or voices, never by a form.
-    csrf.exempt(api.bp)
+    csrf.exempt(http_api.bp)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     sock.init_app(app)
     app.register_blueprint(health.bp)
-    app.register_blueprint(api.bp)
-    from .admin import bp as admin_bp
-    from .kaldi import bp as kaldi_bp  # Kõnele's endpoints (docs/konele.md)
-    from .pages import bp as pages_bp
+    app.register_blueprint(http_api.bp)
+    from .web.admin import bp as admin_bp
+    from .protocols.kaldi import bp as kaldi_bp  # Kõnele's endpoints (docs/konele.md)
+    from .web.pages import bp as pages_bp
 
     app.register_blueprint(kaldi_bp)
     app.register_blueprint(pages_bp)

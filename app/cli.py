@@ -11,7 +11,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import modelstore
+from .engines import modelstore
 from .db import db
 from .models import AdminAccount, EnrollmentInvite, User
 
@@ -77,7 +77,7 @@ def users_invite(name: str, hours: float | None) -> None:
               help="The server's public address (default: $VOICEGATE_PUBLIC_URL, else the local one).")
 def users_key(name: str, revoke: bool, base_url: str) -> None:
     """Print NAME's personal dictation URLs; the one to put in Kõnele is the last line."""
-    from . import dictation_keys
+    from .protocols import dictation_keys
 
     user = User.by_name(name)
     if user is None:

@@ -50,7 +50,7 @@ class Config:
     SOCK_SERVER_OPTIONS = {"max_message_size": 4 * 1024 * 1024, "ping_interval": 25}
     # Enrollment invites expire after this many hours.
     INVITE_HOURS = 72
-    # Decision rules (thresholds, speech minimums, lockout, limits) are app.policy.Policy's
+    # Decision rules (thresholds, speech minimums, lockout, limits) are app.gate.policy.Policy's
     # fields, set as POLICY_<FIELD>, e.g. VOICEGATE_POLICY_THRESHOLD=0.45.
 
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}

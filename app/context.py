@@ -9,7 +9,7 @@ from .extensions import get_engines
 from .models import AdminAccount
 from .db import db
 from .settings import current_policy
-from .sessions import Context
+from .gate.base import Context
 
 
 def session_context(protocol: str) -> Context:

@@ -31,7 +31,7 @@ def get_engines(app: Flask | None = None):
         engines = app.extensions.get(_ENGINES_KEY)
         if engines is None:
             # Imported here: migrations and the CLI never load torch.
-            from .runtime import load_engines
+            from .engines.runtime import load_engines
 
             try:
                 engines = load_engines(
@@ -101,7 +101,7 @@ def switch_whisper(app: Flask, name: str) -> None:
 
 
 def _load_whisper(app: Flask, engines) -> None:
-    from .runtime import load_transcriber
+    from .engines.runtime import load_transcriber
 
     while True:
         with _switch_lock:

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import modelstore
+from .engines import modelstore
 from .db import db
 from .extensions import engines_error, engines_loaded
 

@@ -12,10 +12,10 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import modelstore
+from .engines import modelstore
 from .db import db
 from .models import Setting
-from .policy import Policy
+from .gate.policy import Policy
 
 logger = logging.getLogger(__name__)
 

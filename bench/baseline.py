@@ -1,6 +1,6 @@
 """The models run directly in this process on whole files: the baselines, and their real-time factors.
 
-The same weights the server loads (app.speaker.SpeakerEncoder, app.transcriber.Transcriber),
+The same weights the server loads (app.engines.speaker.SpeakerEncoder, app.engines.transcriber.Transcriber),
 in their stock configuration (float32 ECAPA, faster-whisper's 30 s window: what a plain
 SpeechBrain + faster-whisper service does), one call at a time while the server is not
 running, so the timings are the stock models' own.
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app import modelstore
-from app.runtime import resolve_whisper
-from app.speaker import SpeakerEncoder
-from app.transcriber import Transcriber
+from app.engines import modelstore
+from app.engines.runtime import resolve_whisper
+from app.engines.speaker import SpeakerEncoder
+from app.engines.transcriber import Transcriber
 
 from .data import SAMPLE_RATE, SpeechSet, Utterance
 

@@ -1,6 +1,6 @@
 """Timed calls to the service's public APIs: enroll, verify and dictate over the WebSocket, verify over HTTP.
 
-WebSocket traffic goes through the project's own client (app.client.Conversation); audio is
+WebSocket traffic goes through the project's own client (clients.voicegate.Conversation); audio is
 sent as 16 kHz mono pcm_s16le in 100 ms frames, as that client sends a 16-bit WAV.
 Latencies run from the moment the client sends ``stop`` after the last audio frame.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import requests
 import websocket
 
-from app.client import Conversation
+from clients.voicegate import Conversation
 
 from .data import pcm16
 

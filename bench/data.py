@@ -66,7 +66,7 @@ class SpeechSet:
         """Return a file's audio as 16 kHz mono float32 (decoded as the server decodes uploads)."""
         if path not in self._audio:
             # Imported here: reading the tables must not pull in torch.
-            from app.audio import decode
+            from app.audio.decode import decode
 
             self._audio[path] = decode(path.read_bytes())
         return self._audio[path]

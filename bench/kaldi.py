@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.kaldi_client import KONELE_CAPS, run
+from clients.kaldi import KONELE_CAPS, run
 
 from . import calls, machine, metrics
 from .data import DEFAULT_DATA, SpeechSet, pcm16

@@ -418,7 +418,7 @@ def _method(results: dict) -> list[str]:
         "with (`INFERENCE_THREADS`) and again with another count.",
         "- **Memory** is VmRSS of the gunicorn worker that holds the models, read from /proc after the run.",
         "- **Closing**: after each WebSocket session the suite shuts its TCP connection itself. "
-        "`app.client.Conversation.close()` leaves it open when the server closed the session first "
+        "`clients.voicegate.Conversation.close()` leaves it open when the server closed the session first "
         "(websocket-client then skips the shutdown), and gunicorn's threaded worker waits up to 2 s for it on its "
         "event loop, which delays every other connection; without this, a third of the HTTP requests made right "
         "after a WebSocket session took about 2 s longer.",

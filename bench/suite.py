@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, data: Path, name: str, levels: list[int]) -> dict:
     """Measure everything; return the results (without writing them)."""
     from app.config import Config
-    from app.speaker import MODEL_ID
+    from app.engines.speaker import MODEL_ID
 
     from . import baseline
     from .server import StartedServer, connect

@@ -2,7 +2,7 @@
 
 The service: one user per distinct enrollment list, enrolled over the WebSocket; every trial
 verified over the WebSocket (timed from ``stop`` to the result) and over HTTP. The baseline:
-app.speaker.SpeakerEncoder on whole files, cosine against the centroid of the enrollment
+app.engines.speaker.SpeakerEncoder on whole files, cosine against the centroid of the enrollment
 embeddings, computed in this process.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 
-from app.speaker import centroid, cosine
+from app.engines.speaker import centroid, cosine
 
 from . import calls, metrics
 from .data import SpeechSet, Trial

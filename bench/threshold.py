@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.audio import decode
-from app.runtime import load_engines
-from app.speaker import centroid, cosine
+from app.audio.decode import decode
+from app.engines.runtime import load_engines
+from app.engines.speaker import centroid, cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))

@@ -75,7 +75,7 @@ def speech() -> SpeechSet:
 @pytest.fixture(scope="session")
 def engines():
     """The real ECAPA and tiny.en models, loaded once for the whole run."""
-    from app.runtime import load_engines
+    from app.engines.runtime import load_engines
 
     engines = load_engines(MODELS_DIR, "tiny.en", workers=2, queue=8)
     yield engines
@@ -168,7 +168,7 @@ def serve_enrolled(folder: Path, engines, speech: SpeechSet, name: str = "lj", f
 
     Returns (LiveServer, stop function), as ``serve`` does.
     """
-    from app import client
+    from clients import voicegate as client
 
     live, stop = serve(make_app(folder, engines, **overrides))
     enrolled = client.run("enroll", [speech.path(f) for f in files], live.ws_url, invite=live.invite(name),

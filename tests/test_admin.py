@@ -185,7 +185,7 @@ def test_disable_enable_unlock_reset_and_revoke(app, signed_in):
         user = User.by_name("ada")
         user.locked_until, user_id = utcnow() + timedelta(minutes=5), user.id
         db.session.commit()
-    from app import dictation_keys
+    from app.protocols import dictation_keys
     with app.app_context():
         old_key = dictation_keys.key_for(User.by_name("ada"), app.config["SECRET_KEY"])
     assert old_key in signed_in.get(f"/admin/users/{user_id}").text

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from playwright.sync_api import expect
 
-from app import client
+from clients import voicegate as client
 from app.models import EnrollmentInvite
 
 from .browser import chromium, new_page, screenshot

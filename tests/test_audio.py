@@ -1,4 +1,4 @@
-"""app.audio on real speech: every accepted format decodes alike, every failure has its code."""
+"""app.audio.decode on real speech: every accepted format decodes alike, every failure has its code."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchaudio
 
-from app.audio import (
+from app.audio.decode import (
     SAMPLE_RATE,
     AudioError,
     AudioFormat,

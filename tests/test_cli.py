@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from app import modelstore
+from app.engines import modelstore
 from app.db import db
 from app.models import AdminAccount, AuditEvent, User
 

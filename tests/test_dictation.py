@@ -7,7 +7,7 @@ import jiwer
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from app import client
+from clients import voicegate as client
 
 from .conftest import serve_enrolled
 

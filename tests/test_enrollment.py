@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.client import Conversation
+from clients.voicegate import Conversation
 from app.db import db
 from app.models import User
 

@@ -1,7 +1,7 @@
 """Kõnele's endpoints: the kaldi-gstreamer-server protocol, gated by the dictation key and the voice.
 
 A real server, real models, real dev speech; the project's own protocol client
-(app.kaldi_client) streams it, at real-time pace where timing matters.
+(clients.kaldi) streams it, at real-time pace where timing matters.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import requests
 import websocket
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from app.audio import AudioError, AudioFormat, AudioLimits
+from app.audio.decode import AudioError, AudioFormat, AudioLimits
 from app.db import db
-from app.dictation_keys import dictation_url, recognize_url
-from app.kaldi_audio import AudioIntake, parse_caps
-from app.kaldi_client import KONELE_CAPS, Stream, run, with_params
+from app.protocols.dictation_keys import dictation_url, recognize_url
+from app.protocols.kaldi_audio import AudioIntake, parse_caps
+from clients.kaldi import KONELE_CAPS, Stream, run, with_params
 from app.models import AuditEvent, User
 
 from .conftest import pcm, serve_enrolled

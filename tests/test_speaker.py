@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.speaker import EMBEDDING_DIM, centroid, cosine
+from app.engines.speaker import EMBEDDING_DIM, centroid, cosine
 
 
 def test_embeddings_are_unit_length_and_deterministic(engines, speech):
@@ -35,7 +35,7 @@ def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(eng
 
 def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
     """The fast precision must not move a decision: scores agree within 0.01 on every dev trial."""
-    from app.speaker import SpeakerEncoder
+    from app.engines.speaker import SpeakerEncoder
     from tests.conftest import MODELS_DIR
 
     exact = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision="float32")

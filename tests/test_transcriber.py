@@ -30,7 +30,7 @@ def _wer(transcribe, speech) -> float:
 
 def test_short_context_decoding_is_as_accurate_as_the_30_second_window(engines, speech):
     """Encoding an utterance over its own length must not cost accuracy against Whisper's usual 30 s."""
-    from app.transcriber import Transcriber
+    from app.engines.transcriber import Transcriber
     from tests.conftest import MODELS_DIR
 
     standard = Transcriber(str(MODELS_DIR / "whisper-tiny.en"), threads=1, short_context=False)

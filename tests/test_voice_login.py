@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import requests
 
-from app import client
+from clients import voicegate as client
 from app.db import db
 from app.models import User
 

@@ -23,11 +23,11 @@ import pytest
 import websocket
 from sqlalchemy import func, select
 
-from app import client as voice_client
+from clients import voicegate as voice_client
 from app.db import db
 from app.models import EnrollmentInvite, User, Voiceprint
-from app.pool import InferencePool, StreamSlots
-from app.runtime import Engines
+from app.engines.pool import InferencePool, StreamSlots
+from app.engines.runtime import Engines
 
 from .conftest import LiveServer, make_app, serve
 

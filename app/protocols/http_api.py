@@ -5,12 +5,14 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 
-from . import store, tokens
-from .audio import AudioError, AudioFormat, AudioLimits, decode
-from .context import is_admin, session_context
-from .models import EnrollmentInvite
-from .policy import Policy
-from .sessions import SessionError, new_request_id, run_model, verify_audio
+from ..gate import store
+from .. import tokens
+from ..audio.decode import AudioError, AudioFormat, AudioLimits, decode
+from ..context import is_admin, session_context
+from ..models import EnrollmentInvite
+from ..gate.policy import Policy
+from ..gate.base import SessionError, new_request_id, run_model
+from ..gate.verification import verify_audio
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")

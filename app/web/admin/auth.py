@@ -10,8 +10,8 @@ from flask import current_app, flash, redirect, render_template, request, sessio
 from sqlalchemy import select
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from ..db import db
-from ..models import AdminAccount
+from ...db import db
+from ...models import AdminAccount
 from . import bp
 from .common import current_admin, safe_next
 

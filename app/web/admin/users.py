@@ -9,9 +9,9 @@ from urllib.parse import urljoin
 from flask import abort, current_app, flash, redirect, render_template, request, session, url_for
 from sqlalchemy import delete, func, or_, select, text
 
-from .. import dictation_keys
-from ..db import db
-from ..models import AuditEvent, EnrollmentInvite, User, Voiceprint, utcnow
+from ...protocols import dictation_keys
+from ...db import db
+from ...models import AuditEvent, EnrollmentInvite, User, Voiceprint, utcnow
 from . import bp
 from .common import note
 

@@ -18,13 +18,16 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from simple_websocket import ConnectionClosed
 
-from . import dictation_keys, store
-from .audio import AudioError, AudioLimits
-from .context import session_context
-from .extensions import csrf, engines_loaded, get_engines, sock
+from . import dictation_keys
+from ..gate import store
+from ..audio.decode import AudioError, AudioLimits
+from ..context import session_context
+from ..extensions import csrf, engines_loaded, get_engines, sock
 from .kaldi_audio import AudioIntake, has_header, parse_caps
-from .sessions import PROBLEM_MESSAGES, Context, DictateSession, SessionError, new_request_id, open_session
-from .vad import SAMPLE_RATE
+from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
+from ..gate.dictation import DictateSession
+from ..gate.opening import open_session
+from ..audio.vad import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 

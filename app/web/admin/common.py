@@ -6,10 +6,10 @@ from urllib.parse import urlsplit
 
 from flask import g, request, session
 
-from ..db import db
-from ..models import AdminAccount
-from ..sessions import new_request_id
-from ..store import Audit, record
+from ...db import db
+from ...models import AdminAccount
+from ...gate.base import new_request_id
+from ...gate.store import Audit, record
 
 logger = logging.getLogger(__name__)
 

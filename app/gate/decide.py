@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .speaker import centroid, cosine
-from .vad import Segment
+from ..engines.speaker import centroid, cosine
+from ..audio.vad import Segment
 
 # A clip whose speech is quieter than this (RMS, dBFS) is too far from the microphone.
 QUIET_DBFS = -40.0

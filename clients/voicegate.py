@@ -1,8 +1,8 @@
 """Stream WAV files to a VoiceGate server over its WebSocket.
 
-    python -m app.client enroll  A.wav B.wav C.wav --user NAME --invite TOKEN
-    python -m app.client verify  CLIP.wav [--user NAME]
-    python -m app.client dictate SPEECH.wav --user NAME [--realtime]
+    python -m clients.voicegate enroll  A.wav B.wav C.wav --user NAME --invite TOKEN
+    python -m clients.voicegate verify  CLIP.wav [--user NAME]
+    python -m clients.voicegate dictate SPEECH.wav --user NAME [--realtime]
 
 Every server message is printed as one JSON line; the last line is the server's final
 reply. Exit status: 0 for accept, enrolled or a finished dictation; 1 for any other
@@ -162,7 +162,7 @@ def run(mode: str, files: list[Path], url: str, user: str | None = None, invite:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the session, and return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m app.client", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clients.voicegate", description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("enroll", "verify", "dictate"))
     parser.add_argument("files", nargs="+", type=Path, help="WAV files (16-bit PCM is streamed raw; others as containers)")
     parser.add_argument("--url", default=DEFAULT_URL)

@@ -6,10 +6,10 @@ from dataclasses import asdict
 from flask import current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from .. import settings as rules
-from ..db import db
-from ..extensions import switch_whisper, whisper_status
-from ..models import AuditEvent, Setting
+from ... import settings as rules
+from ...db import db
+from ...extensions import switch_whisper, whisper_status
+from ...models import AuditEvent, Setting
 from . import bp
 from .chart import histogram, shift
 from .common import note

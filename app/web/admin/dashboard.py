@@ -7,9 +7,9 @@ from datetime import date, datetime, timedelta
 from flask import current_app, render_template
 from sqlalchemy import func, select
 
-from ..db import db
-from ..extensions import whisper_status
-from ..models import AuditEvent, User, Voiceprint, utcnow
+from ...db import db
+from ...extensions import whisper_status
+from ...models import AuditEvent, User, Voiceprint, utcnow
 from . import bp
 
 ATTEMPT_KINDS = ("enroll", "verify", "identify", "transcribe")

@@ -1,6 +1,6 @@
 """Speak the kaldi-gstreamer-server protocol to a server, as Kõnele and the reference client do.
 
-    python -m app.kaldi_client URL FILE.wav [--realtime] [--partial] [--continuous]
+    python -m clients.kaldi URL FILE.wav [--realtime] [--partial] [--continuous]
 
 URL is the personal dictation URL (``ws://host/client/ws/speech?key=...``); the client
 appends its own parameters with ``&`` as Kõnele does. A 16-bit WAV is sent as raw
@@ -151,7 +151,7 @@ def run(url: str, caps: str | None, data: bytes, bytes_per_second: int | None, r
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, stream the file, and return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m app.kaldi_client", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clients.kaldi", description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="the dictation URL, e.g. ws://127.0.0.1:8000/client/ws/speech?key=KEY")
     parser.add_argument("file", type=Path)
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")

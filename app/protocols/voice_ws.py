@@ -7,10 +7,11 @@ import time
 
 from simple_websocket import ConnectionClosed
 
-from .audio import AudioError, AudioFormat, AudioLimits, PcmStream, decode
-from .context import is_admin, same_origin, session_context
-from .extensions import sock
-from .sessions import Context, SessionError, open_session
+from ..audio.decode import AudioError, AudioFormat, AudioLimits, PcmStream, decode
+from ..context import is_admin, same_origin, session_context
+from ..extensions import sock
+from ..gate.base import Context, SessionError
+from ..gate.opening import open_session
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import delete, select, update
 
-from .db import db
-from .models import AuditEvent, EnrollmentInvite, User, Voiceprint, utcnow
+from ..db import db
+from ..models import AuditEvent, EnrollmentInvite, User, Voiceprint, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import hashlib
 import hmac
 from urllib.parse import quote
 
-from .db import db
-from .models import User
+from ..db import db
+from ..models import User
 
 
 def _mac(secret_key: str, user_id: int, version: int) -> str:

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from .audio import AudioError, AudioFormat, AudioLimits, PcmStream, decode
+from ..audio.decode import AudioError, AudioFormat, AudioLimits, PcmStream, decode
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import logging
 from flask import (Blueprint, current_app, flash, g, jsonify, redirect, render_template, request,
                    session, url_for)
 
-from . import tokens
-from .db import db
-from .dictation_keys import key_for
-from .models import EnrollmentInvite, User
-from .policy import Policy
+from .. import tokens
+from ..db import db
+from ..protocols.dictation_keys import key_for
+from ..models import EnrollmentInvite, User
+from ..gate.policy import Policy
 from .sentences import passages
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from datetime import date, datetime, timedelta
 from flask import Response, render_template, request, stream_with_context, url_for
 from sqlalchemy import Select, func, or_, select
 
-from ..db import db
-from ..models import AuditEvent, User, utcnow
+from ...db import db
+from ...models import AuditEvent, User, utcnow
 from . import bp
 
 PAGE_SIZE = 50

@@ -1,0 +1,113 @@
+"""What every voice session shares: its context, its errors, model calls on the pool, user checks."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import store
+from .policy import Policy
+from .store import Audit
+from ..engines.pool import Busy
+from ..audio.vad import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from ..engines.runtime import Engines
+
+logger = logging.getLogger(__name__)
+
+
+class SessionError(Exception):
+    """A failure that ends the session; ``code`` is stable, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a session needs from its surroundings."""
+
+    engines: Engines
+    policy: Policy
+    secret_key: str
+    protocol: str
+    client_addr: str | None = None
+
+    def audit(self, request_id: str, kind: str, decision: str, **fields) -> Audit:
+        """Return an audit record of this context's protocol and client."""
+        return Audit(request_id, kind, self.protocol, decision, client_addr=self.client_addr, **fields)
+
+
+def new_request_id() -> str:
+    """Return a fresh id for one request or session."""
+    return uuid.uuid4().hex
+
+
+def run_model(ctx: Context, fn, *args):
+    """Run a model call on the pool; a full pool ends the session with ``busy``."""
+    try:
+        return ctx.engines.pool.run(fn, *args)
+    except Busy as error:
+        raise SessionError("busy", f"the server is at capacity ({error}); try again in a moment") from None
+
+
+def seconds(samples: int) -> float:
+    return round(samples / SAMPLE_RATE, 3)
+
+
+# --------------------------------------------------------------------------- checks
+
+def user_problem(ctx: Context, name: str, request_id: str, kind: str) -> str | None:
+    """Return why ``name``'s voice cannot be checked now (audited), or None.
+
+    ``unknown_user``, ``disabled``, ``not_enrolled`` or ``locked``.
+    """
+    user = store.find_user(name)
+    if user is None:
+        problem = "unknown_user"
+    elif not user.active:
+        problem = "disabled"
+    elif user.voiceprint is None:
+        problem = "not_enrolled"
+    elif user.is_locked():
+        problem = "locked"
+    else:
+        return None
+    store.record(ctx.audit(request_id, kind, problem, claimed_user=name if user else None, reason=problem))
+    return problem
+
+
+PROBLEM_MESSAGES = {
+    "unknown_user": "there is no user by that name",
+    "disabled": "this user is disabled",
+    "not_enrolled": "this user has not enrolled a voice yet",
+    "locked": "voice login is locked for a while after repeated rejects",
+}
+
+
+class ClipBuffer:
+    """Collect one clip or utterance, refusing more than ``max_seconds`` of it."""
+
+    def __init__(self, max_seconds: float, what: str):
+        self.max_samples, self.max_seconds, self.what = int(max_seconds * SAMPLE_RATE), max_seconds, what
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        """Take more audio; raise ``too_long`` past the limit."""
+        self._samples += samples.size
+        if self._samples > self.max_samples:
+            raise SessionError("too_long", f"{self.what} may last at most {self.max_seconds:g} s")
+        self._chunks.append(samples)
+
+    def take(self) -> np.ndarray:
+        """Return the audio collected and start empty again."""
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        self._chunks, self._samples = [], 0
+        return audio

@@ -1,0 +1,95 @@
+"""Enrollment: check clip after clip, and store the voiceprint once there is enough good speech."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import decide, store
+from ..audio.vad import speech_segments
+from .base import ClipBuffer, Context, SessionError, new_request_id, run_model, seconds
+
+
+class EnrollSession:
+    """Enrollment: check clip after clip; store the voiceprint once there is enough good speech."""
+
+    mode = "enroll"
+
+    def __init__(self, ctx: Context, user_id: int, user_name: str, invite_id: int | None):
+        self.ctx, self.user_id, self.user_name, self.invite_id = ctx, user_id, user_name, invite_id
+        self.request_id = new_request_id()
+        self.done = False
+        self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "a clip")
+        self._embeddings: list[np.ndarray] = []
+        self._speech = 0.0
+
+    def audio(self, samples: np.ndarray) -> list[dict]:
+        """Take more of the current clip."""
+        self._buffer.add(samples)
+        return []
+
+    def stop(self) -> list[dict]:
+        """End the current clip: accept or refuse it, report progress, and finish when complete."""
+        messages = [self._clip(self._buffer.take())]
+        if self._complete():
+            messages.append(self._finish())
+        return messages
+
+    def poll(self) -> list[dict]:
+        """Nothing arrives between clips."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to give back: an unfinished enrollment has stored nothing."""
+
+    def _clip(self, audio: np.ndarray) -> dict:
+        policy = self.ctx.policy
+        quality = decide.measure(audio, speech_segments(audio))
+        reason = decide.clip_problem(quality, policy.enroll_min_clip_speech)
+        score = None
+        if reason is None:
+            embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
+            score = decide.consistency(embedding, self._embeddings)
+            if score is not None and score < policy.threshold:
+                reason = "inconsistent_voice"
+            else:
+                self._embeddings.append(embedding)
+                self._speech += quality.speech_seconds
+        store.record(self.ctx.audit(
+            self.request_id, "enroll", "clip_accepted" if reason is None else "clip_refused",
+            claimed_user=self.user_name, score=score, threshold=policy.threshold if score is not None else None,
+            reason=reason, audio_seconds=seconds(audio.size),
+        ))
+        return {
+            "type": "progress",
+            "clip": {"accepted": reason is None, "reason": reason, "speech_seconds": round(quality.speech_seconds, 2),
+                     "level_dbfs": round(quality.speech_dbfs, 1), "consistency": None if score is None else round(score, 4)},
+            "clips_accepted": len(self._embeddings),
+            "clips_required": policy.enroll_min_clips,
+            "speech_seconds": round(self._speech, 2),
+            "speech_required": policy.enroll_min_total_speech,
+            "percent": self._percent(),
+        }
+
+    def _percent(self) -> int:
+        policy = self.ctx.policy
+        speech = min(1.0, self._speech / policy.enroll_min_total_speech) if policy.enroll_min_total_speech else 1.0
+        clips = min(1.0, len(self._embeddings) / policy.enroll_min_clips)
+        # Both requirements must be met; the bar shows the one further from done.
+        return int(100 * min(speech, clips))
+
+    def _complete(self) -> bool:
+        policy = self.ctx.policy
+        return len(self._embeddings) >= policy.enroll_min_clips and self._speech >= policy.enroll_min_total_speech
+
+    def _finish(self) -> dict:
+        clips = np.stack(self._embeddings)
+        audit = self.ctx.audit(self.request_id, "enroll", "enrolled", claimed_user=self.user_name,
+                               matched_user=self.user_name, audio_seconds=round(self._speech, 2))
+        try:
+            store.save_voiceprint(self.user_id, clips, self.ctx.engines.speaker.model_id, self._speech,
+                                  self.invite_id, audit)
+        except store.InviteUsed as error:
+            raise SessionError("invite_used", str(error)) from None
+        self.done = True
+        self._embeddings = []
+        return {"type": "result", "mode": "enroll", "state": "enrolled", "user": self.user_name,
+                "clips": len(clips), "speech_seconds": round(self._speech, 2), "request_id": self.request_id}

@@ -1,0 +1,64 @@
+"""Open a session from a client's ``start`` request: check the mode, the user, the token or the invite."""
+from __future__ import annotations
+
+from .. import tokens
+from . import store
+from .base import PROBLEM_MESSAGES, Context, SessionError, new_request_id, user_problem
+from .dictation import DictateSession
+from .enrollment import EnrollSession
+from .verification import VerifySession
+
+MODES = ("enroll", "verify", "dictate")
+
+
+def open_session(ctx: Context, start: dict, admin: bool = False):
+    """Check a ``start`` request and return the session it asks for, or raise SessionError.
+
+    ``start`` holds ``mode``; ``user`` (a claim; optional for verify, which then
+    identifies); ``invite`` (enroll without an admin session); ``token`` (a session
+    token from an accepted verification, naming the user for dictation).
+    """
+    mode = start.get("mode")
+    if mode not in MODES:
+        raise SessionError("bad_mode", f"mode must be one of {', '.join(MODES)}")
+    user = start.get("user")
+    if user is not None and (not isinstance(user, str) or not user.strip()):
+        raise SessionError("bad_message", "user must be a non-empty string")
+    if mode == "enroll":
+        return _open_enrollment(ctx, user, start.get("invite"), admin)
+    if start.get("token"):
+        try:
+            token_user = tokens.read(ctx.secret_key, str(start["token"]), ctx.policy.token_seconds)
+        except tokens.TokenError as error:
+            raise SessionError(error.code, str(error)) from None
+        if user and user != token_user:
+            raise SessionError("bad_token", "the session token belongs to another user")
+        user = token_user
+    if mode == "dictate" and not user:
+        raise SessionError("user_required", "dictation needs a user (or a session token)")
+    if user:
+        problem = user_problem(ctx, user, new_request_id(), "transcribe" if mode == "dictate" else "verify")
+        if problem:
+            raise SessionError(problem, PROBLEM_MESSAGES[problem])
+    return DictateSession(ctx, user) if mode == "dictate" else VerifySession(ctx, user)
+
+
+def _open_enrollment(ctx: Context, user: str | None, invite_token: str | None, admin: bool) -> EnrollSession:
+    from ..models import EnrollmentInvite
+
+    if invite_token:
+        invite = EnrollmentInvite.find_valid(str(invite_token))
+        if invite is None:
+            raise SessionError("bad_invite", "this enrollment invite is unknown, used or expired")
+        if user and user != invite.user.name:
+            raise SessionError("bad_invite", "this enrollment invite is for another user")
+        target, invite_id = invite.user, invite.id
+    elif admin:
+        target, invite_id = store.find_user(user) if user else None, None
+        if target is None:
+            raise SessionError("unknown_user", PROBLEM_MESSAGES["unknown_user"])
+    else:
+        raise SessionError("not_allowed", "enrollment needs an invite (or an admin session)")
+    if not target.active:
+        raise SessionError("disabled", PROBLEM_MESSAGES["disabled"])
+    return EnrollSession(ctx, target.id, target.name, invite_id)

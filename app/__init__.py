@@ -55,6 +55,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     app.register_blueprint(admin_bp)
     cli.register(app)
 
+    proxies = int(app.config["TRUSTED_PROXIES"])
+    if proxies > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+
     if engines is not None:
         set_engines(app, engines)
     elif app.config["PRELOAD_MODELS"]:

@@ -64,12 +64,16 @@ class Config:
     # CSRF tokens (Flask-WTF) on every form post; the JSON API authenticates otherwise.
     WTF_CSRF_TIME_LIMIT = None
 
-    # Admin sign-in throttling: this many wrong passwords in a row lock the account for a
-    # while, and one client address may fail this many times per window (any account).
-    ADMIN_SIGNIN_ATTEMPTS = 5
-    ADMIN_SIGNIN_LOCK_SECONDS = 900
-    ADMIN_ADDRESS_ATTEMPTS = 20
+    # Admin sign-in throttling, per client address only (never an account-wide lock): after
+    # each wrong password that address waits ADMIN_SIGNIN_DELAY s, doubling, and this many
+    # failures within the window refuse it until they age out.
+    ADMIN_SIGNIN_DELAY = 1.0
+    ADMIN_ADDRESS_ATTEMPTS = 10
     ADMIN_ADDRESS_WINDOW_SECONDS = 900
+    # How many reverse proxies (nginx, ...) stand in front of the app: their X-Forwarded-For,
+    # -Proto and -Host are then trusted (werkzeug's ProxyFix), so that limits count the real
+    # client. 0 (the default) trusts none: set it only when every request comes through them.
+    TRUSTED_PROXIES = 0
 
 
 def database_url(configured: str | None, instance_path: str) -> str:

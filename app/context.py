@@ -1,32 +1,61 @@
-"""Build a session Context for the current request (the bridge from Flask to the sessions)."""
+"""Build a session Context for the current request (the bridge from Flask to the sessions),
+and find who the request's cookie signs in as (server-side sessions, app.models.AuthSession)."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import current_app, request, session
+from flask import current_app, g, request, session
 
-from .extensions import get_engines
-from .models import AdminAccount
 from .db import db
-from .settings import current_policy
+from .extensions import get_engines
 from .gate.base import Context
+from .models import AdminAccount, AuthSession, User
+from .settings import current_policy
+
+# Cookie keys holding the token of a server-side session: an admin's and a user's, kept apart.
+ADMIN_SESSION_KEY, USER_SESSION_KEY = "admin_session", "user_session"
 
 
 def session_context(protocol: str) -> Context:
-    """Return the models, policy and client of the current request."""
-    return Context(
+    """Return the models, policy and client of the current request.
+
+    Raises SettingsUnavailable (a ``busy`` SessionError) when the policy cannot be read.
+    """
+    context = Context(
         engines=get_engines(),
         policy=current_policy(),
         secret_key=current_app.config["SECRET_KEY"],
         protocol=protocol,
         client_addr=request.remote_addr,
+        admin=is_admin() and same_origin(),
     )
+    release_db()
+    return context
+
+
+def release_db() -> None:
+    """Give this request's database connection back to the pool (a long WebSocket must not hold one)."""
+    db.session.close()
+
+
+def current_admin() -> AdminAccount | None:
+    """Return the admin whose live server-side session this request's cookie holds, or None."""
+    if "voicegate_admin" not in g:
+        row = AuthSession.find(session.get(ADMIN_SESSION_KEY))
+        g.voicegate_admin = db.session.get(AdminAccount, row.admin_id) if row and row.admin_id else None
+    return g.voicegate_admin
+
+
+def current_user() -> User | None:
+    """Return the active user whose live server-side session this request's cookie holds, or None."""
+    row = AuthSession.find(session.get(USER_SESSION_KEY))
+    user = db.session.get(User, row.user_id) if row and row.user_id else None
+    return user if user is not None and user.active else None
 
 
 def is_admin() -> bool:
     """Return True when the request carries a signed-in admin's session cookie."""
-    admin_id = session.get("admin_id")
-    return admin_id is not None and db.session.get(AdminAccount, admin_id) is not None
+    return current_admin() is not None
 
 
 def same_origin() -> bool:

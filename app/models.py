@@ -10,7 +10,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, select, update
+from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -22,12 +22,19 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def new_public_id() -> str:
+    """Return a fresh random account id."""
+    return secrets.token_hex(16)
+
+
 class User(db.Model):
     """A person who may enroll a voice and then log in or dictate with it."""
 
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # What tokens, cookies and dictation keys name: random, so never reused as a row id can be.
+    public_id: Mapped[str | None] = mapped_column(String(32), index=True, unique=True, default=new_public_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(128), default="")
     active: Mapped[bool] = mapped_column(default=True)
@@ -70,6 +77,11 @@ class User(db.Model):
     def by_name(cls, name: str) -> User | None:
         """Return the user called ``name``, or None."""
         return db.session.scalar(select(cls).where(cls.name == name))
+
+    @classmethod
+    def by_public_id(cls, public_id: str) -> User | None:
+        """Return the user whose public id is ``public_id``, or None."""
+        return db.session.scalar(select(cls).where(cls.public_id == public_id)) if public_id else None
 
     def erase(self) -> None:
         """Delete the user and their voiceprint, and remove their name from the audit log.
@@ -246,3 +258,88 @@ class Setting(db.Model):
             row = cls(key=key)
             db.session.add(row)
         row.value, row.updated_by = json.dumps(value), updated_by
+
+
+class AuthSession(db.Model):
+    """A signed-in browser session of a user or an admin; the cookie holds its token, this row its hash.
+
+    Deleting the row (sign-out, a password change, the account's deletion) ends the session.
+    """
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    admin_id: Mapped[int | None] = mapped_column(ForeignKey("admin_accounts.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+    @classmethod
+    def start(cls, ttl: timedelta, user_id: int | None = None, admin_id: int | None = None) -> str:
+        """Add a session for the user or the admin; return its token (for the cookie). The caller commits."""
+        token = secrets.token_urlsafe(24)
+        db.session.add(cls(token_hash=EnrollmentInvite.hash_token(token), user_id=user_id, admin_id=admin_id,
+                           expires_at=utcnow() + ttl))
+        return token
+
+    @classmethod
+    def find(cls, token: object) -> AuthSession | None:
+        """Return the unexpired session of ``token``, or None."""
+        if not isinstance(token, str) or not token:
+            return None
+        row = db.session.scalar(select(cls).where(cls.token_hash == EnrollmentInvite.hash_token(token)))
+        return row if row is not None and row.expires_at > utcnow() else None
+
+    @classmethod
+    def end(cls, token: object) -> None:
+        """Delete the session of ``token``, if any. The caller commits."""
+        if isinstance(token, str) and token:
+            db.session.execute(delete(cls).where(cls.token_hash == EnrollmentInvite.hash_token(token)))
+
+    @classmethod
+    def end_admin_sessions(cls, admin_id: int, keep: object = None) -> None:
+        """Delete every session of admin ``admin_id`` but the one of token ``keep``. The caller commits."""
+        query = delete(cls).where(cls.admin_id == admin_id)
+        if isinstance(keep, str) and keep:
+            query = query.where(cls.token_hash != EnrollmentInvite.hash_token(keep))
+        db.session.execute(query)
+
+
+class VoiceFailure(db.Model):
+    """One failed voice attempt from a client address, claimed user or none (1:N); counted for limits.
+
+    Rows older than the lockout window are pruned as new ones arrive; no audio, no score.
+    """
+
+    __tablename__ = "voice_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    claim: Mapped[str | None] = mapped_column(String(64))
+    client_addr: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RecentVoice(db.Model):
+    """The embedding of a recently accepted attempt, kept for a while to refuse its replay (never audio)."""
+
+    __tablename__ = "recent_voices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class LoginChallenge(db.Model):
+    """A spoken challenge issued over HTTP: its digits, whom and which client it is for, and its one use."""
+
+    __tablename__ = "login_challenges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    digits: Mapped[str] = mapped_column(String(16))
+    claim: Mapped[str | None] = mapped_column(String(64))
+    client_addr: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]

@@ -1,7 +1,9 @@
 """Settings an admin changes at run time: the configured defaults overlaid with database rows.
 
-Each editable value has a type and a range; a stored value outside them (written by hand,
-or by an older version) is ignored with a warning rather than trusted.
+Each editable value has a type and a range. Decisions fail closed: when the stored settings
+cannot be read, or a stored value is outside its range (written by hand, or by an older
+version), ``current_policy`` raises SettingsUnavailable (a ``busy`` SessionError) instead of
+deciding by the configured defaults.
 """
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from .engines import modelstore
 from .db import db
 from .models import Setting
+from .gate.base import SessionError
 from .gate.policy import Policy
 
 logger = logging.getLogger(__name__)
 
 WHISPER_KEY = "whisper_model"
+CHALLENGE_KEY = "challenge"
+CHALLENGE_CHOICES = {"digits": "Say 6 random digits shown on screen (recommended)",
+                     "off": "Off: any speech (a recording of the user can pass, unless it is a near-copy)"}
 
 
 @dataclass(frozen=True)
@@ -66,24 +72,40 @@ POLICY_FIELDS = (
 FIELDS = {field.name: field for field in POLICY_FIELDS}
 
 
+class SettingsUnavailable(SessionError):
+    """The stored settings cannot be read or hold an invalid value: nothing may be decided."""
+
+    def __init__(self, detail: str):
+        super().__init__("busy", "the server cannot read its settings; nothing is decided until it can")
+        self.detail = detail
+
+
 def _stored() -> dict[str, Any]:
     try:
         return Setting.stored()
-    except SQLAlchemyError as error:
-        # Before the first migration there is no settings table: the defaults apply.
-        logger.warning("settings unreadable, using the configured defaults: %s", error)
+    except (SQLAlchemyError, ValueError) as error:  # ValueError: a row that is not JSON
+        logger.error("settings unreadable, refusing to decide: %s", error)
         db.session.rollback()
-        return {}
+        raise SettingsUnavailable(str(error)) from None
 
 
-def _valid_overrides(stored: dict[str, Any]) -> dict[str, int | float]:
+def _valid_overrides(stored: dict[str, Any], strict: bool = True) -> dict[str, Any]:
     values = {}
     for name, field in FIELDS.items():
         if name in stored:
             try:
                 values[name] = field.parse(stored[name])
             except ValueError as error:
+                if strict:
+                    logger.error("stored setting %s=%r is invalid, refusing to decide: %s", name, stored[name], error)
+                    raise SettingsUnavailable(str(error)) from None
                 logger.warning("ignoring stored setting %s=%r: %s", name, stored[name], error)
+    if CHALLENGE_KEY in stored:
+        if stored[CHALLENGE_KEY] in CHALLENGE_CHOICES:
+            values[CHALLENGE_KEY] = stored[CHALLENGE_KEY]
+        elif strict:
+            logger.error("stored setting challenge=%r is invalid, refusing to decide", stored[CHALLENGE_KEY])
+            raise SettingsUnavailable(f"challenge: {stored[CHALLENGE_KEY]!r}")
     return values
 
 
@@ -92,9 +114,13 @@ def default_policy() -> Policy:
     return Policy.from_config(current_app.config)
 
 
-def current_policy() -> Policy:
-    """Return the policy in force: the configured defaults with the admin's changes on top."""
-    return replace(default_policy(), **_valid_overrides(_stored()))
+def current_policy(strict: bool = True) -> Policy:
+    """Return the policy in force: the configured defaults with the admin's changes on top.
+
+    Raise SettingsUnavailable when they cannot be read; ``strict=False`` (the admin's
+    settings screen, which must open to repair them) skips invalid values instead.
+    """
+    return replace(default_policy(), **_valid_overrides(_stored(), strict))
 
 
 def whisper_choices() -> list[str]:
@@ -104,8 +130,14 @@ def whisper_choices() -> list[str]:
 
 
 def whisper_model() -> str:
-    """Return the Whisper model in force: the stored choice, else the configured one."""
-    stored = _stored().get(WHISPER_KEY)
+    """Return the Whisper model in force: the stored choice, else the configured one.
+
+    Which model transcribes is no decision: unreadable settings load the configured one.
+    """
+    try:
+        stored = _stored().get(WHISPER_KEY)
+    except SettingsUnavailable:
+        stored = None
     if isinstance(stored, str) and stored in whisper_choices():
         return stored
     return current_app.config["WHISPER_MODEL"]
@@ -131,6 +163,9 @@ def save(form: dict[str, str], updated_by: str) -> tuple[list[str], list[str]]:
                 parsed[name] = field.parse(form[name])
             except ValueError as error:
                 errors.append(str(error))
+    challenge = form.get(CHALLENGE_KEY)
+    if challenge is not None and challenge not in CHALLENGE_CHOICES:
+        errors.append(f"Spoken challenge: choose one of {', '.join(CHALLENGE_CHOICES)}")
     whisper = form.get(WHISPER_KEY)
     if whisper is not None:
         if whisper not in whisper_choices():
@@ -140,12 +175,16 @@ def save(form: dict[str, str], updated_by: str) -> tuple[list[str], list[str]]:
     if errors:
         return [], errors
 
-    defaults, before = default_policy(), current_policy()
+    defaults, before = default_policy(), current_policy(strict=False)
     changed = []
     for name, value in parsed.items():
         if value != getattr(before, name):
             changed.append(name)
         Setting.put(name, None if value == getattr(defaults, name) else value, updated_by)
+    if challenge is not None:
+        if challenge != before.challenge:
+            changed.append(CHALLENGE_KEY)
+        Setting.put(CHALLENGE_KEY, None if challenge == defaults.challenge else challenge, updated_by)
     if whisper is not None:
         if whisper != whisper_model():
             changed.append(WHISPER_KEY)
@@ -156,6 +195,6 @@ def save(form: dict[str, str], updated_by: str) -> tuple[list[str], list[str]]:
 
 def reset(updated_by: str) -> None:
     """Clear every stored setting: the configured defaults apply again."""
-    for key in list(_stored()):
+    for key in [row.key for row in db.session.scalars(db.select(Setting))]:
         Setting.put(key, None, updated_by)
     db.session.commit()

@@ -5,7 +5,8 @@
     python -m clients.voicegate dictate SPEECH.wav --user NAME [--realtime]
 
 Every server message is printed as one JSON line; the last line is the server's final
-reply. Exit status: 0 for accept, enrolled or a finished dictation; 1 for any other
+reply. When the server asks a voice login for a spoken challenge, its digits are also printed
+in words for people, on stderr ("Say these digits: 4 7 1 9 0 2"); the files must say them. Exit status: 0 for accept, enrolled or a finished dictation; 1 for any other
 result; 2 for an error.
 """
 from __future__ import annotations
@@ -123,8 +124,12 @@ class Conversation:
 
 
 def run(mode: str, files: list[Path], url: str, user: str | None = None, invite: str | None = None,
-        token: str | None = None, realtime: bool = False, echo=print) -> dict:
-    """Run one session and return the server's final reply."""
+        token: str | None = None, realtime: bool = False, echo=print, respond=None) -> dict:
+    """Run one session and return the server's final reply.
+
+    ``respond(text)``, when given, returns the files to send instead of ``files`` once the
+    server has sent a spoken challenge (``text`` is its digits, "4 7 1 9 0 2").
+    """
     clips = [read_audio(path) for path in files]
     formats = {json.dumps(fmt, sort_keys=True) for fmt, _, _ in clips}
     if mode != "enroll" and len(formats) > 1:
@@ -138,6 +143,10 @@ def run(mode: str, files: list[Path], url: str, user: str | None = None, invite:
         ready = conversation.wait_for("ready")
         if ready["type"] != "ready":
             return ready
+        challenge = next((r for r in conversation.replies if r["type"] == "challenge"), None)
+        if challenge is not None:
+            if respond is not None:
+                clips = [read_audio(path) for path in respond(challenge["text"])]
         if mode == "enroll":
             final = ready
             for fmt, data, _ in clips:
@@ -171,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="session token from an accepted verification")
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     args = parser.parse_args(argv)
+    def show_challenge(text: str) -> list[Path]:
+        print(f"Say these digits: {text} (within a minute)", file=sys.stderr, flush=True)
+        return args.files
+
     final = run(args.mode, args.files, args.url, args.user, args.invite, args.token, args.realtime,
-                echo=lambda line: print(line, flush=True))
+                echo=lambda line: print(line, flush=True), respond=show_challenge)
     if final.get("type") == "closed":
         print(json.dumps(final))
     if final.get("type") in ("error", "closed"):

@@ -90,6 +90,10 @@ def make_app(tmp_path: Path, engines=None, **overrides):
         "DATABASE_URL": f"sqlite:///{tmp_path / 'voicegate.db'}",
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "MODELS_DIR": str(MODELS_DIR),
+        # Most tests log in with the same dev sentences again and again, which the replay memory
+        # of accepted attempts would rightly refuse; tests of replay and the challenge turn them on.
+        "POLICY_REPLAY_SECONDS": 0,
+        "POLICY_CHALLENGE": "off",
     }
     config.update(overrides)
     app = create_app(config, engines=engines)

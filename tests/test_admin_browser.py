@@ -24,6 +24,8 @@ def admin_live(live, monkeypatch):
     monkeypatch.setenv("VOICEGATE_ADMIN_PASSWORD", PASSWORD)
     result = live.app.test_cli_runner().invoke(args=["admin", "create", "root"])
     assert result.exit_code == 0, result.output
+    # The wrong password below would make this client wait a second before its next try.
+    live.app.config["ADMIN_SIGNIN_DELAY"] = 0
     return live
 
 
@@ -122,7 +124,10 @@ def test_admin_flows_in_chromium(admin_live, speech, tmp_path):
         page.select_option("#f-decision", "reject")
         page.get_by_role("button", name="Filter").click()
         assert page.locator("table.audit tbody tr").count() == 1
-        assert scores_in(page.inner_text("table.audit")) == [pytest.approx(impostor["score"], abs=6e-4)]
+        # The impostor was not told a score; the admin's audit log has it.
+        assert "score" not in impostor
+        [score] = scores_in(page.inner_text("table.audit"))
+        assert score < 0.40
         screenshot(page, "admin-08-audit-filtered")
 
         # Change the threshold above the genuine score: the same clip is now rejected.

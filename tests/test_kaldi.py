@@ -34,7 +34,8 @@ F32_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(st
 def server(tmp_path_factory, engines, speech):
     """A server where the LJ Speech reader is enrolled as 'lj' and 'ghost' exists without a voice."""
     # Impostor tests reject several utterances of 'lj'; lockout is tested elsewhere.
-    live, stop = serve_enrolled(tmp_path_factory.mktemp("kaldi"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000)
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("kaldi"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000,
+                                 POLICY_LOCKOUT_CLIENT_ATTEMPTS=1000, POLICY_LOCKOUT_DELAY=0)
     live.app.test_cli_runner().invoke(args=["users", "create", "ghost"])
     yield live
     stop()

@@ -54,7 +54,8 @@ def _transcript(speech, file: str) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, engines, speech):
     """A server where the LJ Speech reader is enrolled as 'lj' (no lockout to couple the tests)."""
-    live, stop = serve_enrolled(tmp_path_factory.mktemp("pages"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000)
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("pages"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000,
+                                 POLICY_LOCKOUT_CLIENT_ATTEMPTS=1000, POLICY_LOCKOUT_DELAY=0)
     yield live
     stop()
 
@@ -191,7 +192,7 @@ def test_on_a_phone_with_the_keyboard_and_no_name_the_speaker_is_recognised(serv
         screenshot(page, "me-phone")
 
 
-def test_another_voice_is_rejected_with_its_score_and_not_signed_in(server, speech, tmp_path):
+def test_another_voice_is_rejected_without_a_score_and_not_signed_in(server, speech, tmp_path):
     wav = microphone(tmp_path, "impostor", [speech.load(IMPOSTOR)])
     with chromium(microphone=wav) as browser:
         _, page = new_page(browser, server.url)
@@ -203,8 +204,7 @@ def test_another_voice_is_rejected_with_its_score_and_not_signed_in(server, spee
         decision = page.locator("#decision")
         expect(decision).to_contain_text("Not recognised", timeout=DECISION_TIMEOUT)
         expect(decision).to_contain_text("You are not signed in")
-        score = float(re.search(r"score (-?\d\.\d\d)", decision.inner_text()).group(1))
-        assert score < 0.40
+        assert "score" not in decision.inner_text()  # a stranger learns nothing to tune a voice by
         screenshot(page, "login-3-rejected")
         page.goto("/me")
         expect(page).to_have_url(re.compile(r"/login$"))
@@ -337,25 +337,30 @@ def test_a_dropped_connection_reconnects_and_dictation_goes_on(server, speech, s
 # --------------------------------------------------------------------------- session cookie
 
 def test_signing_out_keeps_an_admin_signed_in(app):
+    from datetime import timedelta
+
     from app.context import same_origin
-    from app.models import User
+    from app.models import AdminAccount, AuthSession, User
     from app.db import db
 
     with app.app_context():
-        user = User(name="lj")
-        db.session.add(user)
+        user, admin = User(name="lj"), AdminAccount(username="root", password_hash="x")
+        db.session.add_all([user, admin])
         db.session.commit()
-        user_id = user.id
+        tokens = {"admin_session": AuthSession.start(timedelta(hours=1), admin_id=admin.id),
+                  "user_session": AuthSession.start(timedelta(hours=1), user_id=user.id)}
+        db.session.commit()
     client_ = app.test_client()
     with client_.session_transaction() as session:
-        session.update(admin_id=7, user_id=user_id, user_name="lj")
+        session.update(tokens)
     page = client_.get("/me").get_data(as_text=True)
     assert "Signed in as lj" in page
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     assert client_.post("/logout", data={}).status_code == 400  # no CSRF token: refused
     assert client_.post("/logout", data={"csrf_token": csrf}).status_code == 302
     with client_.session_transaction() as session:
-        assert "user_id" not in session and session["admin_id"] == 7
+        assert "user_session" not in session and session["admin_session"] == tokens["admin_session"]
+    assert client_.get("/admin/").status_code == 200
     # A WebSocket handshake from another site's page carries the cookie, but may not use it.
     with app.test_request_context("/ws/voice", headers={"Origin": "http://evil.example", "Host": "localhost"}):
         assert not same_origin()

@@ -8,8 +8,6 @@ import pytest
 import requests
 
 from clients import voicegate as client
-from app.db import db
-from app.models import User
 
 from .conftest import make_app, serve
 
@@ -19,7 +17,8 @@ QUIET = {"echo": lambda _line: None}
 # these minimums let every trial's enrollment list stand as a user (lockout is off so that
 # the impostor trials do not lock anyone out half-way).
 TRIAL_POLICY = {"POLICY_ENROLL_MIN_CLIPS": 1, "POLICY_ENROLL_MIN_CLIP_SPEECH": 1.5,
-                "POLICY_ENROLL_MIN_TOTAL_SPEECH": 1.5, "POLICY_LOCKOUT_ATTEMPTS": 1000}
+                "POLICY_ENROLL_MIN_TOTAL_SPEECH": 1.5, "POLICY_LOCKOUT_ATTEMPTS": 1000,
+                "POLICY_LOCKOUT_CLIENT_ATTEMPTS": 1000, "POLICY_LOCKOUT_DELAY": 0}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def test_every_dev_trial_over_websocket_has_no_false_accept(trial_server, speech
     decisions = []
     for enroll_files, test_file, same in speech.trials:
         reply = client.run("verify", [speech.path(test_file)], server.ws_url, user=users[",".join(enroll_files)], **QUIET)
-        assert reply["type"] == "result" and reply["threshold"] == pytest.approx(0.40)
+        assert reply["type"] == "result" and ("score" in reply) == (reply["state"] == "accept")
         decisions.append((same, reply["state"]))
     fa, impostors, fr, targets = _rates(decisions)
     print(f"\nWebSocket: false accepts {fa}/{impostors}, false rejects {fr}/{targets} (FRR {fr / targets:.1%})")
@@ -135,7 +134,7 @@ def test_states_for_silence_short_speech_and_unenrolled_users(default_server, sp
     silence = np.zeros(16000 * 3, dtype=np.int16).tobytes()
     reply = requests.post(f"{server.url}/api/v1/verify?user=ljspeech&encoding=pcm_s16le&sample_rate=16000",
                           data=silence, timeout=30).json()
-    assert reply["state"] == "no_speech" and reply["score"] is None
+    assert reply["state"] == "no_speech" and "score" not in reply
     short = (speech.load("wav/ljspeech/LJ001-0004.wav")[16000:32000] * 32767).astype("<i2").tobytes()
     reply = requests.post(f"{server.url}/api/v1/verify?user=ljspeech&encoding=pcm_s16le&sample_rate=16000",
                           data=short, timeout=30).json()
@@ -143,10 +142,12 @@ def test_states_for_silence_short_speech_and_unenrolled_users(default_server, sp
     server.app.test_cli_runner().invoke(args=["users", "create", "newcomer"])
     with open(speech.path("wav/ljspeech/LJ001-0004.wav"), "rb") as handle:
         reply = requests.post(f"{server.url}/api/v1/verify", data={"user": "newcomer"}, files={"audio": handle}, timeout=30)
-    assert reply.json()["state"] == "not_enrolled"
+    # A stranger cannot tell an unenrolled or unknown name from a wrong voice.
+    assert reply.status_code == 200 and reply.json()["state"] == "reject"
     with open(speech.path("wav/ljspeech/LJ001-0004.wav"), "rb") as handle:
         unknown = requests.post(f"{server.url}/api/v1/verify", data={"user": "nobody"}, files={"audio": handle}, timeout=30)
-    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_user"
+    assert unknown.status_code == 200 and unknown.json()["state"] == "reject"
+    assert set(unknown.json()) == set(reply.json())
 
 
 def test_a_token_from_voice_login_lets_the_user_transcribe_their_own_voice_only(default_server, speech):
@@ -166,30 +167,6 @@ def test_a_token_from_voice_login_lets_the_user_transcribe_their_own_voice_only(
     status = requests.get(f"{server.url}/api/v1/users/vctk/enrollment", headers=headers, timeout=30)
     assert status.json()["enrolled"] is True and status.json()["clips"] == 3  # 18.8 s of speech after three
     assert requests.get(f"{server.url}/api/v1/users/vctk/enrollment", timeout=30).status_code == 401
-
-
-def test_repeated_rejects_lock_voice_login(tmp_path, engines, speech):
-    app = make_app(tmp_path, engines, POLICY_ENROLL_MIN_CLIPS=1, POLICY_ENROLL_MIN_TOTAL_SPEECH=3,
-                   POLICY_LOCKOUT_ATTEMPTS=3, POLICY_LOCKOUT_SECONDS=600)
-    server, stop = serve(app)
-    try:
-        enrolled = client.run("enroll", [speech.path("wav/ljspeech/LJ001-0001.wav")], server.ws_url,
-                              invite=server.invite("lj"), **QUIET)
-        assert enrolled["state"] == "enrolled"
-        impostor = speech.path("wav/vctk-p287/p287_003.wav")
-        states = [client.run("verify", [impostor], server.ws_url, user="lj", **QUIET)["state"] for _ in range(3)]
-        assert states == ["reject"] * 3
-        locked = client.run("verify", [speech.path("wav/ljspeech/LJ001-0004.wav")], server.ws_url, user="lj", **QUIET)
-        assert locked["type"] == "error" and locked["code"] == "locked"
-        with app.app_context():
-            user = User.by_name("lj")
-            assert user.is_locked()
-            user.locked_until = None  # what an admin's "unlock" does
-            db.session.commit()
-        genuine = client.run("verify", [speech.path("wav/ljspeech/LJ001-0004.wav")], server.ws_url, user="lj", **QUIET)
-        assert genuine["state"] == "accept"
-    finally:
-        stop()
 
 
 def test_every_decision_is_audited_without_audio_or_text(default_server):

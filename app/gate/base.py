@@ -38,6 +38,8 @@ class Context:
     secret_key: str
     protocol: str
     client_addr: str | None = None
+    # A signed-in admin (same-origin) made the request: may see scores and user standing.
+    admin: bool = False
 
     def audit(self, request_id: str, kind: str, decision: str, **fields) -> Audit:
         """Return an audit record of this context's protocol and client."""
@@ -63,31 +65,40 @@ def seconds(samples: int) -> float:
 
 # --------------------------------------------------------------------------- checks
 
-def user_problem(ctx: Context, name: str, request_id: str, kind: str) -> str | None:
+def user_problem(ctx: Context, name: str, request_id: str, kind: str, *, limit: bool = True) -> str | None:
     """Return why ``name``'s voice cannot be checked now (audited), or None.
 
-    ``unknown_user``, ``disabled``, ``not_enrolled`` or ``locked``.
+    ``locked`` (this client failed too often for ``name``: see store.client_wait; only
+    with ``limit``, which a caller signed in as ``name`` by token or key turns off),
+    ``unknown_user``, ``disabled`` or ``not_enrolled``.
     """
-    user = store.find_user(name)
-    if user is None:
-        problem = "unknown_user"
-    elif not user.active:
-        problem = "disabled"
-    elif user.voiceprint is None:
-        problem = "not_enrolled"
-    elif user.is_locked():
+    if limit and store.client_wait(name, ctx.client_addr, ctx.policy):
         problem = "locked"
     else:
+        problem = standing(store.find_user(name))
+    if problem is None:
         return None
-    store.record(ctx.audit(request_id, kind, problem, claimed_user=name if user else None, reason=problem))
+    store.record(ctx.audit(request_id, kind, problem, claimed_user=None if problem == "unknown_user" else name,
+                           reason=problem))
     return problem
+
+
+def standing(user) -> str | None:
+    """Return why ``user`` (None: no such user) cannot be verified: unknown_user, disabled, not_enrolled; or None."""
+    if user is None:
+        return "unknown_user"
+    if not user.active:
+        return "disabled"
+    if user.voiceprint is None:
+        return "not_enrolled"
+    return None
 
 
 PROBLEM_MESSAGES = {
     "unknown_user": "there is no user by that name",
     "disabled": "this user is disabled",
     "not_enrolled": "this user has not enrolled a voice yet",
-    "locked": "voice login is locked for a while after repeated rejects",
+    "locked": "too many failed voice attempts from your address; wait and try again",
 }
 
 

@@ -26,21 +26,39 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
         raise SessionError("bad_message", "user must be a non-empty string")
     if mode == "enroll":
         return _open_enrollment(ctx, user, start.get("invite"), admin)
+    signed_in = False
     if start.get("token"):
-        try:
-            token_user = tokens.read(ctx.secret_key, str(start["token"]), ctx.policy.token_seconds)
-        except tokens.TokenError as error:
-            raise SessionError(error.code, str(error)) from None
-        if user and user != token_user:
-            raise SessionError("bad_token", "the session token belongs to another user")
-        user = token_user
+        user = token_user(ctx, start["token"], user)
+        signed_in = True
     if mode == "dictate" and not user:
         raise SessionError("user_required", "dictation needs a user (or a session token)")
+    if mode == "verify" and not admin and not signed_in:
+        # Decided after the audio, like a wrong voice: a stranger learns nothing from the start.
+        return VerifySession(ctx, user)
     if user:
-        problem = user_problem(ctx, user, new_request_id(), "transcribe" if mode == "dictate" else "verify")
+        problem = user_problem(ctx, user, new_request_id(), "transcribe" if mode == "dictate" else "verify",
+                               limit=not signed_in)
         if problem:
             raise SessionError(problem, PROBLEM_MESSAGES[problem])
     return DictateSession(ctx, user) if mode == "dictate" else VerifySession(ctx, user)
+
+
+def token_user(ctx: Context, token, claimed: str | None = None) -> str:
+    """Return the name of the live account a session token names; raise SessionError otherwise.
+
+    The token names the account by its public id: a deleted account's token opens nothing,
+    not even a later account of the same name.
+    """
+    try:
+        claim = tokens.read(ctx.secret_key, str(token), ctx.policy.token_seconds)
+    except tokens.TokenError as error:
+        raise SessionError(error.code, str(error)) from None
+    account = store.find_account(claim.account)
+    if account is None:
+        raise SessionError("bad_token", "the session token is not valid")
+    if claimed and claimed != account.name:
+        raise SessionError("bad_token", "the session token belongs to another user")
+    return account.name
 
 
 def _open_enrollment(ctx: Context, user: str | None, invite_token: str | None, admin: bool) -> EnrollSession:

@@ -18,9 +18,22 @@ class Policy:
     enroll_min_clips: int = 3
     enroll_min_clip_speech: float = 3.0
     enroll_min_total_speech: float = 15.0
+    # Failed voice attempts from one client address: for one claimed user (or 1:N) each failure
+    # makes the next wait longer (lockout_delay s, doubling), and lockout_attempts of them within
+    # lockout_seconds refuse that client (only) until they age out; lockout_client_attempts across
+    # all users do the same for the whole address.
     lockout_attempts: int = 5
     lockout_seconds: int = 300
+    lockout_delay: float = 1.0
+    lockout_client_attempts: int = 20
     token_seconds: int = 3600
+    # Replay refusal: an attempt whose embedding reaches this cosine to one of the user's
+    # enrollment clips or accepted attempts of the last replay_seconds is a recording of it
+    # (how it was chosen: docs/threshold.md, bench/replay.py).
+    replay_similarity: float = 0.90
+    replay_seconds: int = 86400
+    # Voice login reads a random challenge aloud: "digits" (6 random digits) or "off".
+    challenge: str = "digits"
     # Limits on one session, in seconds of audio received.
     max_clip_seconds: float = 30.0
     max_dictation_seconds: float = 600.0

@@ -9,56 +9,129 @@ import numpy as np
 from . import decide, store
 from .. import tokens
 from ..audio.vad import speech_segments
-from .base import PROBLEM_MESSAGES, ClipBuffer, Context, new_request_id, run_model, seconds, user_problem
+from .base import PROBLEM_MESSAGES, ClipBuffer, Context, SessionError, new_request_id, run_model, seconds, standing
+from .challenge import Challenge, answered, new_challenge
 
 logger = logging.getLogger(__name__)
 
+# What a caller who is not an admin learns of a decision that was not an accept: the state,
+# never the score or threshold (they would let someone tune a voice until it passes), and
+# never whether the name exists (an unknown, disabled or unenrolled name answers ``reject``).
+_HIDDEN = ("score", "threshold", "runner_up_score")
+
+
+def challenge_required(ctx: Context) -> bool:
+    """Return True when a voice login must answer a spoken challenge (policy ``challenge``)."""
+    return ctx.policy.challenge != "off"
+
 
 def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_id: str | None = None,
-                 kind: str = "verify") -> dict:
+                 kind: str = "verify", *, limit: bool = True, challenge: Challenge | None = None) -> dict:
     """Decide whether ``audio`` is the claimed user's voice (1:1), or whose it is (1:N).
 
-    Returns the result: state (accept, reject, no_speech, not_enough_speech,
-    not_enrolled, disabled, locked, unknown_user), score, threshold, request id,
-    and on accept a signed session token.
+    Returns the result: state (accept, reject, replay, no_speech, not_enough_speech, locked
+    with ``retry_after`` seconds; for admins also not_enrolled, disabled, unknown_user), request
+    id, and on accept a signed session token and the score. ``limit=False`` (the caller is
+    signed in as ``claimed``) skips the per-client limits and counts nothing against them.
+
+    A login (kind verify) under the policy's challenge needs ``challenge``: it is accepted
+    only when the voice verifies and the transcript of the same audio says the digits
+    (else ``challenge_failed``; too late: ``challenge_expired``). Any other kind (transcribe)
+    decides on the voice alone, and then issues no token while the challenge is on.
     """
     policy = ctx.policy
     request_id = request_id or new_request_id()
+    login = kind == "verify"
+    if login and challenge_required(ctx) and challenge is None:
+        raise SessionError("challenge_required", "voice login needs a spoken challenge: ask for one first")
     kind = kind if claimed else "identify"
     result = {"type": "result", "mode": "verify", "request_id": request_id, "user": claimed,
               "score": None, "threshold": policy.threshold, "audio_seconds": seconds(audio.size)}
-    if claimed:
-        problem = user_problem(ctx, claimed, request_id, kind)
-        if problem:
-            return {**result, "state": problem, "message": PROBLEM_MESSAGES[problem]}
+    audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=policy.threshold,
+                      audio_seconds=result["audio_seconds"])
+    wait = store.client_wait(claimed, ctx.client_addr, policy) if limit else 0
+    if wait:
+        store.record(replace(audit, decision="locked", reason="client_limited"))
+        return _shown(ctx, {**result, "state": "locked", "retry_after": wait,
+                            "message": f"{PROBLEM_MESSAGES['locked']} (in {wait} s)"})
+    if login and challenge is not None and challenge.expired():
+        store.record(replace(audit, decision="challenge_expired", reason="challenge_expired"))
+        return _shown(ctx, {**result, "state": "challenge_expired",
+                            "message": "the challenge has expired; ask for a new one and say it within a minute"})
+    problem = standing(store.find_user(claimed)) if claimed else None
+    if problem and ctx.admin:
+        store.record(replace(audit, decision=problem, reason=problem,
+                             claimed_user=None if problem == "unknown_user" else claimed))
+        return {**result, "state": problem, "message": PROBLEM_MESSAGES[problem]}
 
     speech = sum(s.seconds for s in speech_segments(audio))
     result["speech_seconds"] = round(speech, 2)
     state = decide.speech_state(speech, policy.min_verify_speech)
-    audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=policy.threshold,
-                      audio_seconds=result["audio_seconds"])
     if state:
         store.record(replace(audit, decision=state, reason=state))
-        return {**result, "state": state}
+        return _shown(ctx, {**result, "state": state})
 
     embedding = run_model(ctx, ctx.engines.speaker.embed, audio)
+    if problem:
+        # Decided like a wrong voice, after the same work, so that a stranger cannot tell the two apart.
+        store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
+                             replace(audit, decision="reject", reason=problem,
+                                     claimed_user=None if problem == "unknown_user" else claimed),
+                             counted=limit)
+        return _shown(ctx, {**result, "state": "reject"})
     if claimed:
         enrolled = store.find_user(claimed).voiceprint.centroid_vector()
         match = decide.verify(embedding, enrolled, claimed, policy.threshold)
-        audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user if match.state == "accept" else None)
-        store.record_attempt(claimed, match.state == "accept", policy.lockout_attempts, policy.lockout_seconds, audit)
+        audit = replace(audit, decision=match.state, score=match.score,
+                        matched_user=match.user if match.state == "accept" else None)
     else:
         match = decide.identify(embedding, store.enrolled_voices(), policy.threshold, policy.identify_margin)
-        store.record(replace(audit, decision=match.state, score=match.score, matched_user=match.user,
-                             reason=None if match.state == "accept" else "unknown_speaker"))
+        audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user,
+                        reason=None if match.state == "accept" else "unknown_speaker")
+    account = store.find_user(match.user) if match.state == "accept" else None
+    if account is not None:
+        copy = replay_similarity(embedding, store.given_voices(account, policy.replay_seconds))
+        if copy >= policy.replay_similarity:
+            # A near-copy of audio the user already gave: a recording of it, not the person.
+            store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
+                                 replace(audit, decision="replay", matched_user=None, reason=f"replay {copy:.3f}"),
+                                 counted=limit)
+            return _shown(ctx, {**result, "state": "replay", "score": round(match.score, 4),
+                                "message": "this sounds like a recording of an earlier sign-in; speak live"})
+        if login and challenge is not None and not answered(
+                challenge, run_model(ctx, ctx.engines.transcriber.transcribe, audio).text):
+            # The right voice saying other words: a recording made before the challenge existed.
+            store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
+                                 replace(audit, decision="challenge_failed", matched_user=None,
+                                         reason="challenge_failed"), counted=limit)
+            return _shown(ctx, {**result, "state": "challenge_failed", "score": round(match.score, 4),
+                                "message": "the voice matched but the digits said were not the ones shown"})
+        if policy.replay_seconds > 0:
+            store.remember_voice(account.id, embedding, policy.replay_seconds)
+    store.record_attempt(claimed, match.state == "accept", policy.lockout_attempts, policy.lockout_seconds, audit,
+                         counted=limit)
     result.update(state=match.state, user=match.user if match.state == "accept" else claimed,
                   score=None if match.score is None else round(match.score, 4))
     if match.runner_up is not None:
         result["runner_up_score"] = round(match.runner_up, 4)
-    if match.state == "accept":
-        result["token"] = tokens.issue(ctx.secret_key, match.user, request_id)
+    if match.state == "accept" and (login or not challenge_required(ctx)):
+        result["token"] = tokens.issue(ctx.secret_key, account.public_id, account.name, request_id)
         result["token_expires_in"] = policy.token_seconds
-    return result
+    return _shown(ctx, result)
+
+
+def replay_similarity(embedding: np.ndarray, given: np.ndarray) -> float:
+    """Return the highest cosine of ``embedding`` to the unit embeddings ``given`` (rows)."""
+    if given.size == 0:
+        return -1.0
+    return float(np.max(given @ embedding / np.linalg.norm(embedding)))
+
+
+def _shown(ctx: Context, result: dict) -> dict:
+    """Return ``result`` as the caller may see it: scores for admins, and for the user accepted."""
+    if ctx.admin or result["state"] == "accept":
+        return result
+    return {k: v for k, v in result.items() if k not in _HIDDEN}
 
 
 class VerifySession:
@@ -71,6 +144,14 @@ class VerifySession:
         self.request_id = new_request_id()
         self.done = False
         self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "an utterance")
+        # Fresh for this session and used by its one decision: single-use and bound to it.
+        self.challenge = new_challenge() if challenge_required(ctx) else None
+
+    def opening(self) -> list[dict]:
+        """Return what to send before ``ready``: the challenge to say, when the policy asks for one."""
+        if self.challenge is None:
+            return []
+        return [{"type": "challenge", "text": self.challenge.text, "expires_in": self.challenge.expires_in()}]
 
     def audio(self, samples: np.ndarray) -> list[dict]:
         """Take more of the utterance."""
@@ -80,7 +161,7 @@ class VerifySession:
     def stop(self) -> list[dict]:
         """Decide on the utterance received and end the session."""
         self.done = True
-        return [verify_audio(self.ctx, self._buffer.take(), self.claimed, self.request_id)]
+        return [verify_audio(self.ctx, self._buffer.take(), self.claimed, self.request_id, challenge=self.challenge)]
 
     def poll(self) -> list[dict]:
         """Nothing arrives between messages in a verification."""

@@ -1,8 +1,9 @@
 """Personal dictation keys: the secret a user's Kõnele URL carries instead of a sign-in.
 
-A key is ``<user id>.<HMAC of the id and key version under the app's secret key>``, so it is
-never stored, can be shown again at any time, and is revoked by bumping the user's version.
-Changing the app's secret key revokes every key.
+A key is ``<user id>.<HMAC of the id, public id and key version under the app's secret key>``,
+so it is never stored, can be shown again at any time, and is revoked by bumping the user's
+version. The random public id in the MAC means a deleted user's key opens nothing, even when
+SQLite gives a later user the same row id. Changing the app's secret key revokes every key.
 """
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from ..db import db
 from ..models import User
 
 
-def _mac(secret_key: str, user_id: int, version: int) -> str:
-    digest = hmac.new(secret_key.encode(), f"dictation:{user_id}:{version}".encode(), hashlib.sha256).digest()
+def _mac(secret_key: str, user: User) -> str:
+    message = f"dictation:{user.id}:{user.public_id}:{user.dictation_key_version}"
+    digest = hmac.new(secret_key.encode(), message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:18]).decode()
 
 
 def key_for(user: User, secret_key: str) -> str:
     """Return ``user``'s current dictation key."""
-    return f"{user.id}.{_mac(secret_key, user.id, user.dictation_key_version)}"
+    return f"{user.id}.{_mac(secret_key, user)}"
 
 
 def user_for(key: str | None, secret_key: str) -> User | None:
@@ -31,7 +33,7 @@ def user_for(key: str | None, secret_key: str) -> User | None:
     if not user_id.isdigit() or not mac:
         return None
     user = db.session.get(User, int(user_id))
-    if user is None or not hmac.compare_digest(mac, _mac(secret_key, user.id, user.dictation_key_version)):
+    if user is None or not user.public_id or not hmac.compare_digest(mac, _mac(secret_key, user)):
         return None
     return user
 

@@ -12,7 +12,7 @@ from ..context import is_admin, session_context
 from ..models import EnrollmentInvite
 from ..gate.policy import Policy
 from ..gate.base import SessionError, new_request_id, run_model
-from ..gate.verification import verify_audio
+from ..gate.verification import challenge_required, verify_audio
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -49,14 +49,41 @@ def _too_large(_error):
     return _api_error(ApiError("too_large", "the upload is larger than the server accepts"))
 
 
+@bp.post("/challenge")
+def challenge():
+    """Issue a spoken challenge for one voice login (optionally for ``user``), valid 60 s, used once."""
+    ctx = session_context("http")
+    if not challenge_required(ctx):
+        raise ApiError("challenge_off", "voice login needs no challenge on this server", 409)
+    body = request.get_json(silent=True) if request.is_json else None
+    user = (body.get("user") if isinstance(body, dict) else None) or request.values.get("user") or None
+    if user is not None and not isinstance(user, str):
+        raise ApiError("bad_request", "user must be a string")
+    issued = store.issue_challenge(_token_user() or user, ctx.client_addr)
+    return jsonify(challenge=issued.id, text=issued.text, expires_in=issued.expires_in())
+
+
 @bp.post("/verify")
 def verify():
-    """Verify an uploaded clip against ``user`` (1:1), or identify the speaker without one."""
+    """Verify an uploaded clip against ``user`` (1:1), or identify the speaker without one.
+
+    Under the challenge policy the upload names its challenge (``challenge=ID``), used up here.
+    """
     user = _claimed_user()
-    result = verify_audio(session_context("http"), _uploaded_audio(), user)
-    if result["state"] == "unknown_user":
+    ctx = session_context("http")
+    audio = _uploaded_audio()  # a bad upload is refused before it can use up the challenge
+    taken = None
+    if challenge_required(ctx):
+        challenge_id = _fields().get("challenge")
+        if not challenge_id:
+            raise ApiError("challenge_required", "voice login needs a spoken challenge: POST /api/v1/challenge first")
+        taken = store.take_challenge(challenge_id, user, ctx.client_addr)
+        if taken is None:
+            raise ApiError("bad_challenge", "this challenge is unknown, used, or for another user or client", 409)
+    result = verify_audio(ctx, audio, user, limit=_token_user() is None, challenge=taken)
+    if result["state"] == "unknown_user":  # only an admin is told
         raise ApiError("unknown_user", result["message"])
-    return jsonify(_public(result))
+    return _answer(result)
 
 
 @bp.post("/transcribe")
@@ -72,13 +99,13 @@ def transcribe():
     ctx = session_context("http")
     request_id = new_request_id()
     audio = _uploaded_audio()
-    result = verify_audio(ctx, audio, user, request_id, kind="transcribe")
+    result = verify_audio(ctx, audio, user, request_id, kind="transcribe", limit=_token_user() is None)
     if result["state"] == "unknown_user":
         raise ApiError("unknown_user", result["message"])
-    result = {**_public(result), "mode": "transcribe", "text": None}
+    result = {**result, "mode": "transcribe", "text": None}
     if result["state"] == "accept":
         result["text"] = run_model(ctx, ctx.engines.transcriber.transcribe, audio).text
-    return jsonify(result)
+    return _answer(result)
 
 
 @bp.get("/users/<name>/enrollment")
@@ -91,26 +118,35 @@ def enrollment_status(name: str):
         raise ApiError("unknown_user", "there is no user by that name")
     voiceprint = user.voiceprint
     return jsonify(
-        user=user.name, active=user.active, enrolled=voiceprint is not None, locked=user.is_locked(),
+        user=user.name, active=user.active, enrolled=voiceprint is not None,
         clips=voiceprint.clip_count if voiceprint else 0,
         speech_seconds=round(voiceprint.speech_seconds, 2) if voiceprint else 0.0,
         enrolled_at=voiceprint.created_at.isoformat() + "Z" if voiceprint else None,
     )
 
 
-def _public(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "type"}
+def _answer(result: dict):
+    """Answer a decision as JSON; a client refused for a while also gets Retry-After."""
+    response = jsonify({k: v for k, v in result.items() if k != "type"})
+    if result.get("retry_after"):
+        response.headers["Retry-After"] = str(result["retry_after"])
+    return response
 
 
 def _token_user() -> str | None:
+    """Return the name of the live account the request's bearer token names, None without one."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         return None
     max_age = Policy.from_config(current_app.config).token_seconds
     try:
-        return tokens.read(current_app.config["SECRET_KEY"], header[7:].strip(), max_age)
+        claim = tokens.read(current_app.config["SECRET_KEY"], header[7:].strip(), max_age)
     except tokens.TokenError as error:
         raise ApiError(error.code, str(error)) from None
+    account = store.find_account(claim.account)
+    if account is None:  # deleted since: its token opens nothing, not even a new account of its name
+        raise ApiError("bad_token", "the session token is not valid")
+    return account.name
 
 
 def _invite_user() -> str | None:

@@ -8,7 +8,7 @@ import time
 from simple_websocket import ConnectionClosed
 
 from ..audio.decode import AudioError, AudioFormat, AudioLimits, PcmStream, decode
-from ..context import is_admin, same_origin, session_context
+from ..context import release_db, session_context
 from ..extensions import sock
 from ..gate.base import Context, SessionError
 from ..gate.opening import open_session
@@ -24,7 +24,13 @@ _POLL_SECONDS = 0.1
 @sock.route("/ws/voice")
 def voice(ws):
     """Run one enrollment, verification or dictation session on this socket."""
-    Channel(ws, session_context("ws"), admin=is_admin() and same_origin()).serve()
+    try:
+        ctx = session_context("ws")
+    except SessionError as error:  # the settings are unreadable: decide nothing
+        ws.send(json.dumps({"type": "error", "code": error.code, "message": error.message}))
+        ws.close(reason=_CLOSE_CODES.get(error.code, VIOLATION))
+        return
+    Channel(ws, ctx, admin=ctx.admin).serve()
 
 
 class Channel:
@@ -42,12 +48,14 @@ class Channel:
         """Run the session to its end; every failure becomes one ``error`` message and a close."""
         try:
             self._open()
+            release_db()  # an idle socket holds no database connection
             while not self.session.done:
                 message = self._receive()
                 if isinstance(message, bytes):
                     self._send_all(self._audio(message))
                 else:
                     self._control(message)
+                    release_db()
                 self._send_all(self.session.poll())
             self._close(NORMAL)
         except SessionError as error:
@@ -77,6 +85,7 @@ class Channel:
             raise SessionError("bad_format", "dictation streams raw audio: use pcm_s16le or pcm_f32le")
         self.session = open_session(self.ctx, message, admin=self.admin)
         self._new_clip()
+        self._send_all(getattr(self.session, "opening", list)())  # a verify's spoken challenge
         self._send({"type": "ready", "mode": self.session.mode, "request_id": self.session.request_id,
                     "format": self.format.__dict__})
 

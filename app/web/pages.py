@@ -12,17 +12,16 @@ from flask import (Blueprint, current_app, flash, g, jsonify, redirect, render_t
                    session, url_for)
 
 from .. import tokens
+from ..context import USER_SESSION_KEY, current_user
 from ..db import db
 from ..protocols.dictation_keys import key_for
-from ..models import EnrollmentInvite, User
+from ..models import AuthSession, EnrollmentInvite, User
 from ..gate.policy import Policy
 from .sentences import passages
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
 
-# The session key of a signed-in user; the admin screens keep theirs apart ("admin_id").
-USER_KEY, USER_NAME_KEY = "user_id", "user_name"
 # A sign-in must follow the voice check that issued its token within this many seconds.
 SIGN_IN_SECONDS = 300
 
@@ -30,14 +29,11 @@ SIGN_IN_SECONDS = 300
 @bp.before_request
 def _load_user() -> None:
     g.user = None
-    user_id = session.get(USER_KEY)
-    if user_id is not None:
-        user = db.session.get(User, user_id)
-        # A user deleted (whose id a new user may reuse) or disabled since signing in is signed out.
-        if user is None or not user.active or user.name != session.get(USER_NAME_KEY):
+    if session.get(USER_SESSION_KEY) is not None:
+        # The cookie names a server-side session; a user deleted or disabled since is signed out.
+        g.user = current_user()
+        if g.user is None:
             sign_out_user()
-        else:
-            g.user = user
 
 
 @bp.after_request
@@ -79,13 +75,17 @@ def sign_in():
     if not isinstance(token, str) or not token:
         return _json_error("bad_token", "send the token of an accepted voice check", 400)
     try:
-        name = tokens.read(current_app.config["SECRET_KEY"], token, SIGN_IN_SECONDS)
+        claim = tokens.read(current_app.config["SECRET_KEY"], token, SIGN_IN_SECONDS)
     except tokens.TokenError as error:
         return _json_error(error.code, str(error), 401)
-    user = User.by_name(name)
-    if user is None or not user.active:
+    user = User.by_public_id(claim.account)
+    if user is None:  # deleted since: not even a new account of the same name opens
+        return _json_error("bad_token", "the session token is not valid", 401)
+    if not user.active:
         return _json_error("not_allowed", "this user cannot sign in", 403)
-    session[USER_KEY], session[USER_NAME_KEY] = user.id, user.name
+    sign_out_user()
+    session[USER_SESSION_KEY] = AuthSession.start(current_app.permanent_session_lifetime, user_id=user.id)
+    db.session.commit()
     session.permanent = True
     logger.info("user %s signed in by voice", user.name)
     return jsonify(user=user.name, next=url_for("pages.me"))
@@ -122,9 +122,11 @@ def _signed_in_user():
 
 
 def sign_out_user() -> None:
-    """Forget the signed-in user, and nothing else the session holds (an admin's sign-in)."""
-    session.pop(USER_KEY, None)
-    session.pop(USER_NAME_KEY, None)
+    """End the user's server-side session, and nothing else the cookie holds (an admin's sign-in)."""
+    token = session.pop(USER_SESSION_KEY, None)
+    if token is not None:
+        AuthSession.end(token)
+        db.session.commit()
 
 
 def _dictation_url(user: User) -> str:

@@ -82,6 +82,7 @@ async function start() {
     say(status, "");
     return;
   }
+  showChallenge(socket.challenge);
   // What was said while connecting is part of the utterance.
   pending.forEach((pcm) => socket.sendAudio(pcm));
   pending = null;
@@ -113,14 +114,25 @@ function onChunk(chunk) {
   if ((pause.feed(chunk.dbfs, length) && autoStop.checked) || seconds >= MAX_SECONDS) stop();
 }
 
-const score = (result) => `score ${result.score.toFixed(2)}, needs ${result.threshold.toFixed(2)}`;
+// The server shows scores only on an accept (the user's own) and to admins.
+const score = (result) => (typeof result.score === "number" && typeof result.threshold === "number"
+  ? ` (score ${result.score.toFixed(2)}, needs ${result.threshold.toFixed(2)})` : "");
+
+const challengeBox = document.getElementById("challenge");
+
+/** Show the digits to read aloud large, or hide the box when the server asks for none. */
+function showChallenge(challenge) {
+  challengeBox.hidden = !challenge;
+  if (challenge) challengeBox.querySelector(".digits").textContent = challenge.text;
+}
 
 async function onMessage(result) {
   if (result.type !== "result") return;
+  challengeBox.hidden = true;
   release();
   say(status, "");
   if (result.state === "accept") {
-    showDecision("ok", `Accepted: welcome, ${result.user}`, `Your voice matched (${score(result)}). Signing you in…`);
+    showDecision("ok", `Accepted: welcome, ${result.user}`, `Your voice matched${score(result)}. Signing you in…`);
     const response = await fetch(root.dataset.session, {
       method: "POST",
       headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
@@ -129,17 +141,24 @@ async function onMessage(result) {
     });
     if (response.ok) {
       const body = await response.json();
-      document.getElementById("decision-text").textContent = `Your voice matched (${score(result)}). You are signed in.`;
+      document.getElementById("decision-text").textContent = `Your voice matched${score(result)}. You are signed in.`;
       setTimeout(() => location.assign(body.next), 1500);
     } else {
       showDecision("bad", "Could not sign you in", "The server did not accept the sign-in. Try again.");
     }
   } else if (result.state === "reject") {
-    const who = result.user ? `${result.user}'s voiceprint` : "anyone enrolled";
-    const text = result.score === null
-      ? "Nobody has enrolled a voice yet."
-      : `Your voice did not match ${who} (${score(result)}). You are not signed in. Try again, speaking naturally.`;
-    showDecision("bad", "Not recognised", text);
+    const who = result.user ? "that name" : "anyone enrolled";
+    showDecision("bad", "Not recognised",
+      `Your voice did not match ${who}${score(result)}. You are not signed in. Try again, speaking naturally.`);
+  } else if (result.state === "challenge_failed") {
+    showDecision("bad", "Wrong digits", "We did not hear the digits shown. You are not signed in. Try again and read the new digits aloud.");
+  } else if (result.state === "challenge_expired") {
+    showDecision("bad", "Too slow", "The digits expired after a minute. Try again with new ones.");
+  } else if (result.state === "replay") {
+    showDecision("bad", "Not signed in", "This sounds like a recording of an earlier sign-in. Speak live and try again.");
+  } else if (result.state === "locked") {
+    showDecision("bad", "Too many failed attempts",
+      `Too many failed voice attempts from your address. Try again in ${result.retry_after} s.`);
   } else if (result.state === "no_speech" || result.state === "not_enough_speech") {
     showDecision("warn", "Too little speech", `We heard ${result.speech_seconds ?? 0} s of speech: say a full sentence or two, then try again. Nothing was counted.`);
   } else {

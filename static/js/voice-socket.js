@@ -38,6 +38,7 @@ export class VoiceSocket {
     this.error = null;
     this.finished = false;
     this.closed = false;
+    this.challenge = null; // a voice login's spoken challenge, sent before ready: {text, expires_in}
   }
 
   /** Connect and send `start`; resolve on `ready`, reject with {error} or {dropped}. */
@@ -53,6 +54,7 @@ export class VoiceSocket {
         const message = JSON.parse(event.data);
         if (message.type === "error") this.error = message;
         if (message.type === "result") this.finished = true;
+        if (message.type === "challenge") this.challenge = message;
         if (!ready) {
           if (message.type === "ready") {
             ready = true;

@@ -1,28 +1,41 @@
-"""Admin sign-in and sign-out, with throttling per account and per client address."""
+"""Admin sign-in, sign-out and password change; wrong passwords slow down the client that sent them.
+
+Sign-in starts a server-side session (app.models.AuthSession) whose token the cookie
+holds: signing out deletes it, and a password change deletes the admin's other ones.
+Failures are counted per client address only, never per account, so that nobody can
+lock an admin out by guessing at their name (behind a proxy, set TRUSTED_PROXIES).
+"""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
 
-from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ...context import ADMIN_SESSION_KEY
 from ...db import db
-from ...models import AdminAccount
+from ...models import AdminAccount, AuthSession
 from . import bp
-from .common import current_admin, safe_next
+from .common import current_admin, note, safe_next
 
 logger = logging.getLogger(__name__)
 
 # Checked when the user name is unknown, so that a wrong name takes as long as a wrong password.
 _DUMMY_HASH = generate_password_hash("not a password")
+MIN_PASSWORD = 8
 
 
 class AddressThrottle:
-    """Count failed sign-ins per client address in a sliding window (this process only)."""
+    """Count failed sign-ins per client address in a sliding window (this process only).
+
+    After each failure the address waits ``delay`` seconds, doubling per failure, before
+    its next try; ``limit`` failures within the window refuse it until they age out.
+    """
 
     MAX_ADDRESSES = 10_000
 
@@ -37,10 +50,18 @@ class AddressThrottle:
             failures.popleft()
         return failures
 
-    def blocked(self, address: str, limit: int, window: float) -> bool:
-        """Return True when ``address`` has failed ``limit`` times within ``window`` seconds."""
+    def wait(self, address: str, limit: int, window: float, delay: float) -> int:
+        """Return the seconds ``address`` must wait before its next sign-in, 0 when it may try now."""
         with self._lock:
-            return len(self._recent(address, window)) >= limit
+            failures = self._recent(address, window)
+            now = time.monotonic()
+            if len(failures) >= limit:
+                until = failures[-limit] + window
+            elif failures and delay > 0:
+                until = failures[-1] + delay * 2 ** (len(failures) - 1)
+            else:
+                return 0
+            return max(0, math.ceil(until - now))
 
     def fail(self, address: str, window: float) -> None:
         """Count one failed sign-in from ``address``."""
@@ -52,6 +73,11 @@ class AddressThrottle:
             failures = self._recent(address, window)
             failures.append(time.monotonic())
             self._failures[address] = failures
+
+    def clear(self, address: str) -> None:
+        """Forget ``address``'s failures (it signed in)."""
+        with self._lock:
+            self._failures.pop(address, None)
 
 
 def address_throttle() -> AddressThrottle:
@@ -74,32 +100,30 @@ def login():
     password = request.form.get("password", "")
     throttle = address_throttle()
     window = float(config["ADMIN_ADDRESS_WINDOW_SECONDS"])
-    if throttle.blocked(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window):
-        logger.warning("admin sign-in refused: too many failures from %s", address)
-        return _refuse("Too many failed sign-ins from your address. Wait a few minutes and try again.",
-                       429, username, next_url)
+    wait = throttle.wait(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window, float(config["ADMIN_SIGNIN_DELAY"]))
+    if wait:
+        logger.warning("admin sign-in refused: too many failures from %s (retry in %d s)", address, wait)
+        response = _refuse(f"Too many failed sign-ins from your address. Try again in {wait} s.", 429, username, next_url)
+        response.headers["Retry-After"] = str(wait)
+        return response
 
     account = db.session.scalar(select(AdminAccount).where(AdminAccount.username == username)) if username else None
-    if account is not None and account.is_locked():
-        throttle.fail(address, window)
-        logger.warning("admin sign-in refused: account %s is locked (from %s)", username, address)
-        return _refuse("Too many failed sign-ins for this account. Wait a few minutes and try again.",
-                       429, username, next_url)
     if account is None:
         check_password_hash(_DUMMY_HASH, password)
         succeeded = False
     else:
         succeeded = account.check_password(password)
-        account.record_sign_in(succeeded, int(config["ADMIN_SIGNIN_ATTEMPTS"]), int(config["ADMIN_SIGNIN_LOCK_SECONDS"]))
-        db.session.commit()
     if not succeeded:
         throttle.fail(address, window)
         logger.warning("admin sign-in failed%s from %s", f" for {username}" if account else "", address)
         return _refuse("Wrong user name or password.", 401, username, next_url)
 
+    throttle.clear(address)
     # A fresh session: nothing from before sign-in (a planted id, an old CSRF token) survives it.
+    AuthSession.end(session.get(ADMIN_SESSION_KEY))
     session.clear()
-    session["admin_id"] = account.id
+    session[ADMIN_SESSION_KEY] = AuthSession.start(current_app.permanent_session_lifetime, admin_id=account.id)
+    db.session.commit()
     session.permanent = True
     logger.info("admin %s signed in from %s", account.username, address)
     flash(f"Signed in as {account.username}.", "success")
@@ -108,12 +132,36 @@ def login():
 
 def _refuse(message: str, status: int, username: str, next_url: str):
     flash(message, "error")
-    return render_template("admin/login.html", next_url=next_url, username=username), status
+    return current_app.make_response((render_template("admin/login.html", next_url=next_url, username=username),
+                                      status))
 
 
 @bp.post("/logout")
 def logout():
-    """End the admin session."""
+    """End the admin session, on the server too."""
+    AuthSession.end(session.get(ADMIN_SESSION_KEY))
+    db.session.commit()
     session.clear()
     flash("Signed out.", "success")
     return redirect(url_for("admin.login"))
+
+
+@bp.route("/password", methods=["GET", "POST"])
+def password():
+    """Change the signed-in admin's password; their other sessions end."""
+    if request.method == "GET":
+        return render_template("admin/password.html")
+    admin: AdminAccount = g.admin
+    current, new = request.form.get("current", ""), request.form.get("new", "")
+    if not admin.check_password(current):
+        flash("The current password is wrong.", "error")
+        return render_template("admin/password.html"), 400
+    if len(new) < MIN_PASSWORD or new != request.form.get("confirm", ""):
+        flash(f"The new password needs at least {MIN_PASSWORD} characters, typed the same twice.", "error")
+        return render_template("admin/password.html"), 400
+    admin.set_password(new)
+    AuthSession.end_admin_sessions(admin.id, keep=session.get(ADMIN_SESSION_KEY))
+    db.session.commit()
+    note("admin_password_changed")
+    flash("Password changed; your other sessions are signed out.", "success")
+    return redirect(url_for("admin.password"))

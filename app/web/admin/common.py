@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from flask import g, request, session
+from flask import g, request
 
-from ...db import db
+from ... import context
 from ...models import AdminAccount
 from ...gate.base import new_request_id
 from ...gate.store import Audit, record
@@ -17,9 +17,8 @@ API_PREFIX = "/admin/api/"
 
 
 def current_admin() -> AdminAccount | None:
-    """Return the admin account of this request's session, or None."""
-    admin_id = session.get("admin_id")
-    return db.session.get(AdminAccount, admin_id) if isinstance(admin_id, int) else None
+    """Return the admin account of this request's live server-side session, or None."""
+    return context.current_admin()
 
 
 def safe_next(target: str | None, default: str = "/admin/") -> str:

@@ -46,7 +46,7 @@ def settings():
 
 def _page(submitted: dict[str, str]) -> str:
     """Render the settings page; ``submitted`` holds refused values to show again."""
-    policy, defaults = rules.current_policy(), rules.default_policy()
+    policy, defaults = rules.current_policy(strict=False), rules.default_policy()
     accepted, rejected = score_samples()
     proposed = _float_arg("proposed")
     stored = {row.key: row for row in db.session.scalars(select(Setting))}
@@ -58,7 +58,7 @@ def _page(submitted: dict[str, str]) -> str:
         proposed=proposed, shift=shift(accepted, rejected, proposed) if proposed is not None else None,
         whisper=whisper, whisper_default=current_app.config["WHISPER_MODEL"],
         whisper_choices=[(name, rules.whisper_present(name)) for name in rules.whisper_choices()],
-        whisper_status=whisper_status(current_app), submitted=submitted)
+        whisper_status=whisper_status(current_app), submitted=submitted, challenge_choices=rules.CHALLENGE_CHOICES)
 
 
 @bp.post("/settings")
@@ -101,4 +101,4 @@ def scores():
     """Return the scores of recent accepted and rejected attempts (for the live threshold preview)."""
     accepted, rejected = score_samples()
     return jsonify(accepted=[round(s, 4) for s in accepted], rejected=[round(s, 4) for s in rejected],
-                   threshold=rules.current_policy().threshold)
+                   threshold=rules.current_policy(strict=False).threshold)

@@ -197,27 +197,24 @@ def test_failures_from_one_client_limit_that_client_only(gate, speech):
     assert verify(live, speech, GENUINE, "lj", owner).json()["state"] == "accept"
 
 
-def test_a_client_failing_across_many_names_is_limited_everywhere(tmp_path, engines, speech):
-    live, stop = serve_enrolled(tmp_path, engines, speech, **{**LIMITS, "POLICY_LOCKOUT_CLIENT_ATTEMPTS": 4})
-    try:
-        scanner = "10.7.0.9"
-        for name in ("amy", "bob", "cy", "di"):  # names that do not exist count as much as wrong voices
-            assert verify(live, speech, IMPOSTOR, name, scanner).json()["state"] == "reject"
-        assert verify(live, speech, GENUINE, "lj", scanner).json()["state"] == "locked"
-        assert verify(live, speech, GENUINE, "lj", "10.7.0.10").json()["state"] == "accept"
-    finally:
-        stop()
+def test_a_client_failing_across_many_names_is_limited_everywhere(gate, speech, monkeypatch):
+    live, _ = gate
+    # The policy is read from the config for every request: tighter limits for this test only.
+    monkeypatch.setitem(live.app.config, "POLICY_LOCKOUT_CLIENT_ATTEMPTS", 4)
+    scanner = "10.7.0.9"
+    for name in ("amy", "bob", "cy", "di"):  # names that do not exist count as much as wrong voices
+        assert verify(live, speech, IMPOSTOR, name, scanner).json()["state"] == "reject"
+    assert verify(live, speech, GENUINE, "lj", scanner).json()["state"] == "locked"
+    assert verify(live, speech, GENUINE, "lj", "10.7.0.10").json()["state"] == "accept"
 
 
-def test_growing_delay_between_failures_of_one_client(tmp_path, engines, speech):
-    live, stop = serve_enrolled(tmp_path, engines, speech, **{**LIMITS, "POLICY_LOCKOUT_DELAY": 30})
-    try:
-        assert verify(live, speech, IMPOSTOR, "lj", "10.8.0.1").json()["state"] == "reject"
-        slowed = verify(live, speech, GENUINE, "lj", "10.8.0.1").json()
-        assert slowed["state"] == "locked" and 25 <= slowed["retry_after"] <= 30
-        assert verify(live, speech, GENUINE, "lj", "10.8.0.2").json()["state"] == "accept"
-    finally:
-        stop()
+def test_growing_delay_between_failures_of_one_client(gate, speech, monkeypatch):
+    live, _ = gate
+    monkeypatch.setitem(live.app.config, "POLICY_LOCKOUT_DELAY", 30)
+    assert verify(live, speech, IMPOSTOR, "lj", "10.8.0.1").json()["state"] == "reject"
+    slowed = verify(live, speech, GENUINE, "lj", "10.8.0.1").json()
+    assert slowed["state"] == "locked" and 25 <= slowed["retry_after"] <= 30
+    assert verify(live, speech, GENUINE, "lj", "10.8.0.2").json()["state"] == "accept"
 
 
 def test_five_wrong_admin_passwords_from_one_client_do_not_stop_another(tmp_path):

@@ -30,7 +30,7 @@ class Policy:
     # Replay refusal: an attempt whose embedding reaches this cosine to one of the user's
     # enrollment clips or accepted attempts of the last replay_seconds is a recording of it
     # (how it was chosen: docs/threshold.md, bench/replay.py).
-    replay_similarity: float = 0.90
+    replay_similarity: float = 0.92
     replay_seconds: int = 86400
     # Voice login reads a random challenge aloud: "digits" (6 random digits) or "off".
     challenge: str = "digits"

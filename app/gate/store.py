@@ -101,6 +101,11 @@ def record_attempt(user_name: str | None, accepted: bool, attempts: int, lock_se
     return recent >= attempts
 
 
+def clear_failures(claim: str) -> None:
+    """Forget every client's failures for ``claim`` (an admin's unlock). The caller commits."""
+    db.session.execute(delete(VoiceFailure).where(VoiceFailure.claim == claim))
+
+
 def _same_claim(claim: str | None):
     return VoiceFailure.claim.is_(None) if claim is None else VoiceFailure.claim == claim
 

@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, or_, select, text
 from ...protocols import dictation_keys
 from ...db import db
 from ...models import AuditEvent, EnrollmentInvite, User, Voiceprint, utcnow
+from ...gate import store
 from . import bp
 from .common import note
 
@@ -181,9 +182,10 @@ def _set_active(user: User, active: bool):
 
 @bp.post("/users/<int:user_id>/unlock")
 def unlock(user_id: int):
-    """Lift a voice-login lockout now."""
+    """Lift the per-client limits on this user's voice login now, for every client address."""
     user = _user_or_404(user_id)
     user.failed_attempts, user.locked_until = 0, None
+    store.clear_failures(user.name)
     db.session.commit()
     note("user_unlocked", user.name)
     flash(f"{user.name} is unlocked.", "success")

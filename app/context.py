@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from flask import current_app, g, request, session
 
 from .db import db
-from .extensions import get_engines
+from .engines.runtime import get_engines
 from .gate.base import Context
 from .models import AdminAccount, AuthSession, User
 from .settings import current_policy

@@ -9,15 +9,13 @@ from typing import NamedTuple
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from .errors import VoiceGateError
+
 _SALT = "voicegate.voice-session"
 
 
-class TokenError(ValueError):
+class TokenError(VoiceGateError):
     """A token that is malformed, forged or expired; ``code`` says which."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class Claim(NamedTuple):

@@ -30,17 +30,30 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
     if start.get("token"):
         user = token_user(ctx, start["token"], user)
         signed_in = True
-    if mode == "dictate" and not user:
-        raise SessionError("user_required", "dictation needs a user (or a session token)")
+    if mode == "dictate":
+        if not user:
+            raise SessionError("user_required", "dictation needs a user (or a session token)")
+        return open_dictation(ctx, user, signed_in=signed_in)
     if mode == "verify" and not admin and not signed_in:
         # Decided after the audio, like a wrong voice: a stranger learns nothing from the start.
         return VerifySession(ctx, user)
     if user:
-        problem = user_problem(ctx, user, new_request_id(), "transcribe" if mode == "dictate" else "verify",
-                               limit=not signed_in)
+        problem = user_problem(ctx, user, new_request_id(), "verify", limit=not signed_in)
         if problem:
             raise SessionError(problem, PROBLEM_MESSAGES[problem])
-    return DictateSession(ctx, user) if mode == "dictate" else VerifySession(ctx, user)
+    return VerifySession(ctx, user)
+
+
+def open_dictation(ctx: Context, user: str, live: bool = True, *, signed_in: bool = False) -> DictateSession:
+    """Return a dictation for ``user`` behind the identity gate, or raise SessionError (audited) if they cannot dictate.
+
+    ``signed_in``: the caller proved to be ``user`` (a session token or a dictation key), so
+    the per-client limits, which only other people's failures could have tripped, do not apply.
+    """
+    problem = user_problem(ctx, user, new_request_id(), "transcribe", limit=not signed_in)
+    if problem:
+        raise SessionError(problem, PROBLEM_MESSAGES[problem])
+    return DictateSession(ctx, user, live=live)
 
 
 def token_user(ctx: Context, token, claimed: str | None = None) -> str:

@@ -6,9 +6,11 @@ import sqlite3
 
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import select
 
 from clients import voicegate as client
-from app.models import EnrollmentInvite
+from app.db import db
+from app.models import AuditEvent, EnrollmentInvite
 
 from .browser import chromium, new_page, screenshot
 from .test_voice_login import ENROLLABLE
@@ -24,8 +26,10 @@ def admin_live(live, monkeypatch):
     monkeypatch.setenv("VOICEGATE_ADMIN_PASSWORD", PASSWORD)
     result = live.app.test_cli_runner().invoke(args=["admin", "create", "root"])
     assert result.exit_code == 0, result.output
-    # The wrong password below would make this client wait a second before its next try.
+    # The wrong password and the rejected voice below would each make this client wait a second
+    # before its next try; the flows go on at once.
     live.app.config["ADMIN_SIGNIN_DELAY"] = 0
+    live.app.config["POLICY_LOCKOUT_DELAY"] = 0
     return live
 
 
@@ -141,8 +145,10 @@ def test_admin_flows_in_chromium(admin_live, speech, tmp_path):
         assert "Saved: threshold" in page.inner_text(".flash")
         screenshot(page, "admin-10-settings-saved")
         again = verify(live, speech, "ljspeech")
-        assert again["state"] == "reject" and again["threshold"] == pytest.approx(raised), again
-        assert again["score"] == pytest.approx(genuine["score"], abs=1e-3)
+        assert again["state"] == "reject" and "threshold" not in again, again  # a reject shows no figures
+        with live.app.app_context():  # the audit log has them: decided at the new threshold
+            row = db.session.scalar(select(AuditEvent).where(AuditEvent.request_id == again["request_id"]))
+        assert row.threshold == pytest.approx(raised) and row.score == pytest.approx(genuine["score"], abs=1e-3)
         page.fill("#s-threshold", "0.4")
         page.get_by_role("button", name="Save settings").click()
         assert verify(live, speech, "ljspeech")["state"] == "accept"
@@ -154,7 +160,11 @@ def test_admin_flows_in_chromium(admin_live, speech, tmp_path):
         assert "vctk is disabled" in page.inner_text(".flash")
         screenshot(page, "admin-11-user-disabled")
         refused = verify(live, speech, "vctk")
-        assert (refused["type"], refused["code"]) == ("error", "disabled"), refused
+        # To a caller who is not an admin, a disabled name answers like a wrong voice; the audit says why.
+        assert (refused["type"], refused["state"]) == ("result", "reject") and "token" not in refused, refused
+        with live.app.app_context():
+            row = db.session.scalar(select(AuditEvent).where(AuditEvent.request_id == refused["request_id"]))
+        assert row.reason == "disabled"
 
         # Delete, after a confirmation: the voiceprint leaves the database file at once.
         database = tmp_path / "voicegate.db"

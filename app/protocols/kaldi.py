@@ -21,7 +21,7 @@ from simple_websocket import ConnectionClosed
 
 from ..audio.decode import AudioError, AudioLimits
 from ..audio.vad import SAMPLE_RATE
-from ..context import session_context
+from ..context import release_db, session_context
 from ..engines.runtime import engines_loaded, get_engines
 from ..extensions import csrf, sock
 from ..gate import store
@@ -200,6 +200,7 @@ class SpeechChannel:
         """Run the dictation to its end; a refusal is one status message and a close."""
         try:
             self._open()
+            release_db()  # an idle socket holds no database connection
             self._run()
         except KaldiError as error:
             self._refuse(error.status, error.message)

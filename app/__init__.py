@@ -28,6 +28,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     if test_config:
         app.config.from_mapping(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
+    from .logs import configure as configure_logs
+
+    configure_logs(app.config["LOG_FORMAT"])
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url(app.config["DATABASE_URL"], app.instance_path)
     app.config["SECRET_KEY"] = secret_key(app.config["SECRET_KEY"], app.instance_path)
     # The weights are local files; a missing one must fail at once, not reach for a hub.

@@ -38,7 +38,7 @@ def test_the_api_answers_as_described_and_never_fails_with_a_500(server, tmp_pat
          "--checks", "all", "--exclude-checks", "positive_data_acceptance",
          "--phases", "examples,coverage,fuzzing", "--max-examples", "15", "--seed", "18", "--workers", "1",
          "--no-color", "--report", "junit", "--report-junit-path", str(report)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"})
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     tests = ElementTree.parse(report).getroot()
     assert sum(int(suite.get("tests", 0)) for suite in tests.iter("testsuite")) >= 3, run.stdout[-3000:]

@@ -39,7 +39,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     from . import cli, health, models  # noqa: F401  (models registers tables)
     from .protocols import http_api, voice_ws  # noqa: F401  (voice_ws registers a route)
     from .db import db
-    from .extensions import csrf, get_engines, migrate, set_engines, sock
+    from .engines.runtime import get_engines, set_engines
+    from .extensions import csrf, migrate, sock
 
     db.init_app(app)
     csrf.init_app(app)

@@ -56,7 +56,7 @@ class _AppState:
         self.app = app
 
     def collect(self):
-        from .extensions import engines_error, engines_loaded, get_engines, whisper_status
+        from .engines.runtime import engines_error, engines_loaded, get_engines, whisper_status
 
         # Never loads the models: a scrape only reports.
         engines = get_engines(self.app) if engines_loaded(self.app) else None

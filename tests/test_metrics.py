@@ -38,15 +38,24 @@ def test_a_scrape_after_a_verification_shows_the_counters_moving(server, speech)
 
     with open(speech.path(GENUINE), "rb") as handle:
         audio = handle.read()
+    # One voice login: one decision, one voice check.
+    answer = requests.post(f"{server.url}/api/v1/verify", params={"user": "lj"}, data=audio, timeout=60).json()
+    assert answer["state"] == "accept"
+    after = scrape(server.url)
+    assert after[accept] == before.get(accept, 0) + 1
+    assert after[checks] == before[checks] + 1
+    assert after[("voicegate_verification_seconds_sum", ())] > before[("voicegate_verification_seconds_sum", ())]
+
+    # One transcription: its segments are decided (each checked on sliding windows) and transcribed.
     answer = requests.post(f"{server.url}/api/v1/transcribe", params={"user": "lj"}, data=audio, timeout=60).json()
     assert answer["state"] == "accept" and answer["text"]
-    after = scrape(server.url)
+    accepted = sum(segment["state"] == "accept" for segment in answer["segments"])
+    final = scrape(server.url)
     transcribe = ("voicegate_decisions_total", (("kind", "transcribe"), ("state", "accept"), ("surface", "http")))
-    assert after[transcribe] == before.get(transcribe, 0) + 1
-    assert after[checks] == before[checks] + 1
-    assert after[("voicegate_final_transcript_seconds_count", ())] == before[("voicegate_final_transcript_seconds_count", ())] + 1
-    assert after[("voicegate_verification_seconds_sum", ())] > before[("voicegate_verification_seconds_sum", ())]
-    assert after.get(accept, 0) == before.get(accept, 0)  # a transcription is not a login
+    assert final[transcribe] == after.get(transcribe, 0) + accepted
+    finals = ("voicegate_final_transcript_seconds_count", ())
+    assert final[finals] >= after[finals] + 1 and final[checks] > after[checks]
+    assert final[accept] == after[accept]  # a transcription is not a login
 
 
 def test_metrics_are_for_this_machine_or_for_the_token(tmp_path, engines):

@@ -80,7 +80,7 @@ SPEC: dict = {
                 "type": "object",
                 "required": ["mode", "request_id", "state", "user", "score", "threshold", "audio_seconds"],
                 "properties": {
-                    "mode": {"type": "string", "enum": ["verify", "transcribe"]},
+                    "mode": {"type": "string", "enum": ["verify"]},
                     "request_id": {"type": "string", "description": "The audit log's id of this decision."},
                     "state": {"type": "string", "enum": _STATES},
                     "user": {"type": "string", "nullable": True,
@@ -96,11 +96,25 @@ SPEC: dict = {
                 },
             },
             "Transcription": {
-                "allOf": [{"$ref": "#/components/schemas/Decision"}, {
-                    "type": "object", "required": ["text"],
-                    "properties": {"text": {"type": "string", "nullable": True,
-                                            "description": "The transcript; null unless the voice was accepted."}},
-                }],
+                "type": "object", "required": ["mode", "user", "state", "text", "segments"],
+                "properties": {
+                    "mode": {"type": "string", "enum": ["transcribe"]},
+                    "user": {"type": "string"},
+                    "request_id": {"type": "string", "description": "The audit log's id of this recording."},
+                    "state": {"type": "string",
+                              "enum": ["accept", "reject", "not_enough_speech", "no_speech", "disabled", "not_enrolled", "locked"],
+                              "description": "accept when any segment verified as the user; else the most telling refusal."},
+                    "message": {"type": "string", "description": "Why nothing was transcribed (for people)."},
+                    "threshold": {"type": "number"},
+                    "audio_seconds": {"type": "number"},
+                    "text": {"type": "string", "nullable": True,
+                             "description": "The verified segments' text joined; null when none verified."},
+                    "segments": {"type": "array", "items": {
+                        "type": "object", "required": ["start", "end", "state", "score", "text"],
+                        "properties": {"start": {"type": "number"}, "end": {"type": "number"},
+                                       "state": {"type": "string"}, "score": {"type": "number", "nullable": True},
+                                       "text": {"type": "string", "nullable": True}}}},
+                },
             },
             "Enrollment": {
                 "type": "object",
@@ -127,8 +141,9 @@ SPEC: dict = {
         }},
         "/transcribe": {"post": {
             "operationId": "transcribe",
-            "summary": "Transcribe a clip, only if it verifies as the token's or the claimed user",
-            "description": "The voice is verified even with a session token, so no one else's speech is transcribed.",
+            "summary": "Transcribe a recording, only the parts that verify as the token's or the claimed user",
+            "description": "The recording is split into segments at pauses; each is verified (even with a session "
+                           "token), and only verified segments are transcribed, so no one else's speech ever is.",
             "parameters": _AUDIO_PARAMETERS,
             "requestBody": _AUDIO_BODY,
             "security": [{"session": []}, {}],

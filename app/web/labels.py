@@ -56,6 +56,8 @@ REASONS = {
     "bad_key": "the dictation URL's key is wrong or revoked",
     "no_key": "the dictation URL carries no key",
     "reject": "the voice did not match",
+    "other_voice": "another voice than the user's",
+    "client_left": "the client left mid-utterance after seeing partial text",
 }
 
 GOOD = {"accept", "enrolled", "clip_accepted"}
@@ -108,6 +110,8 @@ def reason_text(event) -> str:
         if reason == "inconsistent_voice":
             return _join(REASONS[reason], numbers)
     if decision == "accept":
+        if reason in REASONS:
+            return REASONS[reason]
         return _join("voice matched", numbers)
     if decision == "reject":
         if event.score is None and kind == "identify":

@@ -18,11 +18,11 @@ from sqlalchemy import or_, select
 from .. import tokens
 from ..db import db
 from ..gate.base import new_request_id
-from ..gate.policy import Policy
 from ..gate.store import Audit, record
 from ..models import AuditEvent, EnrollmentInvite, User, utcnow
 from ..protocols import dictation_keys
-from ..protocols.dictation_keys import key_for
+from ..protocols.dictation_keys import personal_url
+from ..settings import current_policy
 from . import labels
 from .sentences import passages
 
@@ -83,7 +83,7 @@ def enroll(token: str):
     invite = EnrollmentInvite.find_valid(token)
     if invite is None or not invite.user.active:
         return render_template("pages/invite_invalid.html"), 404
-    policy = Policy.from_config(current_app.config)
+    policy = current_policy()
     return render_template(
         "pages/enroll.html", invite_user=invite.user, token=token, passages=passages(),
         policy=policy, expires_at=invite.expires_at,
@@ -192,18 +192,18 @@ def mic_check():
     if not data or len(data) > MIC_TEST_SECONDS * 16000 * 2 or len(data) % 2:
         return _json_error("bad_audio", f"send up to {MIC_TEST_SECONDS} s of 16 kHz mono 16-bit PCM", 400)
     from ..audio.decode import pcm_to_float
-    from ..audio.vad import speech_segments
     from ..engines.pool import Busy
-    from ..extensions import get_engines
+    from ..engines.runtime import get_engines
     from ..gate import decide
 
     audio = pcm_to_float(data, "pcm_s16le", 1)
+    engines = get_engines()
     try:
-        segments = get_engines().pool.run(speech_segments, audio)
+        segments = engines.pool.run(engines.vad.segments, audio)
     except Busy:
         return _json_error("busy", "the server is busy; try again in a moment", 503)
     quality = decide.measure(audio, segments)
-    problem = decide.clip_problem(quality, Policy.from_config(current_app.config).min_verify_speech)
+    problem = decide.clip_problem(quality, current_policy().min_verify_speech)
     return jsonify(speech_seconds=round(quality.speech_seconds, 2), level_dbfs=round(quality.speech_dbfs, 1),
                    clipped=quality.clipped_fraction > decide.CLIPPED_FRACTION, problem=problem,
                    audio_seconds=round(audio.size / 16000, 2))
@@ -260,8 +260,7 @@ def _note_self(action: str, name: str, reason: str) -> None:
 
 def _dictation_url(user: User) -> str:
     """Return the Kõnele-style dictation address carrying ``user``'s personal key."""
-    scheme = "wss" if request.scheme == "https" else "ws"
-    return f"{scheme}://{request.host}/client/ws/speech?key={key_for(user, current_app.config['SECRET_KEY'])}"
+    return personal_url(user, current_app.config["SECRET_KEY"], request.host_url)
 
 
 def _json_error(code: str, message: str, status: int):

@@ -75,3 +75,43 @@ def test_the_settings_reset_asks_first(app, client):
     assert 'href="/admin/settings/reset"' in page and 'name="reset"' not in page
     confirm = client.get("/admin/settings/reset").text
     assert "Reset every setting to its default?" in confirm and 'name="reset" value="yes"' in confirm
+
+
+def _page_csrf(client, url: str) -> str:
+    return re.search(r'name="csrf-token" content="([^"]+)"', client.get(url).text).group(1)
+
+
+def test_a_lost_invite_request_shows_until_a_new_link_is_issued_and_is_kept_once_an_hour(app, client):
+    add_admin(app)
+    sign_in(client)
+    post(client, "/admin/users", name="ada", display_name="Ada")
+    people = app.test_client()
+    for _ in range(2):
+        answer = people.post("/lost-invite", data={"name": "ada", "csrf_token": _page_csrf(people, "/lost-invite")})
+        assert answer.status_code == 200 and "administrators now see" in answer.text
+    with app.app_context():
+        asked = db.session.scalars(db.select(AuditEvent).where(AuditEvent.decision == "invite_requested")).all()
+        assert [(e.kind, e.claimed_user) for e in asked] == [("self", "ada")]  # twice asked, once kept
+    assert "Asking for a new enrollment link" in client.get("/admin/").text
+    with app.app_context():
+        user_id = User.by_name("ada").id
+    post(client, f"/admin/users/{user_id}/invite")
+    assert "Asking for a new enrollment link" not in client.get("/admin/").text
+
+
+def test_the_microphone_check_measures_without_deciding(app, client, speech):
+    import wave
+
+    with wave.open(str(speech.path("wav/ljspeech/LJ001-0004.wav"))) as handle:
+        pcm = handle.readframes(16000 * 5)
+    token = _page_csrf(client, "/mic-test")
+    answer = client.post("/mic-test", data=pcm, headers={"X-CSRFToken": token, "Content-Type": "application/octet-stream"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json["problem"] is None and 2.0 <= answer.json["speech_seconds"] <= 5.0 and not answer.json["clipped"]
+    silence = client.post("/mic-test", data=bytes(32000), headers={"X-CSRFToken": token})
+    assert silence.json["problem"] == "no_speech"
+    for bad in (b"", b"\x00" * 3, bytes(16000 * 2 * 11)):
+        assert client.post("/mic-test", data=bad, headers={"X-CSRFToken": token}).status_code == 400
+    assert client.post("/mic-test", data=pcm).status_code == 400  # no CSRF token: another site's page
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(AuditEvent)) == 0

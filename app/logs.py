@@ -1,4 +1,8 @@
-"""Log format: plain text (Python's and gunicorn's own) or, with ``LOG_FORMAT=json``, one JSON object a line."""
+"""Log format: plain text (Python's and gunicorn's own) or, with ``LOG_FORMAT=json``, one JSON object a line.
+
+scripts/serve.sh hands gunicorn scripts/logging-json.json in that case, so its own lines from
+before the app is loaded are JSON too; ``configure`` then finds that set-up and leaves it.
+"""
 from __future__ import annotations
 
 import logging
@@ -21,12 +25,13 @@ def configure(log_format: str) -> None:
     """Write the process's logs as JSON lines when ``log_format`` is "json"; leave them alone otherwise."""
     if str(log_format).lower() != "json":
         return
+    from pythonjsonlogger.json import JsonFormatter
+
     root = logging.getLogger()
-    if any(getattr(handler, "voicegate_json", False) for handler in root.handlers):
-        return  # once per process, however many apps are created
+    if any(isinstance(handler.formatter, JsonFormatter) for handler in root.handlers):
+        return  # once per process, however many apps are created, and not over gunicorn's JSON set-up
     formatter = json_formatter()
     handler = logging.StreamHandler(sys.stderr)
-    handler.voicegate_json = True
     handler.setFormatter(formatter)
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:

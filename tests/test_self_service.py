@@ -229,6 +229,7 @@ def test_a_lost_invite_reaches_the_admins(server, browser):
     requests_card = page.locator("section", has=page.get_by_role("heading", name="Asking for a new enrollment link"))
     expect(requests_card).to_contain_text("(lj)")
     assert "nobody-here" not in requests_card.inner_text()
+    screenshot(page, "dashboard-invite-request")
     context.close()
 
 
@@ -317,4 +318,5 @@ def test_the_audit_log_speaks_plain_words_by_keyboard_at_desktop_width(server, s
     page.get_by_role("link", name="Reset every setting to its default…").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Reset every setting to its default?")
     expect(page.get_by_role("link", name="Cancel")).to_be_focused()
+    screenshot(page, "settings-reset-confirm-dark")
     context.close()

@@ -188,8 +188,9 @@ def mic_test():
 @bp.post("/mic-test")
 def mic_check():
     """Measure a short recording (16 kHz mono 16-bit PCM body): speech, loudness, clipping. Nothing is kept."""
-    data = request.get_data(cache=False)
-    if not data or len(data) > MIC_TEST_SECONDS * 16000 * 2 or len(data) % 2:
+    limit = MIC_TEST_SECONDS * 16000 * 2
+    data = b"" if (request.content_length or 0) > limit else request.get_data(cache=False)
+    if not data or len(data) > limit or len(data) % 2:
         return _json_error("bad_audio", f"send up to {MIC_TEST_SECONDS} s of 16 kHz mono 16-bit PCM", 400)
     from ..audio.decode import pcm_to_float
     from ..engines.pool import Busy

@@ -5,6 +5,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.protocols.openapi import SPEC
+
 from .conftest import make_app, serve_enrolled
 
 GENUINE = "wav/ljspeech/LJ001-0004.wav"
@@ -41,6 +43,8 @@ def test_a_scrape_after_a_verification_shows_the_counters_moving(server, speech)
     # One voice login: one decision, one voice check.
     answer = requests.post(f"{server.url}/api/v1/verify", params={"user": "lj"}, data=audio, timeout=60).json()
     assert answer["state"] == "accept"
+    # (A real accept has the documented shape too: schemathesis' random audio never gets this far.)
+    assert set(SPEC["components"]["schemas"]["Decision"]["required"]) <= set(answer) and answer["token"]
     after = scrape(server.url)
     assert after[accept] == before.get(accept, 0) + 1
     assert after[checks] == before[checks] + 1

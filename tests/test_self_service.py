@@ -266,9 +266,8 @@ def test_phone_enrollment_keeps_the_meter_status_and_progress_in_view_by_keyboar
         for selector in ("#level", "#status", "#progress", "#clips > li:nth-child(2) .passage"):
             box = page.locator(selector).bounding_box()
             assert box["y"] >= 0 and box["y"] + min(box["height"], 40) <= PHONE["height"], (selector, box)
+        expect(page.locator("#level")).not_to_have_attribute("aria-valuenow", "0", timeout=10_000)  # it moves
         page.screenshot(path=str(SCREENSHOTS / "enroll-phone-second-clip.png"))  # the viewport, as the person sees it
-        expect(page.locator("#clips > li").nth(1).locator(".clip-result")).to_contain_text(
-            "Accepted", timeout=DECISION_TIMEOUT)
         context.close()
 
 

@@ -122,6 +122,9 @@ def test_me_sets_up_konele_by_keyboard_and_qr_and_revokes_the_key(server, speech
     url = page.get_by_label("Your personal dictation address").input_value()
     assert re.fullmatch(r"ws://127\.0\.0\.1:\d+/client/ws/speech\?key=\d+\.[\w-]+", url), url
     assert decode_qr(page) == url
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert requests.get(f"{server.url}{icon}", timeout=10).headers["Content-Type"].startswith("image/svg+xml")
+    assert requests.get(f"{server.url}/favicon.ico", timeout=10).url.endswith(icon)
     steps = page.locator("ol.steps > li")
     assert steps.count() >= 4
     expect(steps.first).to_contain_text("Kõnele")

@@ -210,3 +210,35 @@ def test_a_client_that_vanishes_after_partial_text_still_leaves_its_audit_row(ga
         assert shown
         row = db.session.scalars(db.select(AuditEvent).where(AuditEvent.request_id == session.request_id)).one()
         assert (row.decision, row.reason, row.kind) == ("accept", "client_left", "transcribe") and row.audio_seconds > 0
+
+
+def _short(speech, engines, file: str, seconds: float = 1.2) -> np.ndarray:
+    """Return the first ``seconds`` of speech of a dev file: a phrase too short to verify on its own."""
+    audio = speech.load(file)
+    start = engines.vad.segments(audio)[0].start
+    return audio[start:start + int(seconds * S)]
+
+
+def test_a_short_phrase_right_after_the_users_speech_is_kept_and_another_voices_is_not(gate, engines, speech):
+    # "And it is worth..." (1.2 s) by the owner, then "Ask her to bring those..." (1.2 s) by another voice.
+    live, joined_recordings, _ = gate
+    gap = np.zeros(S, np.float32)
+    own, other = _short(speech, engines, "wav/ljspeech/LJ001-0006.wav"), _short(speech, engines, "wav/vctk-p287/p287_002.wav")
+    with live.app.app_context():
+        ctx = Context(engines, current_policy(), "test-secret", "test")
+
+        def finals(*parts):
+            session = DictateSession(ctx, "lj", live=False)
+            try:
+                audio = np.concatenate([*parts, gap])
+                messages = session.audio(audio) + session.stop()
+            finally:
+                session.close()
+            return [m for m in messages if m["type"] == "final"]
+
+        after_speech = finals(joined_recordings[0].owner.audio, gap, own, gap, other)
+        alone = finals(own)
+    assert [f["state"] for f in after_speech] == ["accept", "accept", "reject"], after_speech
+    assert "worth" in after_speech[1]["text"].lower() and after_speech[2]["text"] is None
+    # Without the user's verified speech just before it, the same phrase is too short to decide.
+    assert [f["state"] for f in alone] == ["not_enough_speech"] and alone[0]["text"] is None

@@ -10,6 +10,7 @@ from datetime import timedelta
 import numpy as np
 from sqlalchemy import delete, func, select, update
 
+from .. import metrics
 from ..db import db
 from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, VoiceFailure, Voiceprint,
                       utcnow)
@@ -43,6 +44,10 @@ class Audit:
         """Return the ORM row for these fields."""
         return AuditEvent(**{k: _plain(v) for k, v in self.__dict__.items()})
 
+    def counted(self) -> None:
+        """Count this decision in the metrics (once its row is committed)."""
+        metrics.count_decision(self.kind, self.protocol, self.decision)
+
 
 def _plain(value):
     # numpy floats would be stored as blobs by the sqlite3 driver.
@@ -53,6 +58,7 @@ def record(audit: Audit) -> None:
     """Append one audit row in its own transaction."""
     db.session.add(audit.row())
     db.session.commit()
+    audit.counted()
 
 
 def find_user(name: str) -> User | None:
@@ -93,6 +99,7 @@ def record_attempt(user_name: str | None, accepted: bool, attempts: int, lock_se
         db.session.add(VoiceFailure(claim=user_name, client_addr=address, created_at=now))
     db.session.add(audit.row())
     db.session.commit()
+    audit.counted()
     if not counted or accepted:
         return False
     recent = db.session.scalar(select(func.count()).select_from(VoiceFailure).where(
@@ -221,6 +228,7 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
         db.session.add(voiceprint)
         db.session.add(audit.row())
         db.session.commit()
+        audit.counted()
     except Exception:
         db.session.rollback()
         raise

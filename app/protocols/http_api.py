@@ -57,7 +57,12 @@ def _http_error(error: HTTPException):
     if not request.path.startswith("/api/"):
         return error
     code = (error.name or "error").lower().replace(" ", "_")
-    return _api_error(ApiError(code, error.description or error.name, status=error.code))
+    response, status = _api_error(ApiError(code, error.description or error.name, status=error.code))
+    # The error's own headers stay (a 405 must say which methods are allowed).
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, status
 
 
 @bp.post("/challenge")
@@ -121,9 +126,14 @@ def transcribe():
         session.close()
     segments = [{key: final[key] for key in ("start", "end", "state", "score", "text")} for final in session.segments]
     accepted = [segment["text"] for segment in segments if segment["state"] == "accept" and segment["text"]]
+    figures = {"threshold": ctx.policy.threshold}
+    if _token_user() is None and not ctx.admin:
+        # Someone who only named the user sees no scores to tune a voice by (the audit log has them).
+        segments = [{**segment, "score": None} for segment in segments]
+        figures = {}
     return jsonify(mode="transcribe", user=user, request_id=session.request_id, state=summary_state(segments),
-                   threshold=ctx.policy.threshold, audio_seconds=round(audio.size / 16000, 3),
-                   text=" ".join(accepted) if accepted else None, segments=segments)
+                   audio_seconds=round(audio.size / 16000, 3), text=" ".join(accepted) if accepted else None,
+                   segments=segments, **figures)
 
 
 @bp.get("/users/<name>/enrollment")

@@ -123,7 +123,10 @@ const challengeBox = document.getElementById("challenge");
 /** Show the digits to read aloud large, or hide the box when the server asks for none. */
 function showChallenge(challenge) {
   challengeBox.hidden = !challenge;
-  if (challenge) challengeBox.querySelector(".digits").textContent = challenge.text;
+  if (!challenge) return;
+  challengeBox.querySelector(".digits").textContent = challenge.text;
+  const sentence = document.getElementById("read-aloud");
+  if (sentence) sentence.hidden = true; // the digits are what to say now
 }
 
 async function onMessage(result) {

@@ -24,6 +24,9 @@ DECISIONS = {
     "not_enrolled": "Not enrolled",
     "disabled": "Account disabled",
     "locked": "Voice login locked",
+    "replay": "Replay refused",
+    "challenge_failed": "Wrong digits",
+    "challenge_expired": "Challenge expired",
     "bad_key": "Wrong dictation key",
     "no_key": "No dictation key",
     # Admin and self-service actions.
@@ -52,7 +55,10 @@ REASONS = {
     "unknown_user": "nobody has that user name",
     "not_enrolled": "the user has no voiceprint yet",
     "disabled": "the account is disabled",
-    "locked": "too many rejected attempts in a row",
+    "locked": "too many failed attempts from this client address",
+    "client_limited": "too many failed attempts from this client address",
+    "challenge_failed": "the voice matched, the digits said were not the ones shown",
+    "challenge_expired": "answered after the challenge's minute was up",
     "bad_key": "the dictation URL's key is wrong or revoked",
     "no_key": "the dictation URL carries no key",
     "reject": "the voice did not match",
@@ -61,7 +67,8 @@ REASONS = {
 }
 
 GOOD = {"accept", "enrolled", "clip_accepted"}
-BAD = {"reject", "clip_refused", "locked", "disabled", "unknown_user", "bad_key", "no_key"}
+BAD = {"reject", "clip_refused", "locked", "disabled", "unknown_user", "bad_key", "no_key", "replay", "challenge_failed",
+       "challenge_expired"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ def reason_text(event) -> str:
         if reason in REASONS:
             return REASONS[reason]
         return _join("voice matched", numbers)
+    if decision == "replay":
+        similarity = (reason or "").partition(" ")[2]
+        return "a near-copy of audio the user gave before" + (f" (similarity {similarity})" if similarity else "")
     if decision == "reject":
         if event.score is None and kind == "identify":
             return "nobody has enrolled a voice yet"

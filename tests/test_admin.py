@@ -294,6 +294,18 @@ def test_settings_are_validated_stored_and_in_force_without_restart(app, signed_
         assert Setting.stored() == {}
 
 
+def test_the_spoken_challenge_is_chosen_in_the_settings(app, signed_in):
+    assert 'name="challenge"' in signed_in.get("/admin/settings").text
+    refused = post(signed_in, "/admin/settings", challenge="maybe")
+    assert refused.status_code == 400 and "Spoken challenge: choose one of digits, off" in refused.text
+    post(signed_in, "/admin/settings", challenge="digits")  # the tests' configured default is off
+    with app.test_request_context():
+        assert current_policy().challenge == "digits"
+    post(signed_in, "/admin/settings", challenge="off")
+    with app.test_request_context():
+        assert current_policy().challenge == "off" and "challenge" not in Setting.stored()
+
+
 def test_a_stored_value_out_of_range_refuses_decisions_but_the_settings_screen_opens(app):
     with app.app_context():
         Setting.put("threshold", 7, "hand")

@@ -35,9 +35,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
 
     from . import cli, health, models  # noqa: F401  (models registers tables)
     from .protocols import http_api, voice_ws  # noqa: F401  (voice_ws registers a route)
+    from .serving import uploads
     from .db import db
     from .extensions import csrf, get_engines, migrate, set_engines, sock
 
+    uploads.init_app(app)
     db.init_app(app)
     csrf.init_app(app)
     # The JSON API is called by programs with bearer tokens or voices, never by a form.

@@ -6,12 +6,13 @@ import threading
 
 from flask import Flask, current_app
 from flask_migrate import Migrate
-from flask_sock import Sock
 from flask_wtf.csrf import CSRFProtect
+
+from .serving.sockets import GuardedSock
 
 csrf = CSRFProtect()
 migrate = Migrate()
-sock = Sock()
+sock = GuardedSock()  # flask-sock, surviving broken clients (app/serving/sockets.py)
 
 _ENGINES_KEY = "voicegate.engines"
 _ERROR_KEY = "voicegate.engines_error"

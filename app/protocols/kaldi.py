@@ -23,6 +23,7 @@ from ..gate import store
 from ..audio.decode import AudioError, AudioLimits
 from ..context import session_context
 from ..extensions import csrf, engines_loaded, get_engines, sock
+from ..serving import uploads
 from .kaldi_audio import AudioIntake, has_header, parse_caps
 from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
 from ..gate.dictation import DictateSession
@@ -47,9 +48,6 @@ BLOCK = SAMPLE_RATE // 4
 # After the final that ends Kõnele's session, how long to wait for its EOS before closing.
 EOS_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.1
-# The status socket reports at most this often, and closes after a while (Kõnele reopens it).
-STATUS_INTERVAL = 1.0
-STATUS_MAX_SECONDS = 300.0
 
 
 class KaldiError(Exception):
@@ -243,8 +241,8 @@ class SpeechChannel:
         deadline = time.monotonic() + self.ctx.policy.idle_seconds
         while True:
             message = self.conn.receive(timeout=_POLL_SECONDS)
-            if message is not None:
-                break
+            if message:
+                break  # an empty frame is not activity: it must not hold the session open
             self._send_all(self.dictation.poll())
             now = time.monotonic()
             if self._finished_at is not None and now - self._finished_at > EOS_GRACE_SECONDS:
@@ -320,18 +318,9 @@ def status_now() -> dict:
 
 @sock.route("/ws/status", bp=bp)
 def status(ws):
-    """Send the status on open and whenever it changes, until the client leaves."""
-    began, last = time.monotonic(), None
-    try:
-        while time.monotonic() - began < STATUS_MAX_SECONDS:
-            current = status_now()
-            if current != last:
-                ws.send(json.dumps(current))
-                last = current
-            ws.receive(timeout=STATUS_INTERVAL)  # whatever the client says is ignored
-        ws.close(reason=1000)
-    except ConnectionClosed:
-        pass
+    """Send the status once and close: a status socket held open must cost the server nothing."""
+    ws.send(json.dumps(status_now()))
+    ws.close(reason=1000)
 
 
 # --------------------------------------------------------------------------- PUT|POST /client/dynamic/recognize
@@ -363,7 +352,7 @@ def recognize():
         caps = request.args.get("content-type")
         if caps is None and request.mimetype.startswith("audio/"):
             caps = request.headers["Content-Type"]
-        data = request.get_data(cache=False)
+        data = uploads.read_body()
         # Programs like curl label a raw body as a form; a file's own header then says what it is.
         fmt = None if caps is None and has_header(data) else parse_caps(caps)
         dictation = KaldiDictation(session, partials=False, single=False)

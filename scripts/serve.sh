@@ -14,6 +14,6 @@ exec .venv/bin/gunicorn \
   --worker-class app.serving.worker.GuardedWorker --workers 1 --threads "${VOICEGATE_THREADS:-256}" \
   --worker-connections "${VOICEGATE_WORKER_CONNECTIONS:-1024}" \
   --bind "${VOICEGATE_HOST:-127.0.0.1}:${VOICEGATE_PORT:-8000}" \
-  --logger-class app.serving.logs.RedactingLogger \
+  --logger-class app.serving.logs.RedactingLogger --no-control-socket \
   --access-logfile - --graceful-timeout 10 \
   'app:create_app()'

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh test
-apt_install ffmpeg espeak-ng sox chromium chromium-driver
+apt_install ffmpeg espeak-ng sox chromium chromium-driver nginx
 exec .venv/bin/python -m pytest "$@"

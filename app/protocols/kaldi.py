@@ -241,8 +241,8 @@ class SpeechChannel:
         deadline = time.monotonic() + self.ctx.policy.idle_seconds
         while True:
             message = self.conn.receive(timeout=_POLL_SECONDS)
-            if message:
-                break  # an empty frame is not activity: it must not hold the session open
+            if message is not None:
+                break
             self._send_all(self.dictation.poll())
             now = time.monotonic()
             if self._finished_at is not None and now - self._finished_at > EOS_GRACE_SECONDS:

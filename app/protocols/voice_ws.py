@@ -85,8 +85,8 @@ class Channel:
         deadline = time.monotonic() + self.ctx.policy.idle_seconds
         while True:
             message = self.conn.receive(timeout=_POLL_SECONDS)
-            if message:
-                break  # an empty frame is not activity: it must not hold the session open
+            if message is not None:
+                break
             if self.session is not None:
                 self._send_all(self.session.poll())
             if time.monotonic() > deadline:

@@ -11,6 +11,7 @@ handshake with 400.
 from __future__ import annotations
 
 import logging
+import time
 from functools import wraps
 
 from flask import Flask, current_app, request
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # How long a finished route waits for the socket's reader thread to see the close.
 _READER_JOIN_SECONDS = 1.0
+# How long empty frames alone (keep-alives) may hold a session open without a real message.
+KEEPALIVE_SECONDS = 120.0
 
 
 class SafeSocket:
@@ -30,6 +33,7 @@ class SafeSocket:
 
     def __init__(self, ws):
         self.ws = ws
+        self._last_message = time.monotonic()
 
     def send(self, data) -> None:
         """Send a text (str) or binary (bytes) message."""
@@ -39,12 +43,22 @@ class SafeSocket:
             raise ConnectionClosed(1006, "the client went away") from None
 
     def receive(self, timeout: float | None = None):
-        """Return the next message, or None after ``timeout`` seconds; no database connection is held meanwhile."""
+        """Return the next message, or None after ``timeout`` seconds; no database connection is held meanwhile.
+
+        An empty frame is a keep-alive (the enrollment page sends one every 5 s between clips).
+        Keep-alives alone hold a session for at most KEEPALIVE_SECONDS: after that they read as
+        nothing, and the session's own idle limit ends it.
+        """
         _release_database()
         try:
-            return self.ws.receive(timeout=timeout)
+            message = self.ws.receive(timeout=timeout)
         except OSError:
             raise ConnectionClosed(1006, "the client went away") from None
+        if message:
+            self._last_message = time.monotonic()
+        elif message is not None and time.monotonic() - self._last_message > KEEPALIVE_SECONDS:
+            return None
+        return message
 
     def close(self, reason: int | None = None, message: str | None = None) -> None:
         """Send a close frame (raises ConnectionClosed when the connection is gone already)."""

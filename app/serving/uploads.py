@@ -35,8 +35,12 @@ def _read_body_first() -> None:
     So a slow upload holds a thread of its own for at most BODY_SECONDS, and never a database
     connection or an inference slot while it trickles in. Views read the cached bytes.
     """
-    if request.content_length or request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+    if request.content_length:
         request.get_data(parse_form_data=False)
+    elif request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        request.get_data(parse_form_data=False)
+        # Werkzeug stops a chunked body at MAX_CONTENT_LENGTH without a word; reading on says 413.
+        request.stream.read(1)
 
 
 def _too_slow(error: Exception):

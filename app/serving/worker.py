@@ -26,6 +26,8 @@ from concurrent import futures
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from . import memory
+
 logger = logging.getLogger(__name__)
 
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
@@ -131,10 +133,12 @@ class GuardedWorker(ThreadWorker):
         self._held_lock = threading.Lock()
         self._refusals_logged: dict[str, float] = {}
         self.closer: futures.ThreadPoolExecutor | None = None
+        self.trimmer: memory.Trimmer | None = None
 
     def init_process(self):
         """Start the threads that close connections gracefully, then run as gunicorn's worker does."""
         self.closer = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="closer")
+        self.trimmer = memory.Trimmer().start()
         super().init_process()
 
     def load_wsgi(self):
@@ -178,7 +182,11 @@ class GuardedWorker(ThreadWorker):
     def handle_request(self, req, conn):
         """Serve a parsed request whose body must arrive within BODY_SECONDS."""
         conn.deadline = time.monotonic() + self.body_seconds
-        return super().handle_request(req, conn)
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            if self.trimmer is not None:
+                self.trimmer.request_finished()
 
     def release(self, address: str | None) -> None:
         """Give back the connection slot of ``address``."""

@@ -37,7 +37,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     from .protocols import http_api, voice_ws  # noqa: F401  (voice_ws registers a route)
     from .serving import uploads
     from .db import db
-    from .extensions import csrf, get_engines, migrate, set_engines, sock
+    from .engines.runtime import get_engines, set_engines
+    from .extensions import csrf, migrate, sock
 
     uploads.init_app(app)
     db.init_app(app)

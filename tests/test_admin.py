@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.db import db
-from app.extensions import _wanted_whisper, whisper_status
+from app.engines.runtime import _wanted_whisper, whisper_status
 from app.models import AdminAccount, AuditEvent, EnrollmentInvite, Setting, User, Voiceprint, utcnow
 from app.settings import current_policy
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import VoiceGateError
 from . import store
 from .policy import Policy
 from .store import Audit
@@ -20,13 +21,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class SessionError(Exception):
+class SessionError(VoiceGateError):
     """A failure that ends the session; ``code`` is stable, ``message`` is for people."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

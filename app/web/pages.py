@@ -13,9 +13,9 @@ from flask import (Blueprint, current_app, flash, g, jsonify, redirect, render_t
 
 from .. import tokens
 from ..db import db
-from ..protocols.dictation_keys import key_for
+from ..protocols.dictation_keys import personal_url
 from ..models import EnrollmentInvite, User
-from ..gate.policy import Policy
+from ..settings import current_policy
 from .sentences import passages
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def enroll(token: str):
     invite = EnrollmentInvite.find_valid(token)
     if invite is None or not invite.user.active:
         return render_template("pages/invite_invalid.html"), 404
-    policy = Policy.from_config(current_app.config)
+    policy = current_policy()
     return render_template(
         "pages/enroll.html", invite_user=invite.user, token=token, passages=passages(),
         policy=policy, expires_at=invite.expires_at,
@@ -129,8 +129,7 @@ def sign_out_user() -> None:
 
 def _dictation_url(user: User) -> str:
     """Return the Kõnele-style dictation address carrying ``user``'s personal key."""
-    scheme = "wss" if request.scheme == "https" else "ws"
-    return f"{scheme}://{request.host}/client/ws/speech?key={key_for(user, current_app.config['SECRET_KEY'])}"
+    return personal_url(user, current_app.config["SECRET_KEY"], request.host_url)
 
 
 def _json_error(code: str, message: str, status: int):

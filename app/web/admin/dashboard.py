@@ -8,7 +8,7 @@ from flask import current_app, render_template
 from sqlalchemy import func, select
 
 from ...db import db
-from ...extensions import whisper_status
+from ...engines.runtime import whisper_status
 from ...models import AuditEvent, User, Voiceprint, utcnow
 from . import bp
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from ... import settings as rules
 from ...db import db
-from ...extensions import switch_whisper, whisper_status
+from ...engines.runtime import switch_whisper, whisper_status
 from ...models import AuditEvent, Setting
 from . import bp
 from .chart import histogram, shift

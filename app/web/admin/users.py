@@ -125,8 +125,7 @@ def _user_or_404(user_id: int) -> User:
 
 def dictation_url(user: User) -> str:
     """Return the user's personal Kõnele WebSocket URL, with their dictation key."""
-    base = request.host_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-    return urljoin(base, f"client/ws/speech?key={dictation_keys.key_for(user, current_app.config['SECRET_KEY'])}")
+    return dictation_keys.personal_url(user, current_app.config["SECRET_KEY"], request.host_url)
 
 
 @bp.get("/users/<int:user_id>")

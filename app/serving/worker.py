@@ -90,6 +90,7 @@ class GuardedConn(TConn):
         self.deadline = float("inf")
         self.idle_seconds = worker.read_idle_seconds
         self._released = False
+        self._release_lock = threading.Lock()
 
     def init(self):
         """Set up the parser as gunicorn does, reading through a DeadlineReader."""
@@ -116,8 +117,9 @@ class GuardedConn(TConn):
         except OSError:
             pass  # closed already
         finally:
-            if not self._released:
-                self._released = True
+            with self._release_lock:  # gunicorn may close twice, from two threads
+                released, self._released = self._released, True
+            if not released:
                 self.worker.release(self.address)
 
 
@@ -215,6 +217,8 @@ class GuardedWorker(ThreadWorker):
         finally:
             client_sock.close()
         now = time.monotonic()
+        if len(self._refusals_logged) > 10000:  # many addresses: forget those not refused lately
+            self._refusals_logged = {a: t for a, t in self._refusals_logged.items() if now - t < _REFUSAL_LOG_SECONDS}
         if now - self._refusals_logged.get(address, -_REFUSAL_LOG_SECONDS) >= _REFUSAL_LOG_SECONDS:
             self._refusals_logged[address] = now
             self.log.warning("refusing connections from %s: it holds %d already", address, self.per_address)

@@ -6,6 +6,8 @@ not starve (127.0.0.1), as they would from other hosts.
 """
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -126,32 +128,44 @@ def front(tmp_path_factory, speech):
 
 # --------------------------------------------------------------------------- users
 
-def _timed(call) -> tuple[float, object]:
-    started = time.perf_counter()
-    result = call()
-    return time.perf_counter() - started, result
+def _request(base: str, method: str, path: str, source: str, body: bytes | None = None,
+             headers: dict | None = None) -> tuple[int, bytes]:
+    """Make one request from loopback address ``source`` on a connection of its own; return status and body."""
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+    finally:
+        connection.close()
 
 
 def _user_requests(front: Front, wav: bytes) -> dict[str, float]:
-    """Make the three requests users make, directly and through nginx; return each one's seconds."""
+    """Make the three requests users make, directly and through nginx; return each one's seconds.
+
+    Directly, the user comes from 127.0.0.2: the app's own limits apply to it as to anyone
+    (127.0.0.1 is nginx, a trusted proxy).
+    """
     seconds = {}
-    for name, base in (("direct", front.direct), ("nginx", front.proxied)):
-        took, reply = _timed(lambda: requests.get(base + "/healthz", timeout=30))
-        assert reply.status_code == 200, reply.text
-        seconds[f"{name} /healthz"] = took
-        took, reply = _timed(lambda: requests.get(base + "/admin/login", timeout=30))
-        assert reply.status_code == 200 and "password" in reply.text.lower()
-        seconds[f"{name} /admin/login"] = took
-        took, reply = _timed(lambda: requests.post(base + "/api/v1/verify?user=lj", data=wav, timeout=30,
-                                                   headers={"Content-Type": "audio/wav"}))
-        assert reply.status_code == 200 and reply.json()["state"] == "accept", reply.text
-        seconds[f"{name} verify"] = took
+    for name, base, source in (("direct", front.direct, "127.0.0.2"), ("nginx", front.proxied, "127.0.0.1")):
+        for what, method, path, body in (("/healthz", "GET", "/healthz", None),
+                                         ("/admin/login", "GET", "/admin/login", None),
+                                         ("verify", "POST", "/api/v1/verify?user=lj", wav)):
+            started = time.perf_counter()
+            status, reply = _request(base, method, path, source, body, {"Content-Type": "audio/wav"} if body else None)
+            seconds[f"{name} {what}"] = time.perf_counter() - started
+            assert status == 200, (name, what, status, reply[:300])
+            if what == "verify":
+                assert json.loads(reply)["state"] == "accept", reply
+            if what == "/admin/login":
+                assert b"password" in reply.lower()
     return seconds
 
 
 def test_idle_slow_and_broken_clients_starve_no_one(front, speech):
     wav = speech.path("wav/ljspeech/LJ001-0004.wav").read_bytes()
-    _user_requests(front, wav)  # warm: the first model call of a process is slower
+    quiet = _user_requests(front, wav)  # also warms up: the first model call of a process is slower
     abuse = Abuse()
     try:
         for base, first in ((front.direct, 10), (front.proxied, 20)):
@@ -168,7 +182,11 @@ def test_idle_slow_and_broken_clients_starve_no_one(front, speech):
         during = _user_requests(front, wav)
         print("\nwhile 128 idle sockets, 128 status sockets and 80 slow uploads are held:",
               {k: round(v, 3) for k, v in during.items()})
-        assert max(during.values()) < ANSWER_SECONDS, during
+        # Pages answer within 2 s; a verify within 2 s of what the same verify took without the
+        # abuse (its own model time depends on the CPU and on what else the machine runs).
+        for request, took in during.items():
+            bound = ANSWER_SECONDS + (quiet[request] if request.endswith("verify") else 0.0)
+            assert took < bound, (request, took, quiet)
         # The trickling uploads straight to the app are cut off at BODY_SECONDS.
         time.sleep(BODY_SECONDS + 1)
     finally:

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 45\r\n\r\n"
             b"too many connections from this address; wait\n")
+# Graceful closes waiting or lingering at once; beyond this a connection is closed at once.
+_MAX_LINGERING = 64
 # A refused address is logged at most this often, so that a flood cannot flood the log.
 _REFUSAL_LOG_SECONDS = 60.0
 
@@ -100,27 +102,30 @@ class GuardedConn(TConn):
             unreader.sock = DeadlineReader(unreader.sock, self)
 
     def close(self, graceful=False):
-        """Close the socket and free this address's slot (once, however often gunicorn calls it).
+        """Free this address's slot and close the socket (the slot once, however often gunicorn calls this).
 
-        A graceful close lingers up to 2 s for the client to finish sending; gunicorn does it on
+        A graceful close lingers up to 2 s for the client to finish sending. gunicorn does it on
         the worker's main thread, where a few trickling clients would stall accepting and the
-        heartbeat (and get the worker killed), so it runs on the worker's closing threads instead.
+        heartbeat (and get the worker killed); here it runs on the worker's closing threads, and
+        when too many closes are lingering already, the connection is closed at once instead.
         """
-        if graceful and self.worker.closer is not None:
-            self.worker.closer.submit(self._close, True)
-        else:
-            self._close(graceful)
-
-    def _close(self, graceful: bool) -> None:
+        with self._release_lock:  # gunicorn may close twice, from two threads
+            released, self._released = self._released, True
+        if not released:
+            self.worker.release(self.address)
+        if graceful and self.worker.linger(self):
+            return
         try:
-            super().close(graceful)
+            super().close(False)
         except OSError:
             pass  # closed already
-        finally:
-            with self._release_lock:  # gunicorn may close twice, from two threads
-                released, self._released = self._released, True
-            if not released:
-                self.worker.release(self.address)
+
+    def close_gracefully(self) -> None:
+        """Close as gunicorn's graceful close does (on a closing thread)."""
+        try:
+            super().close(True)
+        except OSError:
+            pass  # closed already
 
 
 class GuardedWorker(ThreadWorker):
@@ -135,6 +140,7 @@ class GuardedWorker(ThreadWorker):
         self._held_lock = threading.Lock()
         self._refusals_logged: dict[str, float] = {}
         self.closer: futures.ThreadPoolExecutor | None = None
+        self._lingering = 0
         self.trimmer: memory.Trimmer | None = None
 
     def init_process(self):
@@ -189,6 +195,23 @@ class GuardedWorker(ThreadWorker):
         finally:
             if self.trimmer is not None:
                 self.trimmer.request_finished()
+
+    def linger(self, conn: GuardedConn) -> bool:
+        """Close ``conn`` gracefully on a closing thread; return False when too many are lingering already."""
+        with self._held_lock:
+            if self.closer is None or self._lingering >= _MAX_LINGERING:
+                return False
+            self._lingering += 1
+
+        def close():
+            try:
+                conn.close_gracefully()
+            finally:
+                with self._held_lock:
+                    self._lingering -= 1
+
+        self.closer.submit(close)
+        return True
 
     def release(self, address: str | None) -> None:
         """Give back the connection slot of ``address``."""

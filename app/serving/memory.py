@@ -6,8 +6,8 @@ Two things keep a long-running worker's RSS above what it uses (docs/deployment.
   its heaps for reuse; ``malloc_trim`` hands the free pages back. The trimmer does so a moment
   after requests have finished, off the request threads.
 - PyPI's torch wheel is the CUDA build, and loading it maps and touches the CUDA libraries (about
-  250 MB) that this CPU-only service never calls. Their read-only pages are file-backed and clean:
-  ``MADV_PAGEOUT`` gives them back (the kernel reads a page again should it ever be used).
+  250 MB) that this CPU-only service never calls. Their read-only pages are the files' own, so
+  they can be dropped from this process (the kernel reads a page again should it ever be used).
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import ctypes.util
 import logging
 import re
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
-MADV_PAGEOUT = 21  # Linux 5.4+
+MADV_DONTNEED, MADV_PAGEOUT = 4, 21  # MADV_PAGEOUT: Linux 5.4+
 # Libraries of the CUDA build that a CPU-only process loads but never runs.
 UNUSED_LIBRARIES = re.compile(r"/nvidia/|/libtorch_cuda[^/]*\.so|/libc10_cuda\.so|/libcudnn|/libnccl|/libcublas|/libcusparse|/libnvrtc|/libnvJitLink")
 
@@ -35,28 +36,38 @@ def trim_heap() -> None:
 
 
 def page_out_unused_libraries() -> int:
-    """Give back the resident pages of read-only mappings of UNUSED_LIBRARIES; return how many bytes were advised."""
+    """Drop this process's resident pages of UNUSED_LIBRARIES' read-only mappings; return the bytes advised.
+
+    A read-only mapping that holds no page of its own (``Anonymous: 0``, nothing copied on write,
+    such as relocated data) maps only the file: ``MADV_DONTNEED`` unmaps its pages, and a page that
+    is ever used again is read back from the file. A mapping with pages of its own gets
+    ``MADV_PAGEOUT``, which never loses data (and which the kernel skips for pages that other
+    processes share).
+    """
     advised = 0
     try:
-        with open("/proc/self/maps") as maps:
-            lines = maps.readlines()
+        with open("/proc/self/smaps") as smaps:
+            text = smaps.read()
     except OSError:
         return 0
-    for line in lines:
-        fields = line.split(maxsplit=5)
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
+        header, _, rest = block.partition("\n")
+        fields = header.split(maxsplit=5)
         if len(fields) < 6 or "w" in fields[1] or not UNUSED_LIBRARIES.search(fields[5]):
-            continue  # writable pages may hold the library's modified data: never touched
+            continue  # writable pages hold the library's live data: never touched
+        anonymous = re.search(r"^Anonymous:\s+(\d+) kB", rest, re.M)
+        advice = MADV_DONTNEED if anonymous is not None and anonymous.group(1) == "0" else MADV_PAGEOUT
         start, end = (int(x, 16) for x in fields[0].split("-"))
-        if _libc.madvise(start, end - start, MADV_PAGEOUT) == 0:
+        if _libc.madvise(start, end - start, advice) == 0:
             advised += end - start
     return advised
 
 
 class Trimmer:
-    """A thread that trims the heap shortly after requests finish, and pages unused libraries out now and then."""
+    """A thread that trims the heap after requests finish, and pages unused libraries out now and then."""
 
-    def __init__(self, delay: float = 1.0, page_out_every: float = 60.0):
-        self.delay, self.page_out_every = delay, page_out_every
+    def __init__(self, delay: float = 1.0, busy_every: float = 10.0, page_out_every: float = 60.0):
+        self.delay, self.busy_every, self.page_out_every = delay, busy_every, page_out_every
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-trimmer", daemon=True)
 
@@ -70,15 +81,19 @@ class Trimmer:
         self._finished.set()
 
     def _run(self) -> None:
-        waited = self.page_out_every  # page out on the first round (the models load meanwhile)
+        now = time.monotonic()
+        # The first page-out comes soon after start, once the models (loaded meanwhile) are in.
+        last_trim, last_page_out, pending = now, now - self.page_out_every + 15.0, False
         while True:
-            if self._finished.wait(timeout=self.delay * 5):
+            finished = self._finished.wait(timeout=self.delay)
+            if finished:
                 self._finished.clear()
-                # Requests often come in bursts: trim after a quiet moment, not after each one.
-                while self._finished.wait(timeout=self.delay):
-                    self._finished.clear()
+                pending = True
+            now = time.monotonic()
+            # Trim after a quiet moment, or now and then while requests keep coming.
+            if pending and (not finished or now - last_trim >= self.busy_every):
                 trim_heap()
-            waited += self.delay * 5
-            if waited >= self.page_out_every:
-                waited = 0.0
+                last_trim, pending = now, False
+            if now - last_page_out >= self.page_out_every:
                 page_out_unused_libraries()
+                last_page_out = now

@@ -149,7 +149,10 @@ def report_section(results: dict) -> list[str]:
                         for kind, outcomes in results["abusive_clients"].items())
     uploads = ", ".join(f"{n}× {outcome}" for outcome, n in results["rejected_uploads"].items())
     lines += ["", f"- **Idle-socket load**: 64 idle WebSockets (an empty frame every 2 s), 64 held status sockets and "
-              f"40 uploads trickling 10 bytes a second, from 8 loopback addresses; outcomes: {abusive}.",
+              f"40 uploads trickling 10 bytes a second, from 8 loopback addresses; outcomes: {abusive} "
+              "(101: the socket was accepted; an empty frame before a start message ends the session at once, "
+              "so the client's next send fails with BrokenPipeError; held: the upload was still trickling when "
+              "the phase ended).",
               f"- **Soak**: {results['soak']['verifications']} verifications from two clients at once, "
               f"{results['soak']['per_second']} a second.",
               f"- **Rejected uploads**: {UPLOAD_MB} MB each, by Content-Length, chunked, and chunked multipart: {uploads}.",

@@ -3,6 +3,10 @@
     python -m clients.voicegate enroll  A.wav B.wav C.wav --user NAME --invite TOKEN
     python -m clients.voicegate verify  CLIP.wav [--user NAME]
     python -m clients.voicegate dictate SPEECH.wav --user NAME [--realtime]
+    python -m clients.voicegate transcribe RECORDING.wav (--user NAME | --token TOKEN)
+
+transcribe uploads one recording to POST /api/v1/transcribe and prints its answer: a
+segment per utterance, with the text of those verified as the user's.
 
 Every server message is printed as one JSON line; the last line is the server's final
 reply. Exit status: 0 for accept, enrolled or a finished dictation; 1 for any other
@@ -14,6 +18,9 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from .common import Connection, read_wav
@@ -116,10 +123,23 @@ def run(mode: str, files: list[Path], url: str, user: str | None = None, invite:
         conversation.close()
 
 
+def transcribe(path: Path, url: str, user: str | None = None, token: str | None = None) -> dict:
+    """Upload a recording to ``POST /api/v1/transcribe`` (the HTTP twin of ``url``); return the answer."""
+    base = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/ws/")[0]
+    query = urllib.parse.urlencode({"user": user} if user else {})
+    request = urllib.request.Request(f"{base}/api/v1/transcribe?{query}", data=path.read_bytes(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as error:
+        return {"type": "error", **json.load(error)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the session, and return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m clients.voicegate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("enroll", "verify", "dictate"))
+    parser.add_argument("mode", choices=("enroll", "verify", "dictate", "transcribe"))
     parser.add_argument("files", nargs="+", type=Path, help="WAV files (16-bit PCM is streamed raw; others as containers)")
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--user", help="the user to enroll, verify as, or dictate as")
@@ -127,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="session token from an accepted verification")
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     args = parser.parse_args(argv)
+    if args.mode == "transcribe":
+        answer = transcribe(args.files[0], args.url, args.user, args.token)
+        print(json.dumps(answer, ensure_ascii=False))
+        return 2 if answer.get("type") == "error" else 0 if answer.get("state") == "accept" else 1
     final = run(args.mode, args.files, args.url, args.user, args.invite, args.token, args.realtime,
                 echo=lambda line: print(line, flush=True))
     if final.get("type") == "closed":

@@ -8,9 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export VOICEGATE_PRELOAD_MODELS=${VOICEGATE_PRELOAD_MODELS:-true}
 # glibc gives every thread that allocates its own heap arena (up to 8 per core); with hundreds
-# of threads that is memory held for nothing. Two arenas measured no slower (docs/benchmarks.md).
+# of threads that is memory held for nothing (docs/deployment.md, "Memory").
 export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
-exec .venv/bin/gunicorn \
+log_config=()
+if [ "${VOICEGATE_LOG_FORMAT:-text}" = json ]; then
+  # gunicorn's own lines as JSON too, from its first one (app/logs.py does the app's).
+  log_config=(--log-config-json scripts/logging-json.json)
+fi
+exec .venv/bin/gunicorn "${log_config[@]}" \
   --worker-class app.serving.worker.GuardedWorker --workers 1 --threads "${VOICEGATE_THREADS:-256}" \
   --worker-connections "${VOICEGATE_WORKER_CONNECTIONS:-1024}" \
   --bind "${VOICEGATE_HOST:-127.0.0.1}:${VOICEGATE_PORT:-8000}" \

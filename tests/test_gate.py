@@ -119,14 +119,16 @@ def _some(joined_recordings, pauses):
     return [j for j in joined_recordings if j.pause in pauses]
 
 
-def test_websocket_dictation_through_the_command_line_client(gate, tmp_path):
+def test_the_command_line_client_over_the_websocket_and_http(gate, tmp_path):
     live, joined_recordings, plain = gate
     for joined in _some(joined_recordings, (0.25,)):
         path = tmp_path / "joined.wav"
         _write_wav(path, joined.audio)
         replies = []
         result = client.run("dictate", [path], live.ws_url, user="lj", echo=lambda line: replies.append(line))
+        uploaded = client.transcribe(path, live.ws_url, user="lj")  # the client's HTTP command
         path.unlink()  # generated audio is not kept
+        _assert_gated(joined, [s["text"] for s in uploaded["segments"]], plain, uploaded["segments"])
         messages = [json.loads(r) for r in replies]
         finals = [m for m in messages if m["type"] == "final"]
         texts = [m["text"] for m in messages if m["type"] in ("partial", "final")]
@@ -137,7 +139,7 @@ def test_websocket_dictation_through_the_command_line_client(gate, tmp_path):
 def test_konele_websocket_skips_the_other_voice_and_keeps_the_owners_finals(gate):
     live, joined_recordings, plain = gate
     url = _konele_url(live)
-    for joined in _some(joined_recordings, (0.0, 0.25)):
+    for joined in _some(joined_recordings, (0.0,)):
         stream = kaldi_client.run(url, kaldi_client.KONELE_CAPS, pcm(joined.audio), 32000, partial=True)
         texts = [r["result"]["hypotheses"][0]["transcript"] for r in stream.replies if "result" in r]
         assert stream.finals() and all(r["status"] == 0 for r in stream.replies), stream.replies
@@ -148,7 +150,7 @@ def test_konele_websocket_skips_the_other_voice_and_keeps_the_owners_finals(gate
 def test_konele_http_recognize_returns_the_owners_text_with_status_0(gate):
     live, joined_recordings, plain = gate
     url = _konele_url(live).replace("ws://", "http://").replace("/client/ws/speech", "/client/dynamic/recognize")
-    for joined in _some(joined_recordings, (0.0, 1.0)):
+    for joined in _some(joined_recordings, (1.0,)):
         reply = requests.post(url, params={"content-type": kaldi_client.KONELE_CAPS}, data=pcm(joined.audio), timeout=120)
         body = reply.json()
         assert reply.status_code == 200 and body["status"] == 0, body
@@ -183,3 +185,60 @@ def _write_wav(path, audio: np.ndarray) -> None:
         handle.setsampwidth(2)
         handle.setframerate(S)
         handle.writeframes(pcm(audio))
+
+
+def test_a_client_that_vanishes_after_partial_text_still_leaves_its_audit_row(gate, engines):
+    from app.db import db
+    from app.models import AuditEvent
+
+    live, joined_recordings, _ = gate
+    audio = joined_recordings[0].owner.audio
+    with live.app.app_context():
+        ctx = Context(engines, current_policy(), "test-secret", "test")
+        session = DictateSession(ctx, "lj")
+        shown = []
+        try:
+            for begin in range(0, audio.size, S // 10):
+                session.audio(audio[begin:begin + S // 10])
+                while session.partial_in_flight():
+                    time.sleep(0.01)
+                shown += [m for m in session.poll() if m["type"] == "partial"]
+                if shown:
+                    break  # the client has been shown text, and vanishes mid-utterance
+        finally:
+            session.close()
+        assert shown
+        row = db.session.scalars(db.select(AuditEvent).where(AuditEvent.request_id == session.request_id)).one()
+        assert (row.decision, row.reason, row.kind) == ("accept", "client_left", "transcribe") and row.audio_seconds > 0
+
+
+def _short(speech, engines, file: str, seconds: float = 1.2) -> np.ndarray:
+    """Return the first ``seconds`` of speech of a dev file: a phrase too short to verify on its own."""
+    audio = speech.load(file)
+    start = engines.vad.segments(audio)[0].start
+    return audio[start:start + int(seconds * S)]
+
+
+def test_a_short_phrase_right_after_the_users_speech_is_kept_and_another_voices_is_not(gate, engines, speech):
+    # "And it is worth..." (1.2 s) by the owner, then "Ask her to bring those..." (1.2 s) by another voice.
+    live, joined_recordings, _ = gate
+    gap = np.zeros(S, np.float32)
+    own, other = _short(speech, engines, "wav/ljspeech/LJ001-0006.wav"), _short(speech, engines, "wav/vctk-p287/p287_002.wav")
+    with live.app.app_context():
+        ctx = Context(engines, current_policy(), "test-secret", "test")
+
+        def finals(*parts):
+            session = DictateSession(ctx, "lj", live=False)
+            try:
+                audio = np.concatenate([*parts, gap])
+                messages = session.audio(audio) + session.stop()
+            finally:
+                session.close()
+            return [m for m in messages if m["type"] == "final"]
+
+        after_speech = finals(joined_recordings[0].owner.audio, gap, own, gap, other)
+        alone = finals(own)
+    assert [f["state"] for f in after_speech] == ["accept", "accept", "reject"], after_speech
+    assert "worth" in after_speech[1]["text"].lower() and after_speech[2]["text"] is None
+    # Without the user's verified speech just before it, the same phrase is too short to decide.
+    assert [f["state"] for f in alone] == ["not_enough_speech"] and alone[0]["text"] is None

@@ -118,13 +118,15 @@ class DictateSession:
     def close(self) -> None:
         """Give back the stream slot, and audit any text a vanished client was shown; adapters always call this."""
         utterance = self._utterance
-        if not self.done and utterance is not None and utterance.partial_sent:
-            # The client left mid-utterance after seeing partial text: that text needs its row too.
-            self._record(ACCEPT, utterance.emitted_until, self._endpointer.position, None, reason="client_left")
-            utterance.partial_sent = False
-        if self._slot:
-            self._slot = False
-            self.ctx.engines.streams.release()
+        try:
+            if not self.done and utterance is not None and utterance.partial_sent:
+                # The client left mid-utterance after seeing partial text: that text needs its row too.
+                utterance.partial_sent = False
+                self._record(ACCEPT, utterance.emitted_until, self._endpointer.position, None, reason="client_left")
+        finally:
+            if self._slot:
+                self._slot = False
+                self.ctx.engines.streams.release()
 
     def partial_in_flight(self) -> bool:
         """Return True while a partial transcript is being computed (``poll`` returns it when done)."""

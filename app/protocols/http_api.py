@@ -58,7 +58,12 @@ def _http_error(error: HTTPException):
     if not request.path.startswith("/api/"):
         return error
     code = (error.name or "error").lower().replace(" ", "_")
-    return _api_error(ApiError(code, error.description or error.name, status=error.code))
+    response, status = _api_error(ApiError(code, error.description or error.name, status=error.code))
+    # The error's own headers stay (a 405 must say which methods are allowed).
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, status
 
 
 @bp.post("/verify")

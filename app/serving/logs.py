@@ -1,9 +1,10 @@
-"""Logs without secrets: gunicorn's access and error logs and the app's own, with keys and invites redacted.
+"""Logs without secrets: every log record, gunicorn's access and error lines and the app's own, redacted.
 
 A Kõnele URL carries the user's dictation key (``?key=``), an enrollment link its invite token
 (``/enroll/<token>``, ``?invite=``), and either can reach a log line: the request line, the
-referer of the pages' own requests, or a message. Every handler's formatter redacts them,
-tracebacks included. Used as gunicorn's ``--logger-class`` (scripts/serve.sh).
+referer of the pages' own requests, or a message. The redaction happens where records are made
+(a log record factory), so it holds whatever the handlers and formats are (text or the JSON of
+app/logs.py), tracebacks included. Used as gunicorn's ``--logger-class`` (scripts/serve.sh).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gunicorn import glogging
 REDACTED = "[redacted]"
 _QUERY_SECRET = re.compile(r"(?i)(\b(?:key|invite|token)=)[^&\s\"'#]+")
 _ENROLL_TOKEN = re.compile(r"(/enroll/)[^/\s?#\"']+")
+_TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def redact(text: str) -> str:
@@ -23,41 +25,40 @@ def redact(text: str) -> str:
     return _ENROLL_TOKEN.sub(r"\1" + REDACTED, _QUERY_SECRET.sub(r"\1" + REDACTED, text))
 
 
-class RedactingFormatter(logging.Formatter):
-    """Format as ``inner`` does, then redact the whole line (message, arguments and traceback)."""
+def install_redaction() -> None:
+    """Make every log record of this process carry its message (and traceback) redacted."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "redacts", False):
+        return
 
-    def __init__(self, inner: logging.Formatter | None = None):
-        super().__init__()
-        self.inner = inner or logging.Formatter()
+    def redacting_record(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        message = record.getMessage()
+        safe = redact(message)
+        if safe != message:
+            record.msg, record.args = safe, None
+        if record.exc_info and record.exc_info[1] is not None:
+            trace = logging.Formatter().formatException(record.exc_info)
+            safe_trace = redact(trace)
+            if safe_trace != trace:
+                record.exc_info, record.exc_text = None, safe_trace
+        return record
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Return the redacted line."""
-        return redact(self.inner.format(record))
+    redacting_record.redacts = True
+    logging.setLogRecordFactory(redacting_record)
 
 
 class RedactingLogger(glogging.Logger):
-    """gunicorn's logger with redacting handlers; the app's loggers write through one too."""
+    """gunicorn's logger, in a process whose log records are redacted, that also shows the app's INFO lines."""
 
     def setup(self, cfg):
-        """Set up gunicorn's handlers, then make every one of them, and the app's, redact."""
+        """Set up gunicorn's logs, install the redaction, and give the app's lines a handler if none is set."""
         super().setup(cfg)
-        for log in (self.error_log, self.access_log):
-            for handler in log.handlers:
-                if not isinstance(handler.formatter, RedactingFormatter):
-                    handler.setFormatter(RedactingFormatter(handler.formatter))
-        app_log = logging.getLogger("app")
-        if not any(isinstance(h.formatter, RedactingFormatter) for h in app_log.handlers):
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(RedactingFormatter(logging.Formatter(
-                "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S %z")))
-            app_log.addHandler(handler)
-            app_log.setLevel(logging.INFO)
-            app_log.propagate = False
-        # Libraries (torch, speechbrain, werkzeug) only say what matters at WARNING and above.
+        install_redaction()
         root = logging.getLogger()
-        if not any(isinstance(h.formatter, RedactingFormatter) for h in root.handlers):
+        if not root.handlers:  # plain text (JSON: scripts/logging-json.json gave the root its handler)
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(RedactingFormatter(logging.Formatter(
-                "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S %z")))
+            handler.setFormatter(logging.Formatter(_TEXT_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
             root.addHandler(handler)
-            root.setLevel(logging.WARNING)
+            root.setLevel(logging.WARNING)  # libraries (torch, speechbrain) say what matters at WARNING
+        logging.getLogger("app").setLevel(logging.INFO)

@@ -61,6 +61,13 @@ def _page(submitted: dict[str, str]) -> str:
         whisper_status=whisper_status(current_app), submitted=submitted)
 
 
+@bp.get("/settings/reset")
+def confirm_reset():
+    """Ask before putting every setting back to its default; the form posts to save_settings."""
+    stored = {row.key: row for row in db.session.scalars(select(Setting).order_by(Setting.key))}
+    return render_template("admin/confirm_reset.html", stored=stored)
+
+
 @bp.post("/settings")
 def save_settings():
     """Store the submitted settings; a new Whisper model starts loading in the background."""

@@ -225,11 +225,12 @@ def confirm(user_id: int, action: str):
         note("dictation_key_revoked", user.name)
         flash(f"The old dictation key of {user.name} no longer works.", "success")
         return redirect(url_for("admin.user", user_id=user.id))
-    name = user.name
+    name, user_id = user.name, user.id
     user.erase()
     db.session.commit()
     _scrub()
-    note("user_deleted")  # no name: the deleted person's name leaves the audit log with them
+    # No name: the deleted person's name leaves the audit log with them; the account number stays.
+    note("user_deleted", detail=f"user #{user_id} deleted")
     flash(f"Deleted {name}; their voiceprint is erased.", "success")
     return redirect(url_for("admin.users"))
 

@@ -25,6 +25,7 @@ from ..context import session_context
 from ..engines.runtime import engines_loaded, get_engines
 from ..extensions import csrf, sock
 from ..gate import store
+from ..serving import uploads
 from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
 from ..gate.dictation import DictateSession
 from ..gate.opening import open_dictation
@@ -45,9 +46,6 @@ _HTTP_STATUS = {SUCCESS: 200, NO_SPEECH: 200, ABORTED: 400, NOT_ALLOWED: 403, NO
 KEY_HEADER = "X-Dictation-Key"
 _KEY = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
 _POLL_SECONDS = 0.1
-# The status socket reports at most this often, and closes after a while (Kõnele reopens it).
-STATUS_INTERVAL = 1.0
-STATUS_MAX_SECONDS = 300.0
 
 
 class KaldiError(Exception):
@@ -324,18 +322,9 @@ def status_now() -> dict:
 
 @sock.route("/ws/status", bp=bp)
 def status(ws):
-    """Send the status on open and whenever it changes, until the client leaves."""
-    began, last = time.monotonic(), None
-    try:
-        while time.monotonic() - began < STATUS_MAX_SECONDS:
-            current = status_now()
-            if current != last:
-                ws.send(json.dumps(current))
-                last = current
-            ws.receive(timeout=STATUS_INTERVAL)  # whatever the client says is ignored
-        ws.close(reason=1000)
-    except ConnectionClosed:
-        pass
+    """Send the status once and close: a status socket held open must cost the server nothing."""
+    ws.send(json.dumps(status_now()))
+    ws.close(reason=1000)
 
 
 # --------------------------------------------------------------------------- PUT|POST /client/dynamic/recognize
@@ -368,7 +357,7 @@ def recognize():
         caps = params.get("content-type")
         if caps is None and request.mimetype.startswith("audio/"):
             caps = request.headers["Content-Type"]
-        data = request.get_data(cache=False)
+        data = uploads.read_body()
         # Programs like curl label a raw body as a form; a file's own header then says what it is.
         fmt = None if caps is None and has_header(data) else parse_caps(caps)
         dictation = KaldiDictation(session, partials=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -284,7 +285,7 @@ class DictateSession:
             return
         self._last_partial = settled
         try:
-            self._partial = (growing.begin, pool.submit(self.ctx.engines.transcriber.transcribe,
+            self._partial = (growing.begin, pool.submit(partial(self.ctx.engines.transcriber.transcribe, draft=True),
                                                         self._slice(growing.begin, settled)))
         except Busy:
             self._partial = None

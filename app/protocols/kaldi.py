@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import threading
-import time
 from dataclasses import replace
 from urllib.parse import parse_qsl
 
@@ -30,6 +29,7 @@ from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
 from ..gate.dictation import DictateSession
 from ..gate.opening import open_dictation
 from . import dictation_keys
+from .frames import receive_frame
 from .kaldi_audio import AudioIntake, has_header, parse_caps
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ _STATUS = {"busy": NOT_AVAILABLE, "unknown_user": NOT_ALLOWED, "disabled": NOT_A
 _HTTP_STATUS = {SUCCESS: 200, NO_SPEECH: 200, ABORTED: 400, NOT_ALLOWED: 403, NOT_AVAILABLE: 503}
 KEY_HEADER = "X-Dictation-Key"
 _KEY = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
-_POLL_SECONDS = 0.1
 
 
 class KaldiError(Exception):
@@ -245,19 +244,8 @@ class SpeechChannel:
 
     def _receive(self) -> bytes | str:
         """Return the next frame, sending partials while waiting."""
-        deadline = time.monotonic() + self.ctx.policy.idle_seconds
-        while True:
-            message = self.conn.receive(timeout=_POLL_SECONDS)
-            if message is not None:
-                break
-            self._send_all(self.dictation.poll())
-            if time.monotonic() > deadline:
-                raise KaldiError(ABORTED, f"nothing received for {self.ctx.policy.idle_seconds:g} s")
-        if isinstance(message, (bytes, bytearray)):
-            if len(message) > self.ctx.policy.max_frame_bytes:
-                raise KaldiError(ABORTED, f"audio frames may hold at most {self.ctx.policy.max_frame_bytes} bytes")
-            return bytes(message)
-        return message
+        return receive_frame(self.conn, self.ctx.policy, lambda: self._send_all(self.dictation.poll()),
+                             lambda _code, message: KaldiError(ABORTED, message))
 
     def _text(self, message: str) -> None:
         """Ignore the text frames kaldi clients may send besides EOS (adaptation state)."""

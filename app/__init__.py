@@ -65,11 +65,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     app.register_blueprint(admin_bp)
     cli.register(app)
 
-    proxies = int(app.config["TRUSTED_PROXIES"])
-    if proxies > 0:
-        from werkzeug.middleware.proxy_fix import ProxyFix
+    from .serving.proxies import trust_proxies
 
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+    # Behind nginx, the per-client limits must count the real client (docs/deployment.md).
+    app.wsgi_app = trust_proxies(app.wsgi_app, app.config["TRUSTED_PROXIES"])
 
     if engines is not None:
         set_engines(app, engines)

@@ -49,7 +49,8 @@ class Config:
     # with a clear error well before this, and ping keeps idle proxies from cutting sessions.
     SOCK_SERVER_OPTIONS = {"max_message_size": 4 * 1024 * 1024, "ping_interval": 25}
     # What one client may hold (app/serving/worker.py, docs/deployment.md): connections at once
-    # per address (a trusted proxy's own address, such as nginx's, is not counted), and time
+    # per address (a trusted proxy's own address, such as nginx's, is not counted; requests from
+    # it take the client's address from X-Forwarded-For, app/serving/proxies.py), and time
     # limits on a request's headers, on its whole body, and on any one read of either.
     CONNECTIONS_PER_ADDRESS = 32
     TRUSTED_PROXIES: list[str] = []
@@ -78,10 +79,6 @@ class Config:
     ADMIN_SIGNIN_DELAY = 1.0
     ADMIN_ADDRESS_ATTEMPTS = 10
     ADMIN_ADDRESS_WINDOW_SECONDS = 900
-    # How many reverse proxies (nginx, ...) stand in front of the app: their X-Forwarded-For,
-    # -Proto and -Host are then trusted (werkzeug's ProxyFix), so that limits count the real
-    # client. 0 (the default) trusts none: set it only when every request comes through them.
-    TRUSTED_PROXIES = 0
 
     # GET /metrics (Prometheus): served to loopback clients only, unless a token is set; then to
     # anyone sending "Authorization: Bearer <token>", and to no one without it.

@@ -28,7 +28,7 @@ SPEAKER, OTHER = "fsdd-jackson", "fsdd-george"
 QUIET = {"echo": lambda _line: None}
 # The enrollment clips hold about 5 s of speech each, less than the 15 s the default asks for.
 POLICY = {"POLICY_CHALLENGE": "digits", "POLICY_REPLAY_SECONDS": 3600, "POLICY_ENROLL_MIN_CLIP_SPEECH": 2.0,
-          "POLICY_ENROLL_MIN_TOTAL_SPEECH": 6.0, "POLICY_LOCKOUT_DELAY": 0, "TRUSTED_PROXIES": 1}
+          "POLICY_ENROLL_MIN_TOTAL_SPEECH": 6.0, "POLICY_LOCKOUT_DELAY": 0, "TRUSTED_PROXIES": ["127.0.0.1"]}
 
 
 def digit(speaker: str, value: str, repetition: int) -> np.ndarray:

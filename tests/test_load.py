@@ -93,7 +93,10 @@ def front(tmp_path_factory, speech):
            "VOICEGATE_SECRET_KEY": app.config["SECRET_KEY"], "VOICEGATE_INSTANCE_PATH": str(folder / "instance"),
            "VOICEGATE_MODELS_DIR": str(MODELS_DIR), "VOICEGATE_PORT": str(port), "VOICEGATE_INFERENCE_WORKERS": "2",
            "VOICEGATE_TRUSTED_PROXIES": '["127.0.0.1"]', "VOICEGATE_BODY_SECONDS": str(BODY_SECONDS),
-           "VOICEGATE_NGINX_LISTEN": f"127.0.0.1:{nginx_port}", "TMPDIR": str(tmp_dir)}
+           "VOICEGATE_NGINX_LISTEN": f"127.0.0.1:{nginx_port}", "TMPDIR": str(tmp_dir),
+           # The served app is its own process, outside conftest's test config: these tests verify
+           # the same dev sentence again and again (no spoken challenge, no replay memory).
+           "VOICEGATE_POLICY_CHALLENGE": "off", "VOICEGATE_POLICY_REPLAY_SECONDS": "0"}
     server_log = folder / "server.log"
     with open(server_log, "wb") as out:
         server = subprocess.Popen([str(ROOT / "scripts" / "serve.sh")], env=env, stdout=out, stderr=subprocess.STDOUT,

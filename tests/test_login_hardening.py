@@ -21,7 +21,7 @@ QUIET = {"echo": lambda _line: None}
 GENUINE = "wav/ljspeech/LJ001-0004.wav"
 IMPOSTOR = "wav/vctk-p287/p287_003.wav"
 # The test server trusts one proxy, so that X-Forwarded-For stands for the client address.
-LIMITS = {"TRUSTED_PROXIES": 1, "POLICY_LOCKOUT_DELAY": 0, "POLICY_LOCKOUT_ATTEMPTS": 5,
+LIMITS = {"TRUSTED_PROXIES": ["127.0.0.1"], "POLICY_LOCKOUT_DELAY": 0, "POLICY_LOCKOUT_ATTEMPTS": 5,
           "POLICY_CHALLENGE": "off"}
 
 
@@ -218,7 +218,7 @@ def test_growing_delay_between_failures_of_one_client(gate, speech, monkeypatch)
 
 
 def test_five_wrong_admin_passwords_from_one_client_do_not_stop_another(tmp_path):
-    app = make_app(tmp_path, TRUSTED_PROXIES=1, ADMIN_SIGNIN_DELAY=0, ADMIN_ADDRESS_ATTEMPTS=5)
+    app = make_app(tmp_path, TRUSTED_PROXIES=["127.0.0.1"], ADMIN_SIGNIN_DELAY=0, ADMIN_ADDRESS_ATTEMPTS=5)
     app.test_cli_runner().invoke(args=["admin", "create", "root", "--password", "correct horse"])
     live, stop = serve(app)
     try:
@@ -253,3 +253,16 @@ def test_an_unknown_name_answers_like_a_wrong_voice_and_strangers_see_no_scores(
     # The accepted user sees their own score.
     own = verify(live, speech, GENUINE, "lj", "10.10.0.4").json()
     assert own["state"] == "accept" and own["score"] >= own["threshold"]
+
+
+def test_only_a_trusted_front_may_name_the_client_address():
+    from app.serving.proxies import trust_proxies
+
+    def echo(environ, start_response):
+        start_response("200 OK", [])
+        return [environ["REMOTE_ADDR"].encode()]
+
+    app = trust_proxies(echo, ["10.0.0.1"])
+    spoof = {"HTTP_X_FORWARDED_FOR": "10.9.9.9", "wsgi.url_scheme": "http"}
+    assert b"".join(app({**spoof, "REMOTE_ADDR": "10.0.0.1"}, lambda *_: None)) == b"10.9.9.9"
+    assert b"".join(app({**spoof, "REMOTE_ADDR": "10.0.0.2"}, lambda *_: None)) == b"10.0.0.2"

@@ -3,7 +3,7 @@
 Sign-in starts a server-side session (app.models.AuthSession) whose token the cookie
 holds: signing out deletes it, and a password change deletes the admin's other ones.
 Failures are counted per client address only, never per account, so that nobody can
-lock an admin out by guessing at their name (behind a proxy, set TRUSTED_PROXIES).
+lock an admin out by guessing at their name (behind a proxy, list it in TRUSTED_PROXIES).
 """
 from __future__ import annotations
 

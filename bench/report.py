@@ -43,18 +43,23 @@ def plot_scores(path: Path, scores: dict, threshold: float) -> None:
     plt.close(figure)
 
 
-def plot_det(path: Path, scores: dict, threshold: float) -> None:
-    """Draw the DET curves (FRR against FAR on normal-deviate axes) of the service and the baseline."""
+def plot_det(path: Path, scores: dict, threshold: float, decided: tuple[float, float] | None = None) -> None:
+    """Draw the DET curves (FRR against FAR on normal-deviate axes) of the service and the baseline.
+
+    The service's curve is of its calibrated scores when there are any; ``decided`` is the
+    (FAR, FRR) of its own decisions at the default.
+    """
     figure, axis = plt.subplots(figsize=(4.6, 4.4))
-    for (name, (genuine, impostor)), style in zip(scores.items(), ("-", "--")):
+    curves = {"service": scores.get("service_calibrated", scores["service"]), "baseline": scores["baseline"]}
+    for (name, (genuine, impostor)), style in zip(curves.items(), ("-", "--")):
         far, frr = metrics.det_points(genuine, impostor)
         x, y = metrics.probit(far, len(impostor)), metrics.probit(frr, len(genuine))
         eer = metrics.eer(genuine, impostor)
         axis.plot(x, y, style, drawstyle="steps-post", label=f"{name} (EER {eer:.1%})")
         if name == "service":
-            point_far, point_frr = metrics.rates_at(genuine, impostor, threshold)
+            point_far, point_frr = decided or metrics.rates_at(genuine, impostor, threshold)
             axis.plot(metrics.probit([point_far], len(impostor)), metrics.probit([point_frr], len(genuine)), "ko",
-                      markersize=5, label=f"service at {threshold:.2f}")
+                      markersize=5, label="service at its default")
     ticks = metrics.probit(np.array(DET_TICKS), 10**6)
     labels = [f"{t:.0%}" for t in DET_TICKS]
     axis.set_xticks(ticks, labels)

@@ -70,6 +70,15 @@ class Service:
             raise ServiceError(f"flask users invite {name} failed: {invited.output.strip()}")
         return invited.output.strip().splitlines()[-1]
 
+    def set_setting(self, name: str, value) -> None:
+        """Store one admin setting in the server's database (sessions read settings as they start)."""
+        from app.db import db
+        from app.models import Setting
+
+        with self._admin.app_context():
+            Setting.put(name, value, "bench")
+            db.session.commit()
+
     def memory(self) -> dict | None:
         """Return the server's resident memory in MB (the worker that holds the models), if it is ours."""
         if self.pid is None:

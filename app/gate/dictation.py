@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import decide, store
-from ..audio.vad import SAMPLE_RATE, Endpointer
+from . import calibration, decide, store
+from ..audio.vad import SAMPLE_RATE, Endpointer, speech_seconds
 from ..engines.pool import Busy
 from ..engines.speaker import MIN_SAMPLES
 from .base import Context, SessionError, new_request_id, run_model, seconds
@@ -134,8 +134,9 @@ class DictateSession:
         first = utterance.verified_until == utterance.start
         begin = utterance.start if first else max(utterance.start, now - int(VERIFY_WINDOW * SAMPLE_RATE))
         utterance.last_check = now
-        score = self._score(begin, now)
-        if score >= policy.threshold:
+        match = self._score(begin, now)
+        score = match.score
+        if match.state == "accept":
             utterance.verified_until = now
             utterance.score = score if utterance.score is None else min(utterance.score, score)
             return []
@@ -156,7 +157,7 @@ class DictateSession:
         if not utterance.rejected and end - utterance.verified_until > 0.3 * SAMPLE_RATE and utterance.verified_until > utterance.start:
             # Speech after the last check must match too, or it is left out.
             tail = self._score(max(utterance.start, end - int(VERIFY_WINDOW * SAMPLE_RATE)), end)
-            if tail >= policy.threshold:
+            if tail.state == "accept":
                 utterance.verified_until = end
         if not utterance.rejected and utterance.verified_until == utterance.start:
             state = "not_enough_speech"
@@ -194,9 +195,11 @@ class DictateSession:
         except Busy:
             self._partial = None
 
-    def _score(self, begin: int, end: int) -> float:
-        embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, self._slice(begin, end))
-        return decide.verify(embedding, self._enrolled, self.user, self.ctx.policy.threshold).score
+    def _score(self, begin: int, end: int) -> decide.Match:
+        audio = self._slice(begin, end)
+        embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
+        quality = calibration.measure_quality(audio, speech_seconds(audio))
+        return decide.verify(embedding, self._enrolled, self.user, self.ctx.policy, quality)
 
     def _slice(self, begin: int, end: int) -> np.ndarray:
         return self._audio[max(0, begin - self._offset): max(0, end - self._offset)]

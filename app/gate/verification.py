@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import decide, store
+from . import calibration, decide, store
 from .. import tokens
 from ..audio.vad import speech_segments
 from .base import PROBLEM_MESSAGES, ClipBuffer, Context, new_request_id, run_model, seconds, user_problem
@@ -33,6 +33,7 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
             return {**result, "state": problem, "message": PROBLEM_MESSAGES[problem]}
 
     speech = sum(s.seconds for s in speech_segments(audio))
+    quality = calibration.measure_quality(audio, speech)
     result["speech_seconds"] = round(speech, 2)
     state = decide.speech_state(speech, policy.min_verify_speech)
     audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=policy.threshold,
@@ -44,15 +45,19 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     embedding = run_model(ctx, ctx.engines.speaker.embed, audio)
     if claimed:
         enrolled = store.find_user(claimed).voiceprint.centroid_vector()
-        match = decide.verify(embedding, enrolled, claimed, policy.threshold)
+        others = [v for name, v in store.enrolled_voices().items() if name != claimed]
+        match = decide.verify(embedding, enrolled, claimed, policy, quality, others)
         audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user if match.state == "accept" else None)
         store.record_attempt(claimed, match.state == "accept", policy.lockout_attempts, policy.lockout_seconds, audit)
     else:
-        match = decide.identify(embedding, store.enrolled_voices(), policy.threshold, policy.identify_margin)
+        match = decide.identify(embedding, store.enrolled_voices(), policy, quality)
         store.record(replace(audit, decision=match.state, score=match.score, matched_user=match.user,
                              reason=None if match.state == "accept" else "unknown_speaker"))
     result.update(state=match.state, user=match.user if match.state == "accept" else claimed,
-                  score=None if match.score is None else round(match.score, 4))
+                  score=None if match.score is None else round(match.score, 4),
+                  calibrated_score=None if match.calibrated is None else round(match.calibrated, 3),
+                  calibrated_threshold=None if match.calibrated_threshold is None else round(match.calibrated_threshold, 3),
+                  target_far=policy.target_far)
     if match.runner_up is not None:
         result["runner_up_score"] = round(match.runner_up, 4)
     if match.state == "accept":

@@ -28,6 +28,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     if test_config:
         app.config.from_mapping(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
+    from .logs import configure as configure_logs
+
+    configure_logs(app.config["LOG_FORMAT"])
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url(app.config["DATABASE_URL"], app.instance_path)
     app.config["SECRET_KEY"] = secret_key(app.config["SECRET_KEY"], app.instance_path)
     # The weights are local files; a missing one must fail at once, not reach for a hub.
@@ -36,7 +39,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     from . import cli, health, models  # noqa: F401  (models registers tables)
     from .protocols import http_api, voice_ws  # noqa: F401  (voice_ws registers a route)
     from .db import db
-    from .extensions import csrf, get_engines, migrate, set_engines, sock
+    from .engines.runtime import get_engines, set_engines
+    from .extensions import csrf, migrate, sock
 
     db.init_app(app)
     csrf.init_app(app)
@@ -48,9 +52,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     app.register_blueprint(http_api.bp)
     from .web.admin import bp as admin_bp
     from .protocols.kaldi import bp as kaldi_bp  # Kõnele's endpoints (docs/konele.md)
+    from .protocols.openapi import bp as openapi_bp  # /api/v1/openapi.json and /api/v1/docs
+    from .metrics import bp as metrics_bp  # /metrics
     from .web.pages import bp as pages_bp
 
     app.register_blueprint(kaldi_bp)
+    app.register_blueprint(openapi_bp)
+    app.register_blueprint(metrics_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(admin_bp)
     cli.register(app)

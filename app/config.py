@@ -71,6 +71,12 @@ class Config:
     ADMIN_ADDRESS_ATTEMPTS = 20
     ADMIN_ADDRESS_WINDOW_SECONDS = 900
 
+    # GET /metrics (Prometheus): served to loopback clients only, unless a token is set; then to
+    # anyone sending "Authorization: Bearer <token>", and to no one without it.
+    METRICS_TOKEN: str | None = None
+    # "text" (the default) or "json": one JSON object per log line, for log shippers.
+    LOG_FORMAT = "text"
+
 
 def database_url(configured: str | None, instance_path: str) -> str:
     """Return the configured database URL, or the default SQLite file in ``instance_path``."""

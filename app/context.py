@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, request, session
 
-from .extensions import get_engines
+from .engines.runtime import get_engines
 from .models import AdminAccount
 from .db import db
 from .settings import current_policy

@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .engines import modelstore
 from .db import db
-from .extensions import engines_error, engines_loaded
+from .engines.runtime import engines_error, engines_loaded, get_engines, whisper_status
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -26,8 +26,9 @@ def healthz():
         database = {"ok": False, "error": error.__class__.__name__}
 
     models_dir = current_app.config["MODELS_DIR"]
-    whisper = current_app.config["WHISPER_MODEL"]
     loaded = engines_loaded(current_app)
+    # The model in use (an admin may have switched it), else the one that will be loaded.
+    whisper = whisper_status(current_app)["active"] or current_app.config["WHISPER_MODEL"]
     models = {
         "speaker": {"name": "ecapa", "present": modelstore.is_complete(models_dir, "ecapa"), "loaded": loaded},
         "whisper": {
@@ -36,6 +37,8 @@ def healthz():
             "present": modelstore.is_complete(models_dir, whisper) if whisper in modelstore.WHISPER_MODELS else None,
             "loaded": loaded,
         },
+        # Silero ships inside faster-whisper's wheel: present whenever the package is installed.
+        "vad": {"name": "silero", "loaded": loaded and get_engines(current_app).vad is not None},
     }
     error = engines_error(current_app)
     if error:

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from .errors import VoiceGateError
+
 _SALT = "voicegate.voice-session"
 
 
-class TokenError(ValueError):
+class TokenError(VoiceGateError):
     """A token that is malformed, forged or expired; ``code`` says which."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def issue(secret_key: str, user: str, request_id: str) -> str:

@@ -1,6 +1,6 @@
 """Speak the kaldi-gstreamer-server protocol to a server, as Kõnele and the reference client do.
 
-    python -m clients.kaldi URL FILE.wav [--realtime] [--partial] [--continuous]
+    python -m clients.kaldi URL FILE.wav [--realtime] [--partial] [--single]
 
 URL is the personal dictation URL (``ws://host/client/ws/speech?key=...``); the client
 appends its own parameters with ``&`` as Kõnele does. A 16-bit WAV is sent as raw
@@ -10,16 +10,14 @@ message is printed as one JSON line. Exit status: 0 when a final result arrived,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import threading
 import time
-import wave
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
 import websocket
+
+from .common import Connection, read_wav
 
 KONELE_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)S16LE, channels=(int)1"
 # Kõnele sends a frame every 200 ms, the reference client every 250 ms.
@@ -35,56 +33,21 @@ def with_params(url: str, **params) -> str:
     return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
-@dataclass
-class Stream:
+class Stream(Connection):
     """One recognition session: send audio and EOS; the replies arrive with their times."""
 
-    url: str
-    replies: list[dict] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    eos_at: float | None = None
-    closed_at: float | None = None
+    def __init__(self, url: str, echo=None, single: bool = False):
+        super().__init__(url, timeout=TIMEOUT, echo=echo)
+        self.url, self.single = url, single
+        self.eos_at: float | None = None
 
-    def __post_init__(self):
-        self.ws = websocket.create_connection(self.url, timeout=TIMEOUT)
-        self._closed = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                text = self.ws.recv()
-            except (websocket.WebSocketException, OSError):
-                text = None
-            if not text:
-                self.closed_at = time.perf_counter()
-                self._closed.set()
-                return
-            self.times.append(time.perf_counter())
-            self.replies.append(json.loads(text))
-
-    @property
-    def closed(self) -> bool:
-        """Return True once the server has closed the socket."""
-        return self._closed.is_set()
+    def _ended_early(self) -> bool:
+        return self.single and bool(self.finals())
 
     def send_audio(self, data: bytes, bytes_per_second: int | None, realtime: bool,
                    chunk_seconds: float = CHUNK_SECONDS) -> None:
         """Send ``data`` in frames of ``chunk_seconds``, at real-time pace if asked; stop if the server closes."""
-        step = max(4, int((bytes_per_second or 32000) * chunk_seconds) // 4 * 4)
-        began = time.monotonic()
-        for offset in range(0, len(data), step):
-            if self.closed:
-                return
-            try:
-                self.ws.send_binary(data[offset:offset + step])
-            except (websocket.WebSocketException, OSError):
-                return  # the server closed mid-stream; its reason is among the replies
-            if realtime and bytes_per_second:
-                ahead = began + (offset + step) / bytes_per_second - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
+        self.send_paced(data, max(4, int((bytes_per_second or 32000) * chunk_seconds) // 4 * 4), bytes_per_second, realtime)
 
     def eos(self) -> None:
         """Send the end of the audio."""
@@ -110,42 +73,42 @@ class Stream:
         return " ".join(r["result"]["hypotheses"][0]["transcript"] for r in self.finals()
                         if r["result"]["hypotheses"]).strip()
 
-    def close(self) -> None:
-        """Close the socket and shut the TCP connection down (also after a server-side close)."""
-        try:
-            self.ws.close()
-        except (websocket.WebSocketException, OSError):
-            pass
-        self.ws.shutdown()
-
 
 def read_file(path: Path) -> tuple[str, bytes, int | None]:
     """Return (content-type, bytes, bytes per second): raw caps for a 16-bit WAV, else the file as it is."""
-    try:
-        with wave.open(str(path)) as handle:
-            if handle.getsampwidth() == 2:
-                rate, channels = handle.getframerate(), handle.getnchannels()
-                caps = (f"audio/x-raw, layout=(string)interleaved, rate=(int){rate}, format=(string)S16LE, "
-                        f"channels=(int){channels}")
-                return caps, handle.readframes(handle.getnframes()), 2 * rate * channels
-    except (wave.Error, EOFError):
-        pass
-    return "", path.read_bytes(), None
+    wav = read_wav(path)
+    if wav is None:
+        return "", path.read_bytes(), None
+    caps = (f"audio/x-raw, layout=(string)interleaved, rate=(int){wav.rate}, format=(string)S16LE, "
+            f"channels=(int){wav.channels}")
+    return caps, wav.data, wav.bytes_per_second
+
+
+def reference_url(url: str, caps: str | None) -> str:
+    """Return ``url`` as kaldi-gstreamer-server's reference client builds it: ``?content-type=`` appended, even after a ``?``."""
+    return f"{url}?{urlencode({'content-type': caps or ''})}"
 
 
 def run(url: str, caps: str | None, data: bytes, bytes_per_second: int | None, realtime: bool = False,
-        partial: bool = False, continuous: bool = False, echo=None) -> Stream:
-    """Stream ``data`` then EOS, and wait for the server to close; return the finished stream."""
-    stream = Stream(with_params(url, content_type=caps, partial="true" if partial else "false",
-                                continuous="true" if continuous else None, user_id="kaldi-client"))
+        partial: bool = False, continuous: bool = False, single: bool = False, reference: bool = False,
+        echo=None) -> Stream:
+    """Stream ``data`` then EOS, and wait for the server to close; return the finished stream.
+
+    ``single``: stop sending and say EOS at the first final, as Kõnele does in its default
+    mode. ``reference``: build the URL as the reference client does (``reference_url``).
+    """
+    if reference:
+        address = reference_url(url, caps)
+    else:
+        address = with_params(url, content_type=caps, partial="true" if partial else "false",
+                              continuous="true" if continuous else None, user_id="kaldi-client")
+    stream = Stream(address, echo=echo, single=single)
     try:
         stream.send_audio(data, bytes_per_second, realtime)
         stream.eos()
         stream.wait_closed()
     finally:
         stream.close()
-    for reply in stream.replies if echo else ():
-        echo(json.dumps(reply, ensure_ascii=False))
     return stream
 
 
@@ -156,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", type=Path)
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     parser.add_argument("--partial", action="store_true", help="ask for partial results")
-    parser.add_argument("--continuous", action="store_true", help="every final, not only the first")
+    parser.add_argument("--single", action="store_true", help="say EOS at the first final, as Kõnele's default mode")
     args = parser.parse_args(argv)
     caps, data, rate = read_file(args.file)
-    stream = run(args.url, caps, data, rate, args.realtime, args.partial, args.continuous,
+    stream = run(args.url, caps, data, rate, args.realtime, args.partial, single=args.single,
                  echo=lambda line: print(line, flush=True))
     return 0 if stream.finals() else 1
 

@@ -3,6 +3,10 @@
     python -m clients.voicegate enroll  A.wav B.wav C.wav --user NAME --invite TOKEN
     python -m clients.voicegate verify  CLIP.wav [--user NAME]
     python -m clients.voicegate dictate SPEECH.wav --user NAME [--realtime]
+    python -m clients.voicegate transcribe RECORDING.wav (--user NAME | --token TOKEN)
+
+transcribe uploads one recording to POST /api/v1/transcribe and prints its answer: a
+segment per utterance, with the text of those verified as the user's.
 
 Every server message is printed as one JSON line; the last line is the server's final
 reply. Exit status: 0 for accept, enrolled or a finished dictation; 1 for any other
@@ -13,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
-import wave
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
-import websocket
+from .common import Connection, read_wav
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/voice"
 CHUNK_SECONDS = 0.1
@@ -26,46 +31,25 @@ CHUNK_SECONDS = 0.1
 
 def read_audio(path: Path) -> tuple[dict, bytes, float]:
     """Return (format, bytes, seconds) for a file: PCM for 16-bit WAV, else the file as a container."""
-    try:
-        with wave.open(str(path)) as handle:
-            if handle.getsampwidth() == 2:
-                data = handle.readframes(handle.getnframes())
-                rate, channels = handle.getframerate(), handle.getnchannels()
-                return ({"encoding": "pcm_s16le", "sample_rate": rate, "channels": channels}, data,
-                        len(data) / (2 * channels * rate))
-    except (wave.Error, EOFError):
-        pass
-    return {"encoding": "container"}, path.read_bytes(), 0.0
+    wav = read_wav(path)
+    if wav is None:
+        return {"encoding": "container"}, path.read_bytes(), 0.0
+    return ({"encoding": "pcm_s16le", "sample_rate": wav.rate, "channels": wav.channels}, wav.data,
+            len(wav.data) / wav.bytes_per_second)
 
 
-class Conversation:
-    """One WebSocket session: send a start, audio and stops; collect every reply."""
+class Conversation(Connection):
+    """One WebSocket session: send a start, audio and stops; collect every reply (the close as ``closed``)."""
 
     def __init__(self, url: str, start: dict, echo=print):
-        self.ws = websocket.create_connection(url, timeout=120)
-        self.echo = echo
-        self.replies: list[dict] = []
-        self._arrived = threading.Condition()
+        super().__init__(url, timeout=120, echo=echo)
         self.ws.send(json.dumps(start))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
-    def _read(self) -> None:
-        while True:
-            try:
-                text = self.ws.recv()
-            except (websocket.WebSocketException, OSError):
-                text = None
-            if not text:
-                with self._arrived:
-                    self.replies.append({"type": "closed"})
-                    self._arrived.notify_all()
-                return
-            reply = json.loads(text)
-            self.echo(json.dumps(reply))
-            with self._arrived:
-                self.replies.append(reply)
-                self._arrived.notify_all()
+    def _ended(self) -> None:
+        self.replies.append({"type": "closed"})
+
+    def _ended_early(self) -> bool:
+        return any(reply["type"] == "error" for reply in self.replies)
 
     def wait_for(self, *types: str, after: int = 0, timeout: float = 120) -> dict:
         """Return the first reply of one of ``types`` (or an error, or the close) from index ``after``."""
@@ -84,42 +68,21 @@ class Conversation:
     def send_audio(self, data: bytes, fmt: dict, realtime: bool) -> None:
         """Send audio in 100 ms frames, at real-time pace if asked."""
         if fmt["encoding"] == "container":
-            step = 16000
-            bytes_per_second = None
-        else:
-            bytes_per_second = 2 * fmt["channels"] * fmt["sample_rate"]
-            step = max(2 * fmt["channels"], int(bytes_per_second * CHUNK_SECONDS) // (2 * fmt["channels"]) * 2 * fmt["channels"])
-        began = time.monotonic()
-        for offset in range(0, len(data), step):
-            if self.closed:
-                return
-            self.ws.send_binary(data[offset: offset + step])
-            if realtime and bytes_per_second:
-                ahead = began + (offset + step) / bytes_per_second - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
+            self.send_paced(data, 16000, None, False)
+            return
+        frame = 2 * fmt["channels"]
+        bytes_per_second = frame * fmt["sample_rate"]
+        self.send_paced(data, max(frame, int(bytes_per_second * CHUNK_SECONDS) // frame * frame), bytes_per_second, realtime)
 
     @property
-    def closed(self) -> bool:
-        """Return True once the server has closed the session."""
-        return any(reply["type"] in ("closed", "error") for reply in self.replies)
+    def ended(self) -> bool:
+        """Return True once the server has ended the session (an error, or the close)."""
+        return self.closed or self._ended_early()
 
     def stop(self) -> None:
         """Send the end of the current clip or utterance."""
-        if not self.closed:
+        if not self.ended:
             self.ws.send(json.dumps({"type": "stop"}))
-
-    def close(self) -> None:
-        """Close the socket, and shut it down even when the server closed the session first.
-
-        websocket-client leaves the TCP socket open after a server-initiated close, and a
-        gunicorn worker then waits on it (up to 2 s, holding up other clients).
-        """
-        try:
-            self.ws.close()
-        except (websocket.WebSocketException, OSError):
-            pass
-        self.ws.shutdown()
 
 
 def run(mode: str, files: list[Path], url: str, user: str | None = None, invite: str | None = None,
@@ -160,10 +123,23 @@ def run(mode: str, files: list[Path], url: str, user: str | None = None, invite:
         conversation.close()
 
 
+def transcribe(path: Path, url: str, user: str | None = None, token: str | None = None) -> dict:
+    """Upload a recording to ``POST /api/v1/transcribe`` (the HTTP twin of ``url``); return the answer."""
+    base = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/ws/")[0]
+    query = urllib.parse.urlencode({"user": user} if user else {})
+    request = urllib.request.Request(f"{base}/api/v1/transcribe?{query}", data=path.read_bytes(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as error:
+        return {"type": "error", **json.load(error)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the session, and return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m clients.voicegate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("enroll", "verify", "dictate"))
+    parser.add_argument("mode", choices=("enroll", "verify", "dictate", "transcribe"))
     parser.add_argument("files", nargs="+", type=Path, help="WAV files (16-bit PCM is streamed raw; others as containers)")
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--user", help="the user to enroll, verify as, or dictate as")
@@ -171,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="session token from an accepted verification")
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     args = parser.parse_args(argv)
+    if args.mode == "transcribe":
+        answer = transcribe(args.files[0], args.url, args.user, args.token)
+        print(json.dumps(answer, ensure_ascii=False))
+        return 2 if answer.get("type") == "error" else 0 if answer.get("state") == "accept" else 1
     final = run(args.mode, args.files, args.url, args.user, args.invite, args.token, args.realtime,
                 echo=lambda line: print(line, flush=True))
     if final.get("type") == "closed":

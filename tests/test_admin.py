@@ -14,7 +14,7 @@ import pytest
 
 from app.gate.policy import DEFAULT_TARGET_FAR
 from app.db import db
-from app.extensions import _wanted_whisper, whisper_status
+from app.engines.runtime import _wanted_whisper, whisper_status
 from app.models import AdminAccount, AuditEvent, EnrollmentInvite, Setting, User, Voiceprint, utcnow
 from app.settings import current_policy
 

@@ -49,7 +49,7 @@ def create_user(page, name: str) -> str:
 
 def scores_in(table: str) -> list[float]:
     """Return the scores shown in an audit table's text (three decimals)."""
-    return [float(score) for score in re.findall(r"\t(-?\d\.\d{3})\t", table)]
+    return [float(score) for score in re.findall(r"\t(-?\d\.\d{3})\s", table)]
 
 
 def verify(live, speech, user: str) -> dict:
@@ -115,7 +115,7 @@ def test_admin_flows_in_chromium(admin_live, speech, tmp_path):
         # The audit log shows the attempts, filterable by user.
         page.goto("/admin/audit")
         table = page.inner_text("table.audit")
-        assert "clip_accepted" in table and "enrolled" in table and "accept" in table and "reject" in table
+        assert "Clip accepted" in table and "Enrolled" in table and "Accepted" in table and "Rejected" in table
         assert any(score == pytest.approx(genuine["score"], abs=6e-4) for score in scores_in(table))
         screenshot(page, "admin-07-audit")
         page.fill("#f-user", "vctk")
@@ -172,8 +172,9 @@ def test_admin_flows_in_chromium(admin_live, speech, tmp_path):
         # The audit log keeps the deleted user's events, without the name, and shows the admin's actions.
         page.goto("/admin/audit?kind=admin")
         actions = page.inner_text("table.audit")
-        for action in ("user_created", "invite_issued", "settings_changed", "user_disabled", "user_deleted"):
+        for action in ("User created", "Enrollment link issued", "Settings changed", "User disabled", "User deleted"):
             assert action in actions
+        assert re.search(r"user #\d+ deleted, by admin root", actions)
         screenshot(page, "admin-14-audit-admin-actions")
         page.goto("/admin/audit?decision=reject")
         assert "vctk" not in page.inner_text("table.audit")

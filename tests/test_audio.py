@@ -132,9 +132,11 @@ def with_wav_rate(wav: bytes, rate: int) -> bytes:
     return wav[:24] + struct.pack("<II", rate, rate * 2) + wav[32:]
 
 
-def test_audio_error_is_a_value_error_with_a_code() -> None:
+def test_audio_error_has_the_shape_of_every_voicegate_error() -> None:
+    from app.errors import VoiceGateError
+
     error = AudioError("empty_audio", "nothing here")
-    assert isinstance(error, ValueError) and error.code == "empty_audio" and str(error) == "nothing here"
+    assert isinstance(error, VoiceGateError) and error.code == "empty_audio" and str(error) == "nothing here"
 
 
 @pytest.mark.parametrize(

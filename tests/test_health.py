@@ -19,6 +19,7 @@ def test_healthz_reports_database_and_models(client):
     assert body["status"] == "ok" and body["database"]["ok"] is True
     assert body["models"]["speaker"] == {"name": "ecapa", "present": True, "loaded": True}
     assert body["models"]["whisper"]["name"] == "tiny.en" and body["models"]["whisper"]["present"] is True
+    assert body["models"]["vad"] == {"name": "silero", "loaded": True}
 
 
 def test_healthz_is_503_without_model_files(tmp_path):
@@ -72,3 +73,12 @@ def test_serve_script_starts_gunicorn_with_models_loaded(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_error_under_the_api_is_json(client):
+    unknown = client.get("/api/v1/nope")
+    wrong_method = client.get("/api/v1/verify")
+    assert unknown.status_code == 404 and unknown.json["error"]["code"] == "not_found"
+    assert wrong_method.status_code == 405 and wrong_method.json["error"]["code"] == "method_not_allowed"
+    assert "<html" not in unknown.get_data(as_text=True).lower()
+    assert client.get("/no-such-page").mimetype == "text/html"  # pages keep their HTML errors

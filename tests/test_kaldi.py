@@ -112,27 +112,42 @@ def test_users_key_names_an_unknown_user(runner):
 # --------------------------------------------------------------------------- the speech socket
 
 def test_konele_default_partials_then_the_first_final_then_close(server, speech):
-    """The server ends the utterance at the pause and sends its final before EOS; later speech is ignored."""
+    """The server ends the utterance at the pause and sends its final before EOS; Kõnele then says EOS."""
     file = "wav/ljspeech/LJ001-0004.wav"
-    stream = _stream(_url(server, "lj"), speech, [file, "wav/ljspeech/LJ001-0006.wav"], realtime=True, partial=True)
+    stream = _stream(_url(server, "lj"), speech, [file, "wav/ljspeech/LJ001-0006.wav"], realtime=True, partial=True,
+                     single=True)
     print("\n" + "\n".join(json.dumps(r) for r in stream.replies))
     _assert_results_well_formed(stream)
     assert len(stream.finals()) == 1 and [r for r in stream.replies if not r["result"]["final"]]
     assert stream.times[-1] < stream.eos_at  # endpointed by the server, as Kõnele's auto-stop expects
+    assert stream.closed_at > stream.eos_at  # and the server closed only after the client's EOS
     words = normalise(stream.text()).split()
     known = set(normalise(_transcript(speech, file)).split())
     assert len(words) >= 5 and sum(w in known for w in words) >= 0.8 * len(words), stream.text()
 
 
-def test_continuous_finals_carry_the_enrolled_voices_words(server, speech):
+def test_unlimited_mode_gets_a_final_per_segment_and_the_socket_stays_open_until_eos(server, speech):
+    # Kõnele's unlimited-duration mode: the server must never end the session by itself.
     files = ["wav/ljspeech/LJ001-0001.wav", "wav/ljspeech/LJ001-0006.wav"]
     stream = _stream(_url(server, "lj"), speech, files, realtime=True, continuous=True)
+    assert stream.closed_at > stream.eos_at
     _assert_results_well_formed(stream)
     assert not [r for r in stream.replies if not r["result"]["final"]]  # partial=false: none
     reference = normalise(" ".join(_transcript(speech, f) for f in files))
     wer = jiwer.wer(reference, normalise(stream.text()))
     print(f"\n{len(stream.finals())} finals, WER {wer:.1%}: {stream.text()}")
     assert len(stream.finals()) >= 2 and wer <= 0.15
+
+
+def test_the_reference_clients_url_works_with_the_personal_key_unchanged(server, speech):
+    # kaldigstserver/client.py appends "?content-type=..." to the URL Kõnele users paste, which holds "?key=".
+    file = "wav/ljspeech/LJ001-0004.wav"
+    url = _url(server, "lj")
+    stream = _stream(url, speech, [file], reference=True)
+    assert "?key=" in stream.url and stream.url.count("?") == 2
+    _assert_results_well_formed(stream)
+    assert jiwer.wer(normalise(_transcript(speech, file)), normalise(stream.text())) <= 0.2
+    assert not [r for r in stream.replies if not r["result"]["final"]]  # no partials were asked for
 
 
 def test_f32le_caps_and_a_wav_with_an_empty_content_type(server, speech):

@@ -34,18 +34,27 @@ def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(eng
 
 
 def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
-    """The fast precision must not move a decision: scores agree within 0.01 on every dev trial."""
-    from app.engines.speaker import SpeakerEncoder
+    """The fast precision must not move a decision: scores agree within 0.01 on the dev trials.
+
+    Every trial where the CPU computes bfloat16 natively (where the service would use it);
+    elsewhere bfloat16 is emulated and minutes slower, so a sample of trials still shows the
+    arithmetic agrees without holding up the suite.
+    """
+    from app.engines.speaker import SpeakerEncoder, fast_bfloat16
     from tests.conftest import MODELS_DIR
 
-    exact = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision="float32")
-    fast = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision="bfloat16")
-    assert (exact.precision, fast.precision) == ("float32", "bfloat16")
-    files = sorted({f for enroll, test, _ in speech.trials for f in [*enroll, test]})
-    embeddings = [{f: encoder.embed(speech.load(f)) for f in files} for encoder in (exact, fast)]
+    # The session's encoder is one of the two precisions; load only the other one.
+    other = "float32" if engines.speaker.precision == "bfloat16" else "bfloat16"
+    loaded = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision=other)
+    encoders = {engines.speaker.precision: engines.speaker, other: loaded}
+    assert loaded.precision == other
+    trials = speech.trials if fast_bfloat16() else speech.trials[::10]
+    files = sorted({f for enroll, test, _ in trials for f in [*enroll, test]})
+    embeddings = [{f: encoders[p].embed(speech.load(f)) for f in files} for p in ("float32", "bfloat16")]
     worst = 0.0
-    for enroll_files, test_file, _ in speech.trials:
+    for enroll_files, test_file, _ in trials:
         scores = [cosine(centroid(np.stack([e[f] for f in enroll_files])), e[test_file]) for e in embeddings]
         worst = max(worst, abs(scores[0] - scores[1]))
-    print(f"\nlargest score difference, bfloat16 vs float32: {worst:.4f}")
+    print(f"\nlargest score difference over {len(trials)} trials, bfloat16 vs float32: {worst:.4f}")
+    assert len({same for _, _, same in trials}) == 2  # the sample holds both kinds of trial
     assert worst < 0.01

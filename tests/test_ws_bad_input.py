@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +27,6 @@ from clients import voicegate as voice_client
 from app.db import db
 from app.models import EnrollmentInvite, User, Voiceprint
 from app.engines.pool import InferencePool, StreamSlots
-from app.engines.runtime import Engines
 
 from .conftest import LiveServer, make_app, serve
 
@@ -326,7 +325,7 @@ def test_idle_client_is_timed_out(gate, policy_server):
     ending = converse(server.ws_url, start("enroll", invite=invite))
     waited = time.monotonic() - began
     assert_error(ending, "idle_timeout", before=("ready",))
-    assert 1.0 <= waited < 4.0, waited
+    assert waited >= 1.0, waited  # not cut off before the client was idle for the policy's second
     assert_no_harm(gate, invite)
     assert_serves(gate, server.ws_url)
 
@@ -418,17 +417,16 @@ def test_cancel_after_an_accepted_clip_stores_nothing(gate, speech):
 def test_full_pool_answers_busy_at_once(gate, engines, policy_server):
     # One worker and no queue, sharing the loaded models; occupying the worker fills the pool.
     pool = InferencePool(1, 0)
-    server = policy_server(Engines(engines.speaker, engines.transcriber, pool, StreamSlots(2)))
+    server = policy_server(replace(engines, pool=pool, streams=StreamSlots(2)))
     release = threading.Event()
     blocker = pool.submit(release.wait)
     try:
-        began = time.monotonic()
+        # The worker stays occupied until the answer is in: a queued call would never be answered.
         ending = converse(server.ws_url, start("verify", user="alice"), *frames(gate.probe), STOP)
-        waited = time.monotonic() - began
+        assert not release.is_set()
         release.set()
         blocker.result(timeout=10)
         assert_error(ending, "busy", close=TRY_LATER, before=("ready",))
-        assert waited < 3.0, waited
         assert_no_harm(gate)
         assert_serves(gate, server.ws_url)  # the freed worker takes the next caller
     finally:
@@ -439,7 +437,7 @@ def test_full_pool_answers_busy_at_once(gate, engines, policy_server):
 def test_dictations_beyond_the_stream_limit_are_told_busy_and_a_slot_frees_when_one_ends(gate, engines, policy_server):
     # One live dictation at a time: the second caller hears "busy" at once (not a stream that
     # falls behind), and when the first session ends, however it ends, the next caller gets in.
-    server = policy_server(Engines(engines.speaker, engines.transcriber, engines.pool, StreamSlots(1)))
+    server = policy_server(replace(engines, streams=StreamSlots(1)))
     first = open_session(server.ws_url, start("dictate", user="alice"))
     try:
         assert_error(converse(server.ws_url, start("dictate", user="alice")), "busy", close=TRY_LATER)

@@ -7,11 +7,15 @@ import logging
 import math
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-import torch
-import torchaudio
+
+from ..errors import VoiceGateError
+
+if TYPE_CHECKING:
+    import av
+    import torchaudio
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +34,8 @@ _MAX_TAPS = 1 << 20
 _EXACT_DURATION = {"flac", "ogg", "matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2"}
 
 
-class AudioError(ValueError):
+class AudioError(VoiceGateError):
     """Audio that cannot be used; ``code`` is a stable machine-readable reason."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,8 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float32)
     if rate == SAMPLE_RATE or not len(audio):
         return audio
+    import torch  # PyAV, torch and torchaudio load on first use: the app factory never imports them
+
     out = _resampler(rate)(torch.tensor(audio))
     # The sinc filter can overshoot full scale slightly.
     return np.clip(out.numpy(), -1.0, 1.0)
@@ -210,6 +211,8 @@ class _ResampleStream:
 
 def _decode_container(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
     """Decode the first audio stream of a container to mono float32 at its own rate."""
+    import av
+
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except av.error.FFmpegError as exc:
@@ -238,6 +241,8 @@ def _decode_stream(
     container: av.container.InputContainer, stream: av.AudioStream, rate: int, limits: AudioLimits
 ) -> np.ndarray:
     """Decode ``stream`` to mono float32, stopping once it passes ``limits.max_seconds``."""
+    import av
+
     chunks: list[np.ndarray] = []
     count = 0
     converter, shape = None, None
@@ -262,6 +267,8 @@ def _decode_stream(
 
 def _promised_seconds(data: bytes, container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
     """Return the duration the header declares, or None where it declares none reliably."""
+    import av
+
     name = container.format.name
     if name == "wav":
         return _wav_seconds(data)
@@ -299,6 +306,8 @@ def _has_xing(data: bytes) -> bool:
 @functools.lru_cache(maxsize=8)
 def _resampler(rate: int) -> torchaudio.transforms.Resample:
     """Return a cached torchaudio resampler from ``rate`` (snapped if needed) to 16 kHz."""
+    import torchaudio
+
     gcd = math.gcd(rate, SAMPLE_RATE)
     if (rate // gcd) * (SAMPLE_RATE // gcd) > _MAX_TAPS:
         rate = round(rate / 100) * 100

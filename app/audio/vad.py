@@ -1,16 +1,19 @@
-"""Voice activity with the Silero VAD that faster-whisper ships (offline, ONNX)."""
+"""Voice activity with the Silero VAD that faster-whisper ships (offline, ONNX).
+
+The model is loaded once per process as one of the engines (``Vad``); faster-whisper is
+imported only then, so the app factory stays free of it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 SAMPLE_RATE = 16000
 
 # Tighter than faster-whisper's defaults (400 ms padding, 2 s silence), which are tuned
 # to keep context for transcription and would count pauses as speech.
-MEASURE_OPTIONS = VadOptions(threshold=0.5, min_speech_duration_ms=120, min_silence_duration_ms=300, speech_pad_ms=60)
+MEASURE_OPTIONS = dict(threshold=0.5, min_speech_duration_ms=120, min_silence_duration_ms=300, speech_pad_ms=60)
 
 
 @dataclass(frozen=True)
@@ -26,17 +29,30 @@ class Segment:
         return (self.end - self.start) / SAMPLE_RATE
 
 
-def speech_segments(audio: np.ndarray, options: VadOptions = MEASURE_OPTIONS) -> list[Segment]:
-    """Return the speech segments of 16 kHz mono float32 audio."""
-    if audio.size == 0:
-        return []
-    stamps = get_speech_timestamps(np.ascontiguousarray(audio, dtype=np.float32), options)
-    return [Segment(int(s["start"]), int(s["end"])) for s in stamps]
+class Vad:
+    """The Silero VAD, loaded once: speech segments of a clip, and endpointers for streams."""
 
+    def __init__(self):
+        from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
-def speech_seconds(audio: np.ndarray, options: VadOptions = MEASURE_OPTIONS) -> float:
-    """Return how many seconds of 16 kHz mono float32 audio are speech."""
-    return sum(segment.seconds for segment in speech_segments(audio, options))
+        self._options = VadOptions(**MEASURE_OPTIONS)
+        self._timestamps = get_speech_timestamps
+        self.model = get_vad_model()  # cached by faster-whisper: one ONNX session per process
+
+    def segments(self, audio: np.ndarray) -> list[Segment]:
+        """Return the speech segments of 16 kHz mono float32 audio."""
+        if audio.size == 0:
+            return []
+        stamps = self._timestamps(np.ascontiguousarray(audio, dtype=np.float32), self._options)
+        return [Segment(int(s["start"]), int(s["end"])) for s in stamps]
+
+    def seconds(self, audio: np.ndarray) -> float:
+        """Return how many seconds of 16 kHz mono float32 audio are speech."""
+        return sum(segment.seconds for segment in self.segments(audio))
+
+    def endpointer(self, end_silence_ms: int = 600, max_utterance_s: float = 30.0) -> Endpointer:
+        """Return a new streaming endpointer on this model."""
+        return Endpointer(self.model, end_silence_ms, max_utterance_s)
 
 
 def speech_only(audio: np.ndarray, segments: list[Segment]) -> np.ndarray:
@@ -59,11 +75,9 @@ class Endpointer:
     second) so that callers can look for pauses.
     """
 
-    def __init__(self, end_silence_ms: int = 600, max_utterance_s: float = 30.0,
+    def __init__(self, model, end_silence_ms: int = 600, max_utterance_s: float = 30.0,
                  threshold: float = 0.5, min_speech_ms: int = 200):
-        from faster_whisper.vad import get_vad_model
-
-        self._model = get_vad_model()
+        self._model = model
         self._threshold = threshold
         self._neg_threshold = max(threshold - 0.15, 0.01)
         self._end_windows = max(1, end_silence_ms * SAMPLE_RATE // 1000 // WINDOW)
@@ -140,6 +154,19 @@ class Endpointer:
             self._start_window, self.speech_windows, self._run = index + 1, 0, 0
             return [("end", (index + 1) * WINDOW), ("start", (index + 1) * WINDOW)]
         return []
+
+    def speech_seconds_between(self, start: int, end: int) -> float:
+        """Return the seconds of speech the VAD heard in [start, end) of the stream."""
+        first, last = max(0, start // WINDOW), min(end // WINDOW, len(self.probabilities))
+        return sum(p >= self._threshold for p in self.probabilities[first:last]) * WINDOW / SAMPLE_RATE
+
+    def pause_in(self, start: int, end: int) -> int | None:
+        """Return the quietest sample in [start, end) if the VAD hears no speech there, else None."""
+        at = self.quietest(start, end)
+        index = at // WINDOW
+        if at == start or index >= len(self.probabilities) or self.probabilities[index] >= self._neg_threshold:
+            return None
+        return at
 
     def quietest(self, start: int, end: int) -> int:
         """Return the sample in [start, end) where the VAD is least sure of speech (a pause)."""

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import VoiceGateError
 from . import store
+from .. import metrics
 from .policy import Policy
 from .store import Audit
 from ..engines.pool import Busy
@@ -20,13 +22,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class SessionError(Exception):
+class SessionError(VoiceGateError):
     """A failure that ends the session; ``code`` is stable, ``message`` is for people."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,8 @@ def new_request_id() -> str:
 def run_model(ctx: Context, fn, *args):
     """Run a model call on the pool; a full pool ends the session with ``busy``."""
     try:
-        return ctx.engines.pool.run(fn, *args)
+        with metrics.timed_model_call(fn):
+            return ctx.engines.pool.run(fn, *args)
     except Busy as error:
         raise SessionError("busy", f"the server is at capacity ({error}); try again in a moment") from None
 

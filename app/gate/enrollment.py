@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import decide, store
-from ..audio.vad import speech_segments
 from .base import ClipBuffer, Context, SessionError, new_request_id, run_model, seconds
 
 
@@ -42,7 +41,7 @@ class EnrollSession:
 
     def _clip(self, audio: np.ndarray) -> dict:
         policy = self.ctx.policy
-        quality = decide.measure(audio, speech_segments(audio))
+        quality = decide.measure(audio, self.ctx.engines.vad.segments(audio))
         reason = decide.clip_problem(quality, policy.enroll_min_clip_speech)
         score = None
         if reason is None:

@@ -34,13 +34,23 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
         if user and user != token_user:
             raise SessionError("bad_token", "the session token belongs to another user")
         user = token_user
-    if mode == "dictate" and not user:
-        raise SessionError("user_required", "dictation needs a user (or a session token)")
+    if mode == "dictate":
+        if not user:
+            raise SessionError("user_required", "dictation needs a user (or a session token)")
+        return open_dictation(ctx, user)
     if user:
-        problem = user_problem(ctx, user, new_request_id(), "transcribe" if mode == "dictate" else "verify")
+        problem = user_problem(ctx, user, new_request_id(), "verify")
         if problem:
             raise SessionError(problem, PROBLEM_MESSAGES[problem])
-    return DictateSession(ctx, user) if mode == "dictate" else VerifySession(ctx, user)
+    return VerifySession(ctx, user)
+
+
+def open_dictation(ctx: Context, user: str, live: bool = True) -> DictateSession:
+    """Return a dictation for ``user`` behind the identity gate, or raise SessionError (audited) if they cannot dictate."""
+    problem = user_problem(ctx, user, new_request_id(), "transcribe")
+    if problem:
+        raise SessionError(problem, PROBLEM_MESSAGES[problem])
+    return DictateSession(ctx, user, live=live)
 
 
 def _open_enrollment(ctx: Context, user: str | None, invite_token: str | None, admin: bool) -> EnrollSession:

@@ -20,6 +20,11 @@ class Policy:
     identify_margin: float = 0.10
     # Calibration makes short speech stricter by itself: 0.8 s keeps the false-accept rate (docs/threshold.md).
     min_verify_speech: float = 0.8
+    # A phrase with less speech than min_verify_speech is still decided, against this stricter
+    # threshold, when it starts at most short_context_seconds after the user's accepted speech
+    # in the same dictation (0 turns this off). How they were chosen: docs/threshold.md.
+    short_threshold: float = 0.50
+    short_context_seconds: float = 30.0
     enroll_min_clips: int = 3
     enroll_min_clip_speech: float = 3.0
     enroll_min_total_speech: float = 15.0

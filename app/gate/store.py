@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import delete, select, update
 
+from .. import metrics
 from ..db import db
 from ..models import AuditEvent, EnrollmentInvite, User, Voiceprint, utcnow
 
@@ -37,6 +38,10 @@ class Audit:
         """Return the ORM row for these fields."""
         return AuditEvent(**{k: _plain(v) for k, v in self.__dict__.items()})
 
+    def counted(self) -> None:
+        """Count this decision in the metrics (once its row is committed)."""
+        metrics.count_decision(self.kind, self.protocol, self.decision)
+
 
 def _plain(value):
     # numpy floats would be stored as blobs by the sqlite3 driver.
@@ -47,6 +52,7 @@ def record(audit: Audit) -> None:
     """Append one audit row in its own transaction."""
     db.session.add(audit.row())
     db.session.commit()
+    audit.counted()
 
 
 def find_user(name: str) -> User | None:
@@ -69,6 +75,7 @@ def record_attempt(user_name: str, accepted: bool, attempts: int, lock_seconds: 
         user.record_attempt(accepted, attempts, lock_seconds)
     db.session.add(audit.row())
     db.session.commit()
+    audit.counted()
     return bool(user and user.is_locked())
 
 
@@ -91,6 +98,7 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
         db.session.add(voiceprint)
         db.session.add(audit.row())
         db.session.commit()
+        audit.counted()
     except Exception:
         db.session.rollback()
         raise

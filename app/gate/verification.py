@@ -8,7 +8,6 @@ import numpy as np
 
 from . import calibration, decide, store
 from .. import tokens
-from ..audio.vad import speech_segments
 from .base import PROBLEM_MESSAGES, ClipBuffer, Context, new_request_id, run_model, seconds, user_problem
 
 logger = logging.getLogger(__name__)
@@ -32,11 +31,13 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
         if problem:
             return {**result, "state": problem, "message": PROBLEM_MESSAGES[problem]}
 
-    speech = sum(s.seconds for s in speech_segments(audio))
+    speech = sum(s.seconds for s in ctx.engines.vad.segments(audio))
     quality = calibration.measure_quality(audio, speech)
     result["speech_seconds"] = round(speech, 2)
     state = decide.speech_state(speech, policy.min_verify_speech)
-    audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=policy.threshold,
+    # No threshold in the audit: the decision is on the calibrated score, and the raw cosine
+    # beside the raw floor alone would read as the wrong reason.
+    audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=None,
                       audio_seconds=result["audio_seconds"])
     if state:
         store.record(replace(audit, decision=state, reason=state))

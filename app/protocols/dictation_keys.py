@@ -60,6 +60,11 @@ def dictation_url(base_url: str, key: str) -> str:
     return f"{base}{SPEECH_PATH}?key={quote(key, safe='')}"
 
 
+def personal_url(user: User, secret_key: str, base_url: str) -> str:
+    """Return ``user``'s personal Kõnele URL on the server at ``base_url`` (the one builder pages and CLI use)."""
+    return dictation_url(base_url, key_for(user, secret_key))
+
+
 def recognize_url(base_url: str, key: str) -> str:
     """Return the HTTP URL that transcribes a whole recording for the key's user."""
     return f"{base_url.rstrip('/')}{RECOGNIZE_PATH}?key={quote(key, safe='')}"

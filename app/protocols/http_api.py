@@ -4,14 +4,18 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from ..gate import store
 from .. import tokens
+from ..errors import VoiceGateError
+from ..gate import store
 from ..audio.decode import AudioError, AudioFormat, AudioLimits, decode
 from ..context import is_admin, session_context
 from ..models import EnrollmentInvite
-from ..gate.policy import Policy
-from ..gate.base import SessionError, new_request_id, run_model
+from ..settings import current_policy
+from ..gate.base import SessionError
+from ..gate.dictation import summary_state, transcribe_recording
+from ..gate.opening import open_dictation
 from ..gate.verification import verify_audio
 
 logger = logging.getLogger(__name__)
@@ -21,12 +25,11 @@ _STATUS = {"busy": 503, "unknown_user": 404, "not_allowed": 401, "bad_token": 40
            "too_large": 413, "forbidden": 403}
 
 
-class ApiError(Exception):
-    """An error answered as ``{"error": {"code", "message"}}``."""
+class ApiError(VoiceGateError):
+    """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
 
     def __init__(self, code: str, message: str, status: int | None = None):
-        super().__init__(message)
-        self.code, self.message = code, message
+        super().__init__(code, message)
         self.status = status or _STATUS.get(code, 400)
 
 
@@ -38,15 +41,28 @@ def _api_error(error: ApiError):
     return response, error.status
 
 
-@bp.errorhandler(SessionError)
-@bp.errorhandler(AudioError)
-def _known_error(error):
+@bp.errorhandler(VoiceGateError)
+def _known_error(error: VoiceGateError):
     return _api_error(ApiError(error.code, error.message))
 
 
 @bp.errorhandler(413)
 def _too_large(_error):
     return _api_error(ApiError("too_large", "the upload is larger than the server accepts"))
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(error: HTTPException):
+    """Answer any HTTP error under /api/ (an unknown path, a wrong method, a crash) in the API's JSON shape."""
+    if not request.path.startswith("/api/"):
+        return error
+    code = (error.name or "error").lower().replace(" ", "_")
+    response, status = _api_error(ApiError(code, error.description or error.name, status=error.code))
+    # The error's own headers stay (a 405 must say which methods are allowed).
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, status
 
 
 @bp.post("/verify")
@@ -70,15 +86,22 @@ def transcribe():
     if not user:
         raise ApiError("user_required", "give a session token (Authorization: Bearer ...) or a user")
     ctx = session_context("http")
-    request_id = new_request_id()
     audio = _uploaded_audio()
-    result = verify_audio(ctx, audio, user, request_id, kind="transcribe")
-    if result["state"] == "unknown_user":
-        raise ApiError("unknown_user", result["message"])
-    result = {**_public(result), "mode": "transcribe", "text": None}
-    if result["state"] == "accept":
-        result["text"] = run_model(ctx, ctx.engines.transcriber.transcribe, audio).text
-    return jsonify(result)
+    try:
+        session = open_dictation(ctx, user, live=False)
+    except SessionError as error:
+        if error.code in ("disabled", "not_enrolled", "locked"):
+            return jsonify(mode="transcribe", user=user, state=error.code, message=error.message, text=None, segments=[])
+        raise
+    try:
+        transcribe_recording(session, audio)
+    finally:
+        session.close()
+    segments = [{key: final[key] for key in ("start", "end", "state", "score", "text")} for final in session.segments]
+    accepted = [segment["text"] for segment in segments if segment["state"] == "accept" and segment["text"]]
+    return jsonify(mode="transcribe", user=user, request_id=session.request_id, state=summary_state(segments),
+                   threshold=ctx.policy.threshold, audio_seconds=round(audio.size / 16000, 3),
+                   text=" ".join(accepted) if accepted else None, segments=segments)
 
 
 @bp.get("/users/<name>/enrollment")
@@ -106,7 +129,7 @@ def _token_user() -> str | None:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         return None
-    max_age = Policy.from_config(current_app.config).token_seconds
+    max_age = current_policy().token_seconds
     try:
         return tokens.read(current_app.config["SECRET_KEY"], header[7:].strip(), max_age)
     except tokens.TokenError as error:
@@ -155,5 +178,5 @@ def _uploaded_audio():
             if isinstance(error, AudioError):
                 raise
             raise ApiError("bad_format", "sample_rate and channels must be integers") from None
-    max_seconds = Policy.from_config(current_app.config).max_clip_seconds
+    max_seconds = current_policy().max_clip_seconds
     return decode(data, fmt, AudioLimits(max_bytes=int(current_app.config["MAX_AUDIO_BYTES"]), max_seconds=max_seconds))

@@ -13,21 +13,23 @@ import re
 import threading
 import time
 from dataclasses import replace
+from urllib.parse import parse_qsl
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from simple_websocket import ConnectionClosed
 
-from . import dictation_keys
-from ..gate import store
 from ..audio.decode import AudioError, AudioLimits
+from ..audio.vad import SAMPLE_RATE
 from ..context import session_context
-from ..extensions import csrf, engines_loaded, get_engines, sock
-from .kaldi_audio import AudioIntake, has_header, parse_caps
+from ..engines.runtime import engines_loaded, get_engines
+from ..extensions import csrf, sock
+from ..gate import store
 from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
 from ..gate.dictation import DictateSession
-from ..gate.opening import open_session
-from ..audio.vad import SAMPLE_RATE
+from ..gate.opening import open_dictation
+from . import dictation_keys
+from .kaldi_audio import AudioIntake, has_header, parse_caps
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ _STATUS = {"busy": NOT_AVAILABLE, "unknown_user": NOT_ALLOWED, "disabled": NOT_A
 _HTTP_STATUS = {SUCCESS: 200, NO_SPEECH: 200, ABORTED: 400, NOT_ALLOWED: 403, NOT_AVAILABLE: 503}
 KEY_HEADER = "X-Dictation-Key"
 _KEY = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
-# Audio is handed to the session in blocks this long, so that its voice checks run between them.
-BLOCK = SAMPLE_RATE // 4
-# After the final that ends Kõnele's session, how long to wait for its EOS before closing.
-EOS_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.1
 # The status socket reports at most this often, and closes after a while (Kõnele reopens it).
 STATUS_INTERVAL = 1.0
@@ -62,12 +60,28 @@ class KaldiError(Exception):
 
 # --------------------------------------------------------------------------- opening a dictation
 
-def request_key() -> str | None:
+def request_params() -> dict[str, str]:
+    """Return the request's query parameters, with the dictation key read up to a stray ``?``.
+
+    kaldi-gstreamer-server's reference client appends ``?content-type=...`` even to a URL
+    that already holds ``?key=...``: the key then ends at that ``?``, and the parameters
+    after it still count.
+    """
+    params = dict(request.args.items())
+    key = params.get("key") or ""
+    if "?" in key:
+        params["key"], _, rest = key.partition("?")
+        for name, value in parse_qsl(rest, keep_blank_values=True):
+            params.setdefault(name, value)
+    return params
+
+
+def request_key(params: dict[str, str]) -> str | None:
     """Return the dictation key of the current request: ``key=`` in the query, or the X-Dictation-Key header."""
-    return request.args.get("key") or request.headers.get(KEY_HEADER) or None
+    return params.get("key") or request.headers.get(KEY_HEADER) or None
 
 
-def open_dictation(ctx: Context, key: str | None, partials: bool) -> DictateSession:
+def open_kaldi_dictation(ctx: Context, key: str | None, partials: bool, live: bool = True) -> DictateSession:
     """Return a dictation session for the key's user, or raise KaldiError (5 not allowed, 9 busy).
 
     A missing or wrong key is audited like the sessions' own refusals. Without
@@ -85,57 +99,52 @@ def open_dictation(ctx: Context, key: str | None, partials: bool) -> DictateSess
     if not partials:
         ctx = replace(ctx, policy=replace(ctx.policy, partial_interval=float("inf")))
     try:
-        return open_session(ctx, {"mode": "dictate", "user": user.name})
+        return open_dictation(ctx, user.name, live=live)
     except SessionError as error:
         message = PROBLEM_MESSAGES.get(error.code, error.message)
         raise KaldiError(_STATUS.get(error.code, ABORTED), f"dictation is not allowed: {message}") from None
 
 
 class KaldiDictation:
-    """A DictateSession's messages in kaldi terms: results with segments, refusals as KaldiError.
+    """A DictateSession's messages in kaldi terms: one final per verified segment, refusals as KaldiError.
 
-    Only accepted utterances become segments. A rejected one ends everything with
-    status 5 and no text. ``single``: the first final ends the session (Kõnele's default).
+    Another voice's segment is skipped without text; only a session that ends with no
+    verified speech at all is refused (status 5). No final is ever empty: Kõnele would
+    take it as a result and insert nothing.
     """
 
-    def __init__(self, session: DictateSession, partials: bool, single: bool):
-        self.session, self.partials, self.single = session, partials, single
+    def __init__(self, session: DictateSession, partials: bool):
+        self.session, self.partials = session, partials
         self.id = session.request_id
         self.segment = 0
         self.finals: list[str] = []
-        self.finished = False  # a single-final session has its final; later audio is ignored
         self._received = 0
         self._partial: str | None = None  # the current segment's last partial
+        self._rejected = 0
         self._too_short = 0
 
     def feed(self, samples: np.ndarray) -> list[dict]:
         """Take 16 kHz float32 audio; return the results it completes."""
-        out = []
-        for start in range(0, samples.size, BLOCK):
-            if self.finished:
-                break
-            block = samples[start:start + BLOCK]
-            self._received += block.size
-            out += self._relay(self.session.audio(block))
-        return out
+        self._received += samples.size
+        return self._relay(self.session.audio(samples))
 
     def poll(self) -> list[dict]:
         """Return a partial result that finished computing meanwhile, if any."""
-        return [] if self.finished else self._relay(self.session.poll())
+        return self._relay(self.session.poll())
 
     def end(self) -> list[dict]:
-        """End the audio (EOS): return the last results, or status 1 when nothing was recognised."""
-        out = [] if self.finished else self._relay(self.session.stop())
+        """End the audio (EOS): return the last results; status 5 or 1 when nothing was verified."""
+        out = self._relay(self.session.stop())
         if not self.finals:
-            reason = ("too little speech to check the voice" if self._too_short else "no speech was heard")
+            if self._rejected:
+                raise KaldiError(NOT_ALLOWED, "the voice does not match this dictation key's user; nothing was transcribed")
+            reason = "too little speech to check the voice" if self._too_short else "no speech was heard"
             raise KaldiError(NO_SPEECH, reason)
         return out
 
     def _relay(self, messages: list[dict]) -> list[dict]:
         out = []
         for message in messages:
-            if self.finished:
-                break
             if message["type"] == "partial" and self.partials and message["text"] != self._partial:
                 self._partial = message["text"]
                 out.append(self._result(message["text"], final=False))
@@ -145,19 +154,19 @@ class KaldiDictation:
 
     def _final(self, message: dict) -> list[dict]:
         if message["state"] == "reject":
-            raise KaldiError(NOT_ALLOWED, "the voice does not match this dictation key's user; nothing was transcribed")
+            self._rejected += 1
+            return []
         if message["state"] != "accept":
             self._too_short += 1
             return []
-        if not message["text"] and self._partial is None:
-            return []  # nothing was said that Whisper could write, and nothing was shown
-        result = self._result(message["text"] or "", final=True)
+        if not message["text"]:
+            return []  # nothing Whisper could write: an empty final would insert nothing
+        result = self._result(message["text"], final=True)
         result.update({"segment-start": message["start"], "segment-length": round(message["end"] - message["start"], 3),
                        "total-length": round(self._received / SAMPLE_RATE, 3)})
-        self.finals.append(message["text"] or "")
+        self.finals.append(message["text"])
         self.segment += 1
         self._partial = None
-        self.finished = self.single
         return [result]
 
     def _result(self, text: str, final: bool) -> dict:
@@ -170,17 +179,22 @@ class KaldiDictation:
 @sock.route("/ws/speech", bp=bp)
 def speech(ws):
     """Run one Kõnele dictation on this socket."""
-    SpeechChannel(ws, session_context("kaldi"), request.args, request_key()).serve()
+    params = request_params()
+    SpeechChannel(ws, session_context("kaldi"), params, request_key(params)).serve()
 
 
 class SpeechChannel:
-    """Drive one kaldi dictation over anything with ``receive(timeout)``, ``send(text)`` and ``close()``."""
+    """Drive one kaldi dictation over anything with ``receive(timeout)``, ``send(text)`` and ``close()``.
 
-    def __init__(self, conn, ctx: Context, args, key: str | None):
-        self.conn, self.ctx, self.args, self.key = conn, ctx, args, key
+    As kaldi-gstreamer-server does, the socket stays open until the client sends EOS;
+    then the last results are sent and the server closes. The client ends the session
+    (Kõnele does after its first final in its default mode), never the server.
+    """
+
+    def __init__(self, conn, ctx: Context, params: dict[str, str], key: str | None):
+        self.conn, self.ctx, self.params, self.key = conn, ctx, params, key
         self.dictation: KaldiDictation | None = None
         self.intake: AudioIntake | None = None
-        self._finished_at: float | None = None
 
     def serve(self) -> None:
         """Run the dictation to its end; a refusal is one status message and a close."""
@@ -205,51 +219,41 @@ class SpeechChannel:
             _requests().done()
 
     def _open(self) -> None:
-        partials = self.args.get("partial", "").lower() == "true"
-        single = self.args.get("continuous", "").lower() not in ("true", "1", "yes")
-        session = open_dictation(self.ctx, self.key, partials)
+        partials = self.params.get("partial", "").lower() == "true"
+        session = open_kaldi_dictation(self.ctx, self.key, partials)
         try:
-            fmt = parse_caps(self.args.get("content-type"))
+            fmt = parse_caps(self.params.get("content-type"))
         except AudioError as error:
             session.close()
             raise KaldiError(ABORTED, error.message) from None
         self.intake = AudioIntake(fmt, AudioLimits(max_bytes=int(current_app.config["MAX_AUDIO_BYTES"]),
                                                    max_seconds=self.ctx.policy.max_dictation_seconds))
-        self.dictation = KaldiDictation(session, partials, single)
-        logger.info("kaldi session %s for %s (%s, partials %s, %s)", self.dictation.id, session.user,
-                    fmt.encoding if fmt else "sniffed", partials, "first final ends it" if single else "continuous")
+        self.dictation = KaldiDictation(session, partials)
+        logger.info("kaldi session %s for %s (%s, partials %s)", self.dictation.id, session.user,
+                    fmt.encoding if fmt else "sniffed", partials)
 
     def _run(self) -> None:
         while True:
             message = self._receive()
-            if message is None:
-                break  # a finished session whose client sent no EOS in time
             if isinstance(message, bytes):
-                if not self.dictation.finished:
-                    self._send_all(self.dictation.feed(self.intake.feed(message)))
+                self._send_all(self.dictation.feed(self.intake.feed(message)))
             elif message.strip() == "EOS":
-                if not self.dictation.finished:
-                    self._send_all(self.dictation.feed(self.intake.finish()))
-                    self._send_all(self.dictation.end())
+                self._send_all(self.dictation.feed(self.intake.finish()))
+                self._send_all(self.dictation.end())
                 break
             else:
                 self._text(message)
-            if self.dictation.finished and self._finished_at is None:
-                self._finished_at = time.monotonic()
         self._close()
 
-    def _receive(self) -> bytes | str | None:
-        """Return the next frame, sending partials while waiting; None once a finished session's grace is over."""
+    def _receive(self) -> bytes | str:
+        """Return the next frame, sending partials while waiting."""
         deadline = time.monotonic() + self.ctx.policy.idle_seconds
         while True:
             message = self.conn.receive(timeout=_POLL_SECONDS)
             if message is not None:
                 break
             self._send_all(self.dictation.poll())
-            now = time.monotonic()
-            if self._finished_at is not None and now - self._finished_at > EOS_GRACE_SECONDS:
-                return None
-            if now > deadline:
+            if time.monotonic() > deadline:
                 raise KaldiError(ABORTED, f"nothing received for {self.ctx.policy.idle_seconds:g} s")
         if isinstance(message, (bytes, bytearray)):
             if len(message) > self.ctx.policy.max_frame_bytes:
@@ -357,16 +361,17 @@ def recognize():
     an audio/* Content-Type header, says how it is encoded, as on the WebSocket.
     """
     ctx = session_context("kaldi")
+    params = request_params()
     session = None
     try:
-        session = open_dictation(ctx, request_key(), partials=False)
-        caps = request.args.get("content-type")
+        session = open_kaldi_dictation(ctx, request_key(params), partials=False, live=False)
+        caps = params.get("content-type")
         if caps is None and request.mimetype.startswith("audio/"):
             caps = request.headers["Content-Type"]
         data = request.get_data(cache=False)
         # Programs like curl label a raw body as a form; a file's own header then says what it is.
         fmt = None if caps is None and has_header(data) else parse_caps(caps)
-        dictation = KaldiDictation(session, partials=False, single=False)
+        dictation = KaldiDictation(session, partials=False)
         intake = AudioIntake(fmt, AudioLimits(max_bytes=int(current_app.config["MAX_AUDIO_BYTES"]),
                                               max_seconds=ctx.policy.max_dictation_seconds))
         dictation.feed(intake.feed(data))

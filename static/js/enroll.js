@@ -108,7 +108,7 @@ async function ensureMicrophone() {
 
 async function ensureSession() {
   if (socket && socket.isOpen) return true;
-  say(status, "Connecting…");
+  say(status, "Connecting…", "busy");
   const start = { type: "start", mode: "enroll", invite: root.dataset.invite, format: FORMAT };
   for (let attempt = 0; attempt < 3; attempt++) {
     socket = new VoiceSocket(start, { onMessage, onClose });
@@ -154,7 +154,7 @@ function stopClip() {
   recording = false;
   checking = true;
   socket.stop();
-  say(status, "Checking the clip…");
+  say(status, "Checking the clip…", "busy");
   setButtons();
 }
 
@@ -188,6 +188,12 @@ function onMessage(message) {
     if (message.percent < 100 && !currentClip()) addClip();
     if (message.percent < 100) say(status, message.clip.accepted ? "Press Record on the next clip when you are ready." : "Press Record again when you are ready.");
     setButtons();
+    // The next passage comes up under the panel (which stays in view), ready to read.
+    // Keyboard users land on the next Record button.
+    if (message.clip.accepted && message.percent < 100) {
+      currentClip().scrollIntoView({ block: "start" });
+      currentClip().querySelector("button.record").focus({ preventScroll: true });
+    }
   } else if (message.type === "result" && message.state === "enrolled") {
     finished = true;
     clearInterval(keepalive);

@@ -12,12 +12,17 @@ from sqlalchemy import Select, func, or_, select
 
 from ...db import db
 from ...models import AuditEvent, User, utcnow
+from .. import labels
 from . import bp
 
+bp.add_app_template_global(labels.describe, "describe_event")
+
 PAGE_SIZE = 50
-KINDS = ("enroll", "verify", "identify", "transcribe", "admin")
+KINDS = ("enroll", "verify", "identify", "transcribe", "admin", "self")
 COLUMNS = ("created_at", "kind", "protocol", "claimed_user", "matched_user", "decision", "score", "threshold",
            "reason", "audio_seconds", "client_addr", "request_id")
+# The same event in words, after the raw columns (programs read the codes, people these).
+WORDS = ("what", "result", "why")
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,10 @@ def audit():
     decisions = db.session.scalars(select(AuditEvent.decision).distinct().order_by(AuditEvent.decision)).all()
     users = db.session.scalars(select(User.name).order_by(User.name)).all()
     return render_template(
-        "admin/audit.html", events=events, filters=filters, page=page, pages=pages, total=total,
-        decisions=decisions, kinds=KINDS, users=users,
+        "admin/audit.html", events=[(event, labels.describe(event)) for event in events], filters=filters,
+        page=page, pages=pages, total=total, users=users,
+        decisions=[(code, labels.decision_label(code)) for code in decisions],
+        kinds=[(code, labels.kind_label(code)) for code in KINDS],
         page_url=lambda number: url_for("admin.audit", page=number, **filters.args()),
         csv_url=url_for("admin.audit_csv", **filters.args()),
     )
@@ -99,16 +106,18 @@ def _cell(value) -> str | float | None:
 
 @bp.get("/api/audit.csv")
 def audit_csv():
-    """Export the filtered audit log as CSV (all pages, oldest first)."""
+    """Export the filtered audit log as CSV (all pages, newest first like the page)."""
     filters = AuditFilter.from_args(request.args)
-    statement = filters.apply(select(AuditEvent)).order_by(AuditEvent.id).execution_options(yield_per=500)
+    statement = filters.apply(select(AuditEvent)).order_by(AuditEvent.id.desc()).execution_options(yield_per=500)
 
     def rows():
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(COLUMNS)
+        writer.writerow(COLUMNS + WORDS)
         for event in db.session.scalars(statement):
-            writer.writerow([_cell(getattr(event, column)) for column in COLUMNS])
+            said = labels.describe(event)
+            writer.writerow([_cell(getattr(event, column)) for column in COLUMNS]
+                            + [_cell(said.kind), _cell(said.decision), _cell(said.reason)])
             if buffer.tell() > 64 * 1024:
                 yield buffer.getvalue()
                 buffer.seek(0)

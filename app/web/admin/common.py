@@ -32,9 +32,13 @@ def safe_next(target: str | None, default: str = "/admin/") -> str:
     return target
 
 
-def note(action: str, user_name: str | None = None) -> None:
-    """Write an audit row (kind ``admin``) for an admin action on a user or the settings."""
+def note(action: str, user_name: str | None = None, detail: str | None = None) -> None:
+    """Write an audit row (kind ``admin``) for an admin action on a user or the settings.
+
+    ``detail`` leads the reason, e.g. "user #12" for a deleted user whose name is gone.
+    """
     admin = g.admin.username if g.get("admin") else "?"
-    logger.info("admin %s: %s %s", admin, action, user_name or "")
+    logger.info("admin %s: %s %s", admin, action, user_name or detail or "")
+    reason = f"{detail}, by admin {admin}" if detail else f"by admin {admin}"
     record(Audit(new_request_id(), "admin", "web", action, claimed_user=user_name,
-                 reason=f"by admin {admin}"[:64], client_addr=request.remote_addr))
+                 reason=reason[:64], client_addr=request.remote_addr))

@@ -8,7 +8,7 @@ from flask import current_app, render_template
 from sqlalchemy import func, select
 
 from ...db import db
-from ...extensions import whisper_status
+from ...engines.runtime import whisper_status
 from ...models import AuditEvent, User, Voiceprint, utcnow
 from . import bp
 
@@ -72,4 +72,22 @@ def dashboard():
     disabled = db.session.scalar(select(func.count()).select_from(User).where(User.active.is_(False)))
     locked = db.session.scalar(select(func.count()).select_from(User).where(User.locked_until > utcnow()))
     return render_template("admin/dashboard.html", users=users, enrolled=enrolled, disabled=disabled, locked=locked,
-                           days=day_stats(), whisper=whisper_status(current_app))
+                           days=day_stats(), whisper=whisper_status(current_app), requests=invite_requests())
+
+
+def invite_requests() -> list[tuple[User, datetime]]:
+    """Return the users who asked for a new enrollment link (on /lost-invite) and have not had one since."""
+    asked = dict(db.session.execute(
+        select(AuditEvent.claimed_user, func.max(AuditEvent.created_at))
+        .where(AuditEvent.kind == "self", AuditEvent.decision == "invite_requested",
+               AuditEvent.created_at >= utcnow() - timedelta(days=14))
+        .group_by(AuditEvent.claimed_user)).all())
+    if not asked:
+        return []
+    issued = dict(db.session.execute(
+        select(AuditEvent.claimed_user, func.max(AuditEvent.created_at))
+        .where(AuditEvent.kind == "admin", AuditEvent.decision == "invite_issued", AuditEvent.claimed_user.in_(asked))
+        .group_by(AuditEvent.claimed_user)).all())
+    users = {user.name: user for user in db.session.scalars(select(User).where(User.name.in_(asked)))}
+    return sorted(((users[name], at) for name, at in asked.items()
+                   if name in users and (name not in issued or issued[name] < at)), key=lambda pair: pair[1], reverse=True)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from ... import settings as rules
 from ...db import db
-from ...extensions import switch_whisper, whisper_status
+from ...engines.runtime import switch_whisper, whisper_status
 from ...models import AuditEvent, Setting
 from . import bp
 from .chart import histogram, shift
@@ -59,6 +59,13 @@ def _page(submitted: dict[str, str]) -> str:
         whisper=whisper, whisper_default=current_app.config["WHISPER_MODEL"],
         whisper_choices=[(name, rules.whisper_present(name)) for name in rules.whisper_choices()],
         whisper_status=whisper_status(current_app), submitted=submitted)
+
+
+@bp.get("/settings/reset")
+def confirm_reset():
+    """Ask before putting every setting back to its default; the form posts to save_settings."""
+    stored = {row.key: row for row in db.session.scalars(select(Setting).order_by(Setting.key))}
+    return render_template("admin/confirm_reset.html", stored=stored)
 
 
 @bp.post("/settings")

@@ -125,8 +125,7 @@ def _user_or_404(user_id: int) -> User:
 
 def dictation_url(user: User) -> str:
     """Return the user's personal Kõnele WebSocket URL, with their dictation key."""
-    base = request.host_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-    return urljoin(base, f"client/ws/speech?key={dictation_keys.key_for(user, current_app.config['SECRET_KEY'])}")
+    return dictation_keys.personal_url(user, current_app.config["SECRET_KEY"], request.host_url)
 
 
 @bp.get("/users/<int:user_id>")
@@ -226,11 +225,12 @@ def confirm(user_id: int, action: str):
         note("dictation_key_revoked", user.name)
         flash(f"The old dictation key of {user.name} no longer works.", "success")
         return redirect(url_for("admin.user", user_id=user.id))
-    name = user.name
+    name, user_id = user.name, user.id
     user.erase()
     db.session.commit()
     _scrub()
-    note("user_deleted")  # no name: the deleted person's name leaves the audit log with them
+    # No name: the deleted person's name leaves the audit log with them; the account number stays.
+    note("user_deleted", detail=f"user #{user_id} deleted")
     flash(f"Deleted {name}; their voiceprint is erased.", "success")
     return redirect(url_for("admin.users"))
 

@@ -1,0 +1,113 @@
+"""Prometheus metrics at GET /metrics: decisions, latencies, live streams, the pool's queue, model state.
+
+Counters and histograms live for the process (the audit store and the model calls feed them);
+gauges are read from the app when scraped. Only loopback clients may scrape, unless
+``METRICS_TOKEN`` is set: then anyone with ``Authorization: Bearer <token>``, and no one without.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from contextlib import contextmanager
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+bp = Blueprint("metrics", __name__)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+DECISIONS = Counter(
+    "voicegate_decisions", "Decisions written to the audit log, by kind (enroll, verify, identify, transcribe, "
+    "admin, self), surface (ws, http, kaldi, web, cli) and state (accept, reject, no_speech, ...)",
+    ["kind", "surface", "state"], registry=REGISTRY)
+# Waiting for a worker included: the latency a caller feels.
+VERIFICATION_SECONDS = Histogram(
+    "voicegate_verification_seconds", "One voice check on the inference pool (queue wait and speaker embedding)",
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10), registry=REGISTRY)
+TRANSCRIPT_SECONDS = Histogram(
+    "voicegate_final_transcript_seconds", "One final transcript on the inference pool (queue wait and Whisper)",
+    buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30), registry=REGISTRY)
+_TIMED = {"embed": VERIFICATION_SECONDS, "transcribe": TRANSCRIPT_SECONDS}
+
+
+def count_decision(kind: str, surface: str, state: str) -> None:
+    """Count one audited decision."""
+    DECISIONS.labels(kind, surface, state).inc()
+
+
+@contextmanager
+def timed_model_call(fn):
+    """Time a model call by what it does (speaker ``embed`` or ``transcribe``); others are not timed."""
+    histogram = _TIMED.get(getattr(fn, "__name__", ""))
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if histogram is not None:
+            histogram.observe(time.perf_counter() - start)
+
+
+class _AppState:
+    """Gauges read from one app when scraped: models, pool, live streams."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def collect(self):
+        from .engines.runtime import engines_error, engines_loaded, get_engines, whisper_status
+
+        # Never loads the models: a scrape only reports.
+        engines = get_engines(self.app) if engines_loaded(self.app) else None
+        loaded = GaugeMetricFamily("voicegate_model_loaded", "1 when the model is loaded in this process",
+                                   labels=["model", "name"])
+        whisper = whisper_status(self.app)
+        loaded.add_metric(["speaker", "ecapa"], 1 if engines is not None else 0)
+        loaded.add_metric(["whisper", str(whisper.get("active") or self.app.config["WHISPER_MODEL"])],
+                          1 if engines is not None else 0)
+        yield loaded
+        failed = GaugeMetricFamily("voicegate_model_load_failed", "1 when loading the models failed")
+        failed.add_metric([], 1 if engines_error(self.app) else 0)
+        yield failed
+        switching = GaugeMetricFamily("voicegate_whisper_switch", "1 for the state of a Whisper model switch",
+                                      labels=["state"])
+        for state in ("loading", "loaded", "failed"):
+            switching.add_metric([state], 1 if whisper.get("state") == state else 0)
+        yield switching
+        if engines is None:
+            return
+        pool, streams = engines.pool, engines.streams
+        for name, text, value in (
+            ("voicegate_pool_queue_depth", "Model calls running or waiting on the inference pool", pool.pending),
+            ("voicegate_pool_capacity", "Model calls the pool takes before answering busy", pool.capacity),
+            ("voicegate_pool_workers", "Inference workers", pool.workers),
+            ("voicegate_live_streams", "Live dictations holding a stream slot", streams.open),
+            ("voicegate_live_streams_limit", "Live dictations admitted at once", streams.limit),
+        ):
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], value)
+            yield gauge
+
+
+def _allowed() -> tuple[bool, int]:
+    token = current_app.config.get("METRICS_TOKEN")
+    if token:
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode()), 401
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback, 403
+    except ValueError:
+        return False, 403
+
+
+@bp.get("/metrics")
+def metrics():
+    """Return the metrics in Prometheus' text format (loopback clients, or a bearer token when one is set)."""
+    allowed, status = _allowed()
+    if not allowed:
+        message = "send the metrics token" if status == 401 else "metrics are served to this machine only"
+        return jsonify(error={"code": "not_allowed", "message": message}), status
+    app_registry = CollectorRegistry(auto_describe=False)
+    app_registry.register(_AppState(current_app._get_current_object()))
+    return Response(generate_latest(REGISTRY) + generate_latest(app_registry), content_type=CONTENT_TYPE_LATEST)

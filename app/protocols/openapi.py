@@ -1,0 +1,185 @@
+"""The OpenAPI 3 description of the HTTP API (/api/v1), served as JSON and as a readable page.
+
+Kept beside the API (app/protocols/http_api.py) and checked against the running server by
+tests/test_openapi.py (schemathesis): documented shapes hold and no input gets a 500.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, render_template, request
+
+bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_STATES = ["accept", "reject", "no_speech", "not_enough_speech", "not_enrolled", "disabled", "locked"]
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+_AUDIO_PARAMETERS = [
+    {"name": "user", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 64},
+     "description": "The claimed user (1:1). Without it, /verify identifies the speaker among everyone (1:N)."},
+    {"name": "encoding", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["container", "pcm_s16le", "pcm_f32le"]},
+     "description": "Raw PCM encoding; absent or `container`: the bytes carry their own header (WAV, FLAC, Ogg, WebM, MP3)."},
+    {"name": "sample_rate", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 8000, "maximum": 192000},
+     "description": "Sample rate of raw PCM (default 16000)."},
+    {"name": "channels", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 8},
+     "description": "Channels of raw PCM (default 1)."},
+]
+
+_AUDIO_BODY = {
+    "required": True,
+    "description": "One clip: a raw body, or a multipart upload with the audio in the field `audio` "
+                   "(its form fields then replace the query parameters).",
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["audio"],
+            "properties": {"audio": {"type": "string", "format": "binary"}, "user": {"type": "string", "maxLength": 64},
+                           "encoding": {"type": "string", "enum": ["container", "pcm_s16le", "pcm_f32le"]},
+                           "sample_rate": {"type": "integer"}, "channels": {"type": "integer"}}}},
+    },
+}
+
+_COMMON_ERRORS = {
+    "400": _error("Bad input: undecodable audio (`bad_audio`, `bad_format`, `truncated`, ...), too long (`too_long`), "
+                  "or a missing field"),
+    "401": _error("A session token that is invalid (`bad_token`), expired (`token_expired`) or another user's"),
+    "404": _error("No user by that name (`unknown_user`)"),
+    "413": _error("The upload is larger than the server accepts (`too_large`)"),
+    "503": _error("The server is at capacity (`busy`); try again after `Retry-After` seconds"),
+}
+
+SPEC: dict = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "VoiceGate HTTP API",
+        "version": "1",
+        "description": "Verify a speaker, transcribe a verified speaker, ask about an enrollment. "
+                       "Every decision is audited; no audio is kept. Streaming (WebSocket) is described in "
+                       "docs/protocol.md, Kõnele's endpoints in docs/konele.md.",
+    },
+    "servers": [{"url": "/api/v1"}],
+    "components": {
+        "securitySchemes": {
+            "session": {"type": "http", "scheme": "bearer",
+                        "description": "The `token` of an accepted verification (expires after a while)."},
+            "invite": {"type": "apiKey", "in": "header", "name": "X-Invite-Token",
+                       "description": "A valid enrollment invite token (for /users/{name}/enrollment)."},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object", "required": ["error"], "additionalProperties": False,
+                "properties": {"error": {"type": "object", "required": ["code", "message"],
+                                         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+            },
+            "Decision": {
+                "type": "object",
+                "required": ["mode", "request_id", "state", "user", "score", "threshold", "audio_seconds"],
+                "properties": {
+                    "mode": {"type": "string", "enum": ["verify"]},
+                    "request_id": {"type": "string", "description": "The audit log's id of this decision."},
+                    "state": {"type": "string", "enum": _STATES},
+                    "user": {"type": "string", "nullable": True,
+                             "description": "The claimed user, or on a 1:N accept the one recognised."},
+                    "score": {"type": "number", "nullable": True, "description": "Cosine similarity with the voiceprint."},
+                    "runner_up_score": {"type": "number", "description": "1:N only: the second best score."},
+                    "threshold": {"type": "number"},
+                    "audio_seconds": {"type": "number"},
+                    "speech_seconds": {"type": "number"},
+                    "message": {"type": "string", "description": "Why no decision was made (for people)."},
+                    "token": {"type": "string", "description": "On accept: a signed session token."},
+                    "token_expires_in": {"type": "integer", "description": "Seconds the token stays valid."},
+                },
+            },
+            "Transcription": {
+                "type": "object", "required": ["mode", "user", "state", "text", "segments"],
+                "properties": {
+                    "mode": {"type": "string", "enum": ["transcribe"]},
+                    "user": {"type": "string"},
+                    "request_id": {"type": "string", "description": "The audit log's id of this recording."},
+                    "state": {"type": "string",
+                              "enum": ["accept", "reject", "not_enough_speech", "no_speech", "disabled", "not_enrolled", "locked"],
+                              "description": "accept when any segment verified as the user; else the most telling refusal."},
+                    "message": {"type": "string", "description": "Why nothing was transcribed (for people)."},
+                    "threshold": {"type": "number"},
+                    "audio_seconds": {"type": "number"},
+                    "text": {"type": "string", "nullable": True,
+                             "description": "The verified segments' text joined; null when none verified."},
+                    "segments": {"type": "array", "items": {
+                        "type": "object", "required": ["start", "end", "state", "score", "text"],
+                        "properties": {"start": {"type": "number"}, "end": {"type": "number"},
+                                       "state": {"type": "string"}, "score": {"type": "number", "nullable": True},
+                                       "text": {"type": "string", "nullable": True}}}},
+                },
+            },
+            "Enrollment": {
+                "type": "object",
+                "required": ["user", "active", "enrolled", "locked", "clips", "speech_seconds", "enrolled_at"],
+                "properties": {
+                    "user": {"type": "string"}, "active": {"type": "boolean"}, "enrolled": {"type": "boolean"},
+                    "locked": {"type": "boolean"}, "clips": {"type": "integer"}, "speech_seconds": {"type": "number"},
+                    "enrolled_at": {"type": "string", "format": "date-time", "nullable": True},
+                },
+            },
+        },
+    },
+    "paths": {
+        "/verify": {"post": {
+            "operationId": "verify",
+            "summary": "Verify a clip against a user (1:1), or identify the speaker (1:N)",
+            "description": "A reject counts towards the user's lockout; an accept carries a session token.",
+            "parameters": _AUDIO_PARAMETERS,
+            "requestBody": _AUDIO_BODY,
+            "security": [{}, {"session": []}],
+            "responses": {"200": {"description": "The decision (also when no decision could be made: see `state`)",
+                                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Decision"}}}},
+                          **_COMMON_ERRORS},
+        }},
+        "/transcribe": {"post": {
+            "operationId": "transcribe",
+            "summary": "Transcribe a recording, only the parts that verify as the token's or the claimed user",
+            "description": "The recording is split into segments at pauses; each is verified (even with a session "
+                           "token), and only verified segments are transcribed, so no one else's speech ever is.",
+            "parameters": _AUDIO_PARAMETERS,
+            "requestBody": _AUDIO_BODY,
+            "security": [{"session": []}, {}],
+            "responses": {"200": {"description": "The decision, and the text when accepted",
+                                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Transcription"}}}},
+                          **_COMMON_ERRORS},
+        }},
+        "/users/{name}/enrollment": {"get": {
+            "operationId": "enrollment",
+            "summary": "Whether a user has enrolled (for that user's session token, an invite holder, or an admin)",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}},
+                {"name": "invite", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "An enrollment invite token (or the X-Invite-Token header)."},
+            ],
+            "security": [{"session": []}, {"invite": []}],
+            "responses": {
+                "200": {"description": "The user's enrollment",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Enrollment"}}}},
+                "401": _error("No valid session token, invite or admin sign-in for this user (`not_allowed`, `bad_token`)"),
+                "404": _error("No user by that name (`unknown_user`)"),
+            },
+        }},
+    },
+}
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """Return the OpenAPI 3 description of /api/v1."""
+    response = jsonify(SPEC)
+    response.headers["Access-Control-Allow-Origin"] = "*"  # a description holds no secrets
+    return response
+
+
+@bp.get("/docs")
+def docs():
+    """Show the HTTP API's description as a page."""
+    return render_template("pages/api_docs.html", spec=SPEC, base=request.host_url.rstrip("/") + "/api/v1")

@@ -1,0 +1,168 @@
+"""The identity gate on every surface: leaks of another voice, and the owner's words kept.
+
+    python -m bench.gate [--data DIR] [--owners N] [--out FILE.json]
+
+A real server (scripts/serve.sh on a free port, fresh database) enrolls each owner on
+three of their files. Each owner's next file is joined with another speaker of the set
+and with an espeak-ng voice, in both orders, 0, 0.25 and 1 s apart (bench/joined.py), and
+every recording goes to each surface that returns text: POST /api/v1/transcribe,
+/ws/voice dictation (the project's client), Kõnele's WebSocket and Kõnele's HTTP
+recognize. Reported per surface: the recordings whose text held any word only the other
+voice said (leaks), and the owner's word recall beside plain faster-whisper's on the
+owner's part alone. Then every remaining file of the owners is dictated alone through
+the gate, for the word error rate beside plain faster-whisper on the same files.
+Results go to bench/results/<name>.json under ``gate``; the figures are quoted in
+docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jiwer
+import requests
+
+from . import calls, machine
+from .data import DEFAULT_DATA, SpeechSet, pcm16
+from .joined import Part, leaks, recall, recordings, synthetic_parts, words
+from .suite import QUIET_LOGGERS, RESULTS
+
+logger = logging.getLogger("bench.gate")
+KONELE_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)S16LE, channels=(int)1"
+SURFACES = ("http_transcribe", "ws_voice", "konele_ws", "konele_http")
+# Every clip a trial offers is kept (three), and impostor stretches must never lock an owner out.
+POLICY = {"VOICEGATE_POLICY_ENROLL_MIN_CLIPS": "3", "VOICEGATE_POLICY_ENROLL_MIN_CLIP_SPEECH": "1.0",
+          "VOICEGATE_POLICY_ENROLL_MIN_TOTAL_SPEECH": "3.0"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gate benchmark and write its results."""
+    parser = argparse.ArgumentParser(prog="python -m bench.gate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--owners", type=int, default=8, help="how many enrolled speakers (English, with transcripts)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    results = run(SpeechSet(args.data), args.owners)
+    out = args.out or RESULTS / f"gate-{args.data.resolve().name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["gate"]["summary"], indent=2))
+    logger.info("wrote %s", out)
+    return 0
+
+
+def _owners(speech: SpeechSet, count: int) -> list[list]:
+    """Return up to ``count`` speakers with four or more English files that have transcripts, spread over the set."""
+    eligible = [group for group in speech.by_speaker().values()
+                if len([u for u in group if u.transcript and u.language == "en"]) >= 4]
+    step = max(1, len(eligible) // count) if count else 1
+    return [[u for u in group if u.transcript and u.language == "en"] for group in eligible[::step][:count]]
+
+
+def run(speech: SpeechSet, owner_count: int) -> dict:
+    """Measure the gate on every surface; return the results."""
+    from app.config import Config
+
+    from .baseline import Models
+    from .server import StartedServer
+
+    began = time.monotonic()
+    owners = _owners(speech, owner_count)
+    if len(owners) < 2:
+        raise SystemExit(f"{speech.root} needs two speakers with four English files with transcripts")
+    service = StartedServer(env=POLICY)
+    models = Models(Config.MODELS_DIR, Config.WHISPER_MODEL, Config.WHISPER_BEAM_SIZE, 1)
+    synthetic = synthetic_parts()
+    per_surface = {surface: {"recordings": 0, "leaked_recordings": 0, "leaked_words": [], "recall": [],
+                             "plain_recall": []} for surface in SURFACES}
+    solo = {"references": [], "service": [], "plain": []}
+    try:
+        service.wait_ready()
+        for index, group in enumerate(owners):
+            user = f"gate{index}"
+            enrolled = calls.enroll(service.ws_url, user, service.invite(user), [speech.audio(u.path) for u in group[:3]])
+            if enrolled["state"] != "enrolled":
+                logger.warning("%s (%s) did not enroll: %s", user, group[0].speaker, enrolled)
+                continue
+            key = _dictation_key(service, user)
+            test = group[3]
+            owner = Part(group[0].speaker, speech.audio(test.path), test.transcript)
+            neighbour = owners[(index + 1) % len(owners)][-1]
+            others = [Part(neighbour.speaker, speech.audio(neighbour.path), neighbour.transcript), synthetic[index % 2]]
+            plain = recall(owner.text, models.transcriber.transcribe(owner.audio, language="en").text)
+            for joined in recordings(owner, others):
+                for surface in SURFACES:
+                    texts = _texts(surface, service, user, key, joined.audio)
+                    found = leaks(joined, texts)
+                    stats = per_surface[surface]
+                    stats["recordings"] += 1
+                    stats["leaked_recordings"] += bool(found)
+                    stats["leaked_words"] += found
+                    stats["recall"].append(recall(owner.text, " ".join(t for t in texts if t)))
+                    stats["plain_recall"].append(plain)
+            for utterance in group[4:]:
+                audio = speech.audio(utterance.path)
+                reply = _transcribe(service, user, audio)
+                solo["references"].append(" ".join(words(utterance.transcript)))
+                solo["service"].append(" ".join(words(reply.get("text"))))
+                solo["plain"].append(" ".join(words(models.transcriber.transcribe(audio, language="en").text)))
+            logger.info("owner %d/%d (%s) done", index + 1, len(owners), group[0].speaker)
+    finally:
+        service.close()
+    summary = {}
+    for surface, stats in per_surface.items():
+        gated, plain = sum(stats["recall"]), sum(stats["plain_recall"])
+        summary[surface] = {"recordings": stats["recordings"], "leaked_recordings": stats["leaked_recordings"],
+                            "leaked_words": stats["leaked_words"][:50],
+                            "owner_recall": round(gated / max(1, stats["recordings"]), 4),
+                            "plain_recall": round(plain / max(1, stats["recordings"]), 4),
+                            "recall_ratio": round(gated / plain, 4) if plain else None}
+    summary["solo_dictation"] = {"files": len(solo["references"]),
+                                 "wer_service": round(jiwer.wer(solo["references"], solo["service"]), 4),
+                                 "wer_plain": round(jiwer.wer(solo["references"], solo["plain"]), 4)}
+    return {"gate": {"data": str(speech.root), "owners": [g[0].speaker for g in owners], "summary": summary,
+                     "pauses_s": [0.0, 0.25, 1.0], "orders": ["owner_first", "other_first"],
+                     "seconds": round(time.monotonic() - began, 1)},
+            "machine": machine.describe(), "finished": datetime.now(timezone.utc).isoformat()}
+
+
+def _dictation_key(service, user: str) -> str:
+    """Return ``user``'s personal dictation key, as `flask users key` prints it."""
+    from app.protocols import dictation_keys
+    from app.models import User
+
+    with service._admin.app_context():
+        return dictation_keys.key_for(User.by_name(user), service._admin.config["SECRET_KEY"])
+
+
+def _transcribe(service, user: str, audio) -> dict:
+    params = {"user": user, "encoding": "pcm_s16le", "sample_rate": 16000}
+    return requests.post(f"{service.url}/api/v1/transcribe", params=params, data=pcm16(audio), timeout=300).json()
+
+
+def _texts(surface: str, service, user: str, key: str, audio) -> list[str | None]:
+    """Return every text (partials and finals) that ``surface`` gave for the recording."""
+    from clients import kaldi
+
+    if surface == "http_transcribe":
+        return [segment["text"] for segment in _transcribe(service, user, audio).get("segments", [])]
+    if surface == "ws_voice":
+        return [final.get("text") for final in calls.dictate(service.ws_url, user, audio, realtime=False).finals]
+    ws_base = service.url.replace("http://", "ws://", 1)
+    if surface == "konele_ws":
+        stream = kaldi.run(f"{ws_base}/client/ws/speech?key={key}", KONELE_CAPS, pcm16(audio), 32000, partial=True)
+        return [r["result"]["hypotheses"][0]["transcript"] for r in stream.replies if "result" in r]
+    reply = requests.post(f"{service.url}/client/dynamic/recognize", params={"key": key, "content-type": KONELE_CAPS},
+                          data=pcm16(audio), timeout=300).json()
+    return [h.get("utterance") for h in reply.get("hypotheses", [])]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Joined recordings: an enrolled speaker and another voice in one stream, to try the identity gate.
+
+Each recording is the owner's utterance and another voice's (a real speaker of the set, or
+espeak-ng), in either order, with a pause between them. What the gate returns is scored by
+two measures: the other voice's words that came out (leaks; the goal is none) and the
+share of the owner's words that came out, beside plain Whisper on the owner's part alone.
+Audio is made in memory (espeak-ng and sox through pipes); nothing is written to disk.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+PAUSES = (0.0, 0.25, 1.0)
+ORDERS = ("owner_first", "other_first")
+# espeak-ng voices and sentences that no speaker of the sets says.
+SYNTHETIC = (
+    ("en-us+m3", "Please send the quarterly report to the finance team before Friday afternoon."),
+    ("en+f2", "Our neighbour bought seventeen yellow umbrellas during the winter sale yesterday."),
+)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One voice's stretch: its audio, what it says, and a label."""
+
+    label: str
+    audio: np.ndarray
+    text: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    """One recording: the owner's part and another voice's, in ``order``, ``pause`` seconds apart."""
+
+    owner: Part
+    other: Part
+    order: str
+    pause: float
+
+    @property
+    def name(self) -> str:
+        """Return a short name for reports and test ids."""
+        return f"{self.owner.label}+{self.other.label}/{self.order}/{self.pause:g}s"
+
+    @property
+    def audio(self) -> np.ndarray:
+        """Return the joined 16 kHz float32 audio."""
+        gap = np.zeros(int(self.pause * SAMPLE_RATE), np.float32)
+        first, second = (self.owner, self.other) if self.order == "owner_first" else (self.other, self.owner)
+        return np.concatenate([first.audio, gap, second.audio]).astype(np.float32)
+
+
+def espeak(text: str, voice: str = "en-us+m3") -> np.ndarray:
+    """Return ``text`` spoken by espeak-ng as 16 kHz mono float32 (espeak-ng and sox, through pipes)."""
+    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], check=True,
+                         capture_output=True, timeout=60).stdout
+    raw = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+                          "-e", "signed-integer", "-"], input=wav, check=True, capture_output=True, timeout=60).stdout
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768
+
+
+def synthetic_parts() -> list[Part]:
+    """Return the espeak-ng voices, one sentence each."""
+    return [Part(f"espeak-{voice}", espeak(text, voice), text) for voice, text in SYNTHETIC]
+
+
+def recordings(owner: Part, others: list[Part], pauses=PAUSES, orders=ORDERS) -> list[Joined]:
+    """Return every joined recording of ``owner`` with each of ``others``, in each order and pause."""
+    return [Joined(owner, other, order, pause) for other in others for order in orders for pause in pauses]
+
+
+def words(text: str | None) -> list[str]:
+    """Return the words of ``text`` after Whisper's English normalisation."""
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()(text or "").split()
+
+
+def leaks(joined: Joined, texts: list[str | None]) -> list[str]:
+    """Return the words of ``texts`` that only the other voice said (its words the owner never says)."""
+    own = set(words(joined.owner.text))
+    theirs = set(words(joined.other.text)) - own
+    return [word for text in texts for word in words(text) if word in theirs]
+
+
+def recall(reference: str, text: str | None) -> float:
+    """Return the share of ``reference``'s words found in ``text`` (each word counted as often as it occurs)."""
+    wanted, heard = words(reference), words(text)
+    pool = {}
+    for word in heard:
+        pool[word] = pool.get(word, 0) + 1
+    found = 0
+    for word in wanted:
+        if pool.get(word, 0) > 0:
+            pool[word] -= 1
+            found += 1
+    return found / len(wanted) if wanted else 1.0

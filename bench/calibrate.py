@@ -25,7 +25,7 @@ from app.gate.calibration import COHORT_PATH, Calibration, Quality, save_cohort
 from app.gate.policy import DEFAULT_TARGET_FAR
 
 from . import metrics
-from .data import DEFAULT_DATA, SpeechSet
+from .data import SpeechSet
 from .degrade import condition_of, default_out
 from .embedcache import Measured, measure_set
 

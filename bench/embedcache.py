@@ -49,7 +49,9 @@ def measure_set(speech: SpeechSet, files: list[Path], encoder=None) -> dict[Path
                 cached[str(label)] = Measured(row, *map(float, meta))
     missing = [p for p in files if speech.label(p) not in cached]
     if missing:
-        from app.audio.vad import speech_seconds
+        from app.audio.vad import Vad
+
+        speech_seconds = Vad().seconds
 
         if encoder is None:
             from app.engines import modelstore

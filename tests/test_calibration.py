@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.audio.vad import speech_seconds
-from app.engines.speaker import centroid, cosine
+from app.engines.speaker import centroid
 from app.gate import calibration, decide
 from app.gate.calibration import COHORT_PATH, CalibrationError, Quality, load_cohort, measure_quality
 from app.gate.policy import Policy
@@ -62,7 +61,7 @@ CONDITION = "crop1.5noise10"
 
 def _degraded(engines, speech, file):
     audio = degrade(CONDITION, speech.load(file), speech.path(file), None)
-    return engines.speaker.embed(audio), measure_quality(audio, speech_seconds(audio))
+    return engines.speaker.embed(audio), measure_quality(audio, engines.vad.seconds(audio))
 
 
 def test_a_degraded_genuine_clip_plain_cosine_rejects_is_accepted_and_impostors_stay_rejected(engines, speech):

@@ -177,7 +177,8 @@ class DictateSession:
     def _check(self, utterance: _Utterance, begin: int, end: int, threshold: float | None = None) -> None:
         """Score the window [begin, end) against the user's voice, if it holds enough speech."""
         begin = max(begin, utterance.start)
-        if self._endpointer.speech_seconds_between(begin, end) < MIN_WINDOW_SPEECH and threshold is None:
+        enough = min(MIN_WINDOW_SPEECH, self.ctx.policy.min_verify_speech)  # calibration decides short speech
+        if self._endpointer.speech_seconds_between(begin, end) < enough and threshold is None:
             return
         audio = self._slice(begin, end)
         embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)

@@ -210,11 +210,18 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
         handle.writeframes(pcm16(audio))
 
 
-def make(source: Path, out: Path, conditions: tuple[str, ...], per_condition: int | None) -> Path:
-    """Write the hard variant of ``source`` into ``out``; return its trials.tsv."""
+def make(source: Path, out: Path, conditions: tuple[str, ...], per_condition: int | None,
+         exclude: frozenset[str] = frozenset()) -> Path:
+    """Write the hard variant of ``source`` into ``out``; return its trials.tsv.
+
+    Trials that enroll or test a speaker in ``exclude`` are left out (e.g. the speakers whose
+    embeddings are the shipped cohort: a voice is never accepted against a cohort holding it).
+    """
     speech = SpeechSet(source)
     babble = Babble(speech) if "babble10" in conditions else None
-    trials = pick_trials(speech.trials, per_condition)
+    speaker = {u.path: u.speaker for u in speech.utterances}
+    kept = [t for t in speech.trials if not {speaker.get(p) for p in (*t.enroll, t.test)} & exclude]
+    trials = pick_trials(kept, per_condition)
     tests = list(dict.fromkeys(t.test for t in trials))
     rows = []
     for condition in conditions:
@@ -244,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS),
                         help=f"comma-separated, of {', '.join(CONDITIONS)}")
     parser.add_argument("--trials-per-condition", type=int, help="a balanced sample of this many trials (default: all)")
+    parser.add_argument("--without-cohort-speakers", action="store_true",
+                        help="leave out trials of the speakers held out for the shipped cohort (bench.calibrate)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
@@ -254,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or default_out(source)).resolve()
     if out.is_relative_to(Path(__file__).resolve().parents[1]):
         parser.error("write generated audio outside the repository")
-    print(make(source, out, conditions, args.trials_per_condition))
+    exclude = frozenset()
+    if args.without_cohort_speakers:
+        from .calibrate import COHORT_SPEAKERS
+
+        exclude = frozenset(COHORT_SPEAKERS)
+    print(make(source, out, conditions, args.trials_per_condition, exclude))
     return 0
 
 

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # SpeechBrain's own default threshold for this model's cosine scores.
 SPEECHBRAIN_THRESHOLD = 0.25
+# Plain cosine is held to the service's old fixed threshold, before calibrated decisions.
+BASELINE_THRESHOLD = 0.40
 # A trial the service answered without a score (not_enough_speech, an error...) counts as this,
 # i.e. as a reject at every threshold: the user was not let in.
 NO_SCORE = -1.0
@@ -170,7 +172,7 @@ def summarise(raw: dict, baseline: list[dict], trials: list[Trial]) -> dict:
         base_genuine = [b[key] for b, t in zip(baseline, trials) if t.target]
         base_impostor = [b[key] for b, t in zip(baseline, trials) if not t.target]
         far_sb, frr_sb = metrics.rates_at(base_genuine, base_impostor, SPEECHBRAIN_THRESHOLD)
-        return {**_figures(base_genuine, base_impostor, threshold),
+        return {**_figures(base_genuine, base_impostor, BASELINE_THRESHOLD), "threshold": BASELINE_THRESHOLD,
                 "far_at_0_25": round(far_sb, 4), "frr_at_0_25": round(frr_sb, 4)}
 
     conditions: dict[str, list[int]] = {}
@@ -180,7 +182,7 @@ def summarise(raw: dict, baseline: list[dict], trials: list[Trial]) -> dict:
     if len(conditions) > 1 or "all" not in conditions:
         for name, indices in conditions.items():
             per_condition[name] = _service_figures([records[i] for i in indices], [baseline[i]["centroid"] for i in indices],
-                                                   [trials[i].target for i in indices], threshold)
+                                                   [trials[i].target for i in indices], BASELINE_THRESHOLD)
 
     enrollments = raw["enrollments"]
     return {

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # impostor trials would lock users out: these minimums let every list stand as a user.
 RELAXED_POLICY = {
     "VOICEGATE_POLICY_ENROLL_MIN_CLIPS": "1",
-    "VOICEGATE_POLICY_ENROLL_MIN_CLIP_SPEECH": "1.5",
-    "VOICEGATE_POLICY_ENROLL_MIN_TOTAL_SPEECH": "1.5",
+    "VOICEGATE_POLICY_ENROLL_MIN_CLIP_SPEECH": "0.8",
+    "VOICEGATE_POLICY_ENROLL_MIN_TOTAL_SPEECH": "0.8",
     "VOICEGATE_POLICY_LOCKOUT_ATTEMPTS": "100000",
 }
 READY_TIMEOUT = 300.0

@@ -113,7 +113,8 @@ function onChunk(chunk) {
   if ((pause.feed(chunk.dbfs, length) && autoStop.checked) || seconds >= MAX_SECONDS) stop();
 }
 
-const score = (result) => `score ${result.score.toFixed(2)}, needs ${result.threshold.toFixed(2)}`;
+// The decision is on a calibrated score (docs/threshold.md): the raw score alone, no raw "needs".
+const score = (result) => `score ${result.score.toFixed(2)}`;
 
 async function onMessage(result) {
   if (result.type !== "result") return;

@@ -38,10 +38,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
 
     from . import cli, health, models  # noqa: F401  (models registers tables)
     from .protocols import http_api, voice_ws  # noqa: F401  (voice_ws registers a route)
+    from .serving import uploads
     from .db import db
     from .engines.runtime import get_engines, set_engines
     from .extensions import csrf, migrate, sock
 
+    uploads.init_app(app)
     db.init_app(app)
     csrf.init_app(app)
     # The JSON API is called by programs with bearer tokens or voices, never by a form.

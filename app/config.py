@@ -48,6 +48,14 @@ class Config:
     # The WebSocket transport's own cap; sessions refuse frames over POLICY_MAX_FRAME_BYTES
     # with a clear error well before this, and ping keeps idle proxies from cutting sessions.
     SOCK_SERVER_OPTIONS = {"max_message_size": 4 * 1024 * 1024, "ping_interval": 25}
+    # What one client may hold (app/serving/worker.py, docs/deployment.md): connections at once
+    # per address (a trusted proxy's own address, such as nginx's, is not counted), and time
+    # limits on a request's headers, on its whole body, and on any one read of either.
+    CONNECTIONS_PER_ADDRESS = 32
+    TRUSTED_PROXIES: list[str] = []
+    HEADER_SECONDS = 10.0
+    BODY_SECONDS = 60.0
+    READ_IDLE_SECONDS = 10.0
     # Enrollment invites expire after this many hours.
     INVITE_HOURS = 72
     # Decision rules (thresholds, speech minimums, lockout, limits) are app.gate.policy.Policy's

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from flask_migrate import Migrate
-from flask_sock import Sock
 from flask_wtf.csrf import CSRFProtect
+
+from .serving.sockets import GuardedSock
 
 csrf = CSRFProtect()
 migrate = Migrate()
-sock = Sock()
+sock = GuardedSock()  # flask-sock, surviving broken clients (app/serving/sockets.py)

@@ -8,8 +8,9 @@ and with an espeak-ng voice, in both orders, 0, 0.25 and 1 s apart (bench/joined
 every recording goes to each surface that returns text: POST /api/v1/transcribe,
 /ws/voice dictation (the project's client), Kõnele's WebSocket and Kõnele's HTTP
 recognize. Reported per surface: the recordings whose text held any word only the other
-voice said (leaks), and the owner's word recall beside plain faster-whisper's on the
-owner's part alone. Then every remaining file of the owners is dictated alone through
+voice said (leaks: in its transcript, and neither in the owner's nor in what plain
+faster-whisper hears in the owner's part alone), and the owner's word recall beside plain
+faster-whisper's on the owner's part alone. Then every remaining file of the owners is dictated alone through
 the gate, for the word error rate beside plain faster-whisper on the same files.
 Results go to bench/results/<name>.json under ``gate``; the figures are quoted in
 docs/benchmarks.md.
@@ -96,11 +97,12 @@ def run(speech: SpeechSet, owner_count: int) -> dict:
             owner = Part(group[0].speaker, speech.audio(test.path), test.transcript)
             neighbour = owners[(index + 1) % len(owners)][-1]
             others = [Part(neighbour.speaker, speech.audio(neighbour.path), neighbour.transcript), synthetic[index % 2]]
-            plain = recall(owner.text, models.transcriber.transcribe(owner.audio, language="en").text)
+            heard = models.transcriber.transcribe(owner.audio, language="en").text
+            plain = recall(owner.text, heard)
             for joined in recordings(owner, others):
                 for surface in SURFACES:
                     texts = _texts(surface, service, user, key, joined.audio)
-                    found = leaks(joined, texts)
+                    found = leaks(joined, texts, heard)
                     stats = per_surface[surface]
                     stats["recordings"] += 1
                     stats["leaked_recordings"] += bool(found)

@@ -80,9 +80,14 @@ def words(text: str | None) -> list[str]:
     return EnglishTextNormalizer()(text or "").split()
 
 
-def leaks(joined: Joined, texts: list[str | None]) -> list[str]:
-    """Return the words of ``texts`` that only the other voice said (its words the owner never says)."""
-    own = set(words(joined.owner.text))
+def leaks(joined: Joined, texts: list[str | None], owner_heard: str | None = None) -> list[str]:
+    """Return the words of ``texts`` that only the other voice said.
+
+    A word counts when the other voice's transcript has it and the owner's does not, nor what
+    plain Whisper heard in the owner's part alone (``owner_heard``): on hard speech Whisper
+    mishears the owner too ("the" for "her"), and such a word is no leak.
+    """
+    own = set(words(joined.owner.text)) | set(words(owner_heard))
     theirs = set(words(joined.other.text)) - own
     return [word for text in texts for word in words(text) if word in theirs]
 

@@ -1,6 +1,8 @@
 """Plots (PNG, matplotlib's Agg backend) and the Markdown report of one run's results."""
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -184,6 +186,11 @@ def markdown(results: dict, report_path: Path, plots: dict[str, Path], json_path
         lines += _asr_section(asr, models)
     lines += ["", "## Speed", ""]
     lines += _speed_section(results, link)
+    load = report_path.parent.parent / "bench" / "results" / "load.json"
+    if load.exists():  # written by python -m bench.load, kept when this report is regenerated
+        from .load import report_section
+
+        lines += ["", "## Load and memory", ""] + report_section(json.loads(load.read_text()))
     lines += ["", "## How the figures are made", ""]
     lines += _method(results)
     lines += ["", "## Regenerate", "", "From the repository root (about "

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Serve VoiceGate with gunicorn: one process (the models are loaded once) with threaded
-# workers, which flask-sock's WebSockets need. Expects scripts/setup.sh to have run.
+# Serve VoiceGate with gunicorn: one process (the models are loaded once) with threaded workers,
+# which flask-sock's WebSockets need. The worker (app/serving/worker.py) limits connections per
+# client address and puts deadlines on every request's headers and body; idle WebSocket sessions
+# time out in the app. Why threads and not gevent, and the measured costs: docs/deployment.md.
+# Logs redact dictation keys and invite tokens (app/serving/logs.py). Expects scripts/setup.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VOICEGATE_PRELOAD_MODELS=${VOICEGATE_PRELOAD_MODELS:-true}
+# glibc gives every thread that allocates its own heap arena (up to 8 per core); with hundreds
+# of threads that is memory held for nothing (docs/deployment.md, "Memory").
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 log_config=()
 if [ "${VOICEGATE_LOG_FORMAT:-text}" = json ]; then
   # gunicorn's own lines as JSON too, from its first one (app/logs.py does the app's).
   log_config=(--log-config-json scripts/logging-json.json)
 fi
 exec .venv/bin/gunicorn "${log_config[@]}" \
-  --worker-class gthread --workers 1 --threads "${VOICEGATE_THREADS:-32}" \
+  --worker-class app.serving.worker.GuardedWorker --workers 1 --threads "${VOICEGATE_THREADS:-256}" \
+  --worker-connections "${VOICEGATE_WORKER_CONNECTIONS:-1024}" \
   --bind "${VOICEGATE_HOST:-127.0.0.1}:${VOICEGATE_PORT:-8000}" \
+  --logger-class app.serving.logs.RedactingLogger --no-control-socket \
   --access-logfile - --graceful-timeout 10 \
   'app:create_app()'

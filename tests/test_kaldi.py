@@ -51,9 +51,9 @@ def _transcript(speech, file: str) -> str:
     return next(u.transcript for u in speech.utterances if u.file == file)
 
 
-def _stream(url, speech, files, caps=KONELE_CAPS, realtime=False, **options):
-    """Stream the files with a second's pause between them, as someone dictating sentence by sentence."""
-    pause = np.zeros(16000, np.float32)
+def _stream(url, speech, files, caps=KONELE_CAPS, realtime=False, pause_seconds=1.0, **options):
+    """Stream the files with a pause between them, as someone dictating sentence by sentence."""
+    pause = np.zeros(int(16000 * pause_seconds), np.float32)
     audio = np.concatenate([part for f in files for part in (speech.load(f), pause)][:-1])
     if caps is not None and "F32LE" in caps:
         return run(url, caps, audio.astype("<f4").tobytes(), 64000, realtime, **options)
@@ -114,8 +114,9 @@ def test_users_key_names_an_unknown_user(runner):
 def test_konele_default_partials_then_the_first_final_then_close(server, speech):
     """The server ends the utterance at the pause and sends its final before EOS; Kõnele then says EOS."""
     file = "wav/ljspeech/LJ001-0004.wav"
+    # Kõnele stops listening at the first final; the user's next sentence comes well after it.
     stream = _stream(_url(server, "lj"), speech, [file, "wav/ljspeech/LJ001-0006.wav"], realtime=True, partial=True,
-                     single=True)
+                     single=True, pause_seconds=4.0)
     print("\n" + "\n".join(json.dumps(r) for r in stream.replies))
     _assert_results_well_formed(stream)
     assert len(stream.finals()) == 1 and [r for r in stream.replies if not r["result"]["final"]]

@@ -198,7 +198,7 @@ def test_another_voice_is_rejected_with_its_score_and_not_signed_in(server, spee
         _log_in(page, "lj")
         # Stopped by the button this time, while the impostor is still talking.
         expect(page.get_by_role("button", name="Stop")).to_be_visible()
-        page.wait_for_timeout(4000)
+        page.wait_for_timeout(4000)  # the impostor talks for 4 s of real-time audio, then presses Stop
         page.get_by_role("button", name="Stop").click()
         decision = page.locator("#decision")
         expect(decision).to_contain_text("Not recognised", timeout=DECISION_TIMEOUT)
@@ -298,7 +298,8 @@ def test_an_impostor_dictating_gets_no_text(server, speech, signed_in, tmp_path)
         rejected = page.locator("#utterances li.is-bad")
         expect(rejected.first).to_have_text(re.compile(r"^Not verified — nothing was transcribed \(score -?\d\.\d\d\)\.$"),
                                             timeout=DECISION_TIMEOUT)
-        page.wait_for_timeout(11_000)  # the rest of the impostor's speech
+        # Every file the impostor says is turned away before the page is stopped.
+        expect(rejected.nth(len(IMPOSTOR_DICTATE) - 1)).to_be_visible(timeout=DECISION_TIMEOUT)
         page.get_by_role("button", name="Stop").click()
         expect(page.locator("#summary")).to_contain_text("0 written", timeout=DECISION_TIMEOUT)
         assert page.locator("#transcript").input_value() == ""

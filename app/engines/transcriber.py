@@ -8,9 +8,10 @@ import numpy as np
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # Whisper's mel frames
 WINDOW_FRAMES = 3000  # the 30 s every Whisper encoder pass is trained on
-# An utterance is encoded with 2 s of silence after it, rounded up to a whole second,
-# instead of padded to 30 s (what whisper.cpp calls audio_ctx). On the dev set this cut a
-# 5 s utterance from about 440 to 90 ms with the same word error rate (docs/benchmarks.md).
+# A draft (a partial) is encoded with 2 s of silence after it, rounded up to a whole second,
+# instead of padded to 30 s (what whisper.cpp calls audio_ctx): a 5 s utterance takes about
+# 90 ms instead of 440 on an AVX-512 machine. Its words differ now and then from the 30 s
+# window's (woodcutters / wood cutters), so text that stays is never decoded this way.
 SHORT_PAD_FRAMES = 200
 # faster-whisper's own thresholds for a decode that has gone wrong (hallucination, loops):
 # such a short decode is done again the standard way.
@@ -52,16 +53,19 @@ class Transcriber:
         self._model = WhisperModel(model, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=workers)
         self.multilingual = self._model.model.is_multilingual
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None) -> Transcript:
+    def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None,
+                   draft: bool = False) -> Transcript:
         """Return the transcript of ``audio``; ``language`` None lets a multilingual model detect it.
 
-        ``beam_size`` None means the configured one.
+        ``beam_size`` None means the configured one. ``draft``: a partial the next final replaces,
+        decoded over the audio's own length (fast); text that stays is decoded over Whisper's
+        30 s window, as plain faster-whisper does, so that no word is traded for speed.
         """
         if not self.multilingual:
             language = "en"
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         beam_size = beam_size or self.beam_size
-        if language and self.short_context and audio.size < (WINDOW_FRAMES - SHORT_PAD_FRAMES) * SAMPLE_RATE // FRAMES_PER_SECOND:
+        if draft and language and self.short_context and audio.size < (WINDOW_FRAMES - SHORT_PAD_FRAMES) * SAMPLE_RATE // FRAMES_PER_SECOND:
             text = self._transcribe_short(audio, language, beam_size)
             if text is not None:
                 return Transcript(text, (text,) if text else (), language)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -118,13 +119,15 @@ class DictateSession:
     def close(self) -> None:
         """Give back the stream slot, and audit any text a vanished client was shown; adapters always call this."""
         utterance = self._utterance
-        if not self.done and utterance is not None and utterance.partial_sent:
-            # The client left mid-utterance after seeing partial text: that text needs its row too.
-            self._record(ACCEPT, utterance.emitted_until, self._endpointer.position, None, reason="client_left")
-            utterance.partial_sent = False
-        if self._slot:
-            self._slot = False
-            self.ctx.engines.streams.release()
+        try:
+            if not self.done and utterance is not None and utterance.partial_sent:
+                # The client left mid-utterance after seeing partial text: that text needs its row too.
+                utterance.partial_sent = False
+                self._record(ACCEPT, utterance.emitted_until, self._endpointer.position, None, reason="client_left")
+        finally:
+            if self._slot:
+                self._slot = False
+                self.ctx.engines.streams.release()
 
     def partial_in_flight(self) -> bool:
         """Return True while a partial transcript is being computed (``poll`` returns it when done)."""
@@ -287,7 +290,7 @@ class DictateSession:
             return
         self._last_partial = settled
         try:
-            self._partial = (growing.begin, pool.submit(self.ctx.engines.transcriber.transcribe,
+            self._partial = (growing.begin, pool.submit(partial(self.ctx.engines.transcriber.transcribe, draft=True),
                                                         self._slice(growing.begin, settled)))
         except Busy:
             self._partial = None

@@ -17,6 +17,7 @@ from ..gate.base import SessionError
 from ..gate.dictation import summary_state, transcribe_recording
 from ..gate.opening import open_dictation
 from ..gate.verification import verify_audio
+from ..serving import uploads
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -160,7 +161,10 @@ def _claimed_user() -> str | None:
 
 
 def _uploaded_audio():
-    """Return the clip (multipart field ``audio``, or the raw body) as 16 kHz float32."""
+    """Return the clip (multipart field ``audio``, or the raw body) as 16 kHz float32.
+
+    Either is read into memory only (app/serving/uploads.py): no audio in a temporary file.
+    """
     fields = _fields()
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("audio")
@@ -168,7 +172,7 @@ def _uploaded_audio():
             raise ApiError("bad_request", "a multipart upload needs its audio in the field 'audio'")
         data = upload.read()
     else:
-        data = request.get_data(cache=False)
+        data = uploads.read_body()
     encoding = fields.get("encoding")
     fmt = None
     if encoding and encoding != "container":

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import threading
-import time
 from dataclasses import replace
 from urllib.parse import parse_qsl
 
@@ -25,10 +24,12 @@ from ..context import session_context
 from ..engines.runtime import engines_loaded, get_engines
 from ..extensions import csrf, sock
 from ..gate import store
+from ..serving import uploads
 from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
 from ..gate.dictation import DictateSession
 from ..gate.opening import open_dictation
 from . import dictation_keys
+from .frames import receive_frame
 from .kaldi_audio import AudioIntake, has_header, parse_caps
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ _STATUS = {"busy": NOT_AVAILABLE, "unknown_user": NOT_ALLOWED, "disabled": NOT_A
 _HTTP_STATUS = {SUCCESS: 200, NO_SPEECH: 200, ABORTED: 400, NOT_ALLOWED: 403, NOT_AVAILABLE: 503}
 KEY_HEADER = "X-Dictation-Key"
 _KEY = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
-_POLL_SECONDS = 0.1
-# The status socket reports at most this often, and closes after a while (Kõnele reopens it).
-STATUS_INTERVAL = 1.0
-STATUS_MAX_SECONDS = 300.0
 
 
 class KaldiError(Exception):
@@ -247,19 +244,8 @@ class SpeechChannel:
 
     def _receive(self) -> bytes | str:
         """Return the next frame, sending partials while waiting."""
-        deadline = time.monotonic() + self.ctx.policy.idle_seconds
-        while True:
-            message = self.conn.receive(timeout=_POLL_SECONDS)
-            if message is not None:
-                break
-            self._send_all(self.dictation.poll())
-            if time.monotonic() > deadline:
-                raise KaldiError(ABORTED, f"nothing received for {self.ctx.policy.idle_seconds:g} s")
-        if isinstance(message, (bytes, bytearray)):
-            if len(message) > self.ctx.policy.max_frame_bytes:
-                raise KaldiError(ABORTED, f"audio frames may hold at most {self.ctx.policy.max_frame_bytes} bytes")
-            return bytes(message)
-        return message
+        return receive_frame(self.conn, self.ctx.policy, lambda: self._send_all(self.dictation.poll()),
+                             lambda _code, message: KaldiError(ABORTED, message))
 
     def _text(self, message: str) -> None:
         """Ignore the text frames kaldi clients may send besides EOS (adaptation state)."""
@@ -324,18 +310,9 @@ def status_now() -> dict:
 
 @sock.route("/ws/status", bp=bp)
 def status(ws):
-    """Send the status on open and whenever it changes, until the client leaves."""
-    began, last = time.monotonic(), None
-    try:
-        while time.monotonic() - began < STATUS_MAX_SECONDS:
-            current = status_now()
-            if current != last:
-                ws.send(json.dumps(current))
-                last = current
-            ws.receive(timeout=STATUS_INTERVAL)  # whatever the client says is ignored
-        ws.close(reason=1000)
-    except ConnectionClosed:
-        pass
+    """Send the status once and close: a status socket held open must cost the server nothing."""
+    ws.send(json.dumps(status_now()))
+    ws.close(reason=1000)
 
 
 # --------------------------------------------------------------------------- PUT|POST /client/dynamic/recognize
@@ -368,7 +345,7 @@ def recognize():
         caps = params.get("content-type")
         if caps is None and request.mimetype.startswith("audio/"):
             caps = request.headers["Content-Type"]
-        data = request.get_data(cache=False)
+        data = uploads.read_body()
         # Programs like curl label a raw body as a form; a file's own header then says what it is.
         fmt = None if caps is None and has_header(data) else parse_caps(caps)
         dictation = KaldiDictation(session, partials=False)

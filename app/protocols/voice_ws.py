@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 from simple_websocket import ConnectionClosed
 
@@ -12,13 +11,13 @@ from ..context import is_admin, same_origin, session_context
 from ..extensions import sock
 from ..gate.base import Context, SessionError
 from ..gate.opening import open_session
+from .frames import receive_frame
 
 logger = logging.getLogger(__name__)
 
 # WebSocket close codes: normal, protocol violation, message too big, try again later, server error.
 NORMAL, VIOLATION, TOO_BIG, TRY_LATER, SERVER_ERROR = 1000, 1008, 1009, 1013, 1011
 _CLOSE_CODES = {"busy": TRY_LATER, "frame_too_large": TOO_BIG, "internal": SERVER_ERROR}
-_POLL_SECONDS = 0.1
 
 
 @sock.route("/ws/voice")
@@ -82,19 +81,9 @@ class Channel:
 
     def _receive(self):
         """Return the next binary frame (bytes) or parsed JSON message (dict)."""
-        deadline = time.monotonic() + self.ctx.policy.idle_seconds
-        while True:
-            message = self.conn.receive(timeout=_POLL_SECONDS)
-            if message is not None:
-                break
-            if self.session is not None:
-                self._send_all(self.session.poll())
-            if time.monotonic() > deadline:
-                raise SessionError("idle_timeout", f"nothing received for {self.ctx.policy.idle_seconds:g} s")
-        if isinstance(message, (bytes, bytearray)):
-            if len(message) > self.ctx.policy.max_frame_bytes:
-                raise SessionError("frame_too_large", f"audio frames may hold at most {self.ctx.policy.max_frame_bytes} bytes")
-            return bytes(message)
+        message = receive_frame(self.conn, self.ctx.policy, self._poll, SessionError)
+        if isinstance(message, bytes):
+            return message
         try:
             parsed = json.loads(message)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
@@ -102,6 +91,10 @@ class Channel:
         if not isinstance(parsed, dict):
             raise SessionError("bad_message", "text messages must be JSON objects")
         return parsed
+
+    def _poll(self) -> None:
+        if self.session is not None:
+            self._send_all(self.session.poll())
 
     def _control(self, message: dict) -> None:
         kind = message.get("type")

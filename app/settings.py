@@ -57,9 +57,13 @@ class Field:
 
 
 POLICY_FIELDS = (
-    Field("threshold", float, 0.05, 0.99, "Accept threshold",
-          "Cosine score at or above which a voice is accepted. Higher: fewer false accepts, more false rejects.",
-          step="0.01"),
+    Field("target_far", float, 0.00001, 0.05, "Target false-accept rate",
+          "The share of impostor attempts that may be accepted, the same in noise, on the phone and on short "
+          "speech (scores are calibrated for the audio's quality; docs/threshold.md). 0.001 is 1 in 1000. "
+          "Lower: fewer false accepts, more false rejects.", step="any"),
+    Field("threshold", float, 0.05, 0.99, "Raw cosine floor",
+          "No voice whose raw cosine score is below this is accepted, whatever its calibrated score; "
+          "also how alike an enrollment's clips must be.", step="0.01"),
     Field("min_verify_speech", float, 0.5, 10.0, "Minimum speech for a decision",
           "Below this much speech a verification answers 'not enough speech' instead of deciding.", "s", "0.1"),
     Field("enroll_min_clips", int, 1, 10, "Enrollment: clips", "How many accepted clips an enrollment needs.",

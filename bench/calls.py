@@ -115,6 +115,7 @@ def verify(ws_url: str, user: str, audio: np.ndarray, realtime: bool = False) ->
         if reply["type"] != "result":
             return {"state": _refusal(reply), "score": None, "threshold": None, "latency_s": None}
         return {"state": reply["state"], "score": reply.get("score"), "threshold": reply.get("threshold"),
+                "calibrated_score": reply.get("calibrated_score"), "target_far": reply.get("target_far"),
                 "latency_s": session.arrived(reply) - stopped, "request_id": reply.get("request_id")}
     finally:
         session.close()
@@ -134,8 +135,8 @@ def verify_http(base_url: str, user: str, path: Path) -> dict:
             code = f"http_{response.status_code}"
         return {"state": code, "score": None, "latency_s": elapsed}
     body = response.json()
-    return {"state": body["state"], "score": body.get("score"), "latency_s": elapsed,
-            "request_id": body.get("request_id")}
+    return {"state": body["state"], "score": body.get("score"), "calibrated_score": body.get("calibrated_score"),
+            "latency_s": elapsed, "request_id": body.get("request_id")}
 
 
 @dataclass

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # measures those two apart.
 RELAXED_POLICY = {
     "VOICEGATE_POLICY_ENROLL_MIN_CLIPS": "1",
-    "VOICEGATE_POLICY_ENROLL_MIN_CLIP_SPEECH": "1.5",
-    "VOICEGATE_POLICY_ENROLL_MIN_TOTAL_SPEECH": "1.5",
+    "VOICEGATE_POLICY_ENROLL_MIN_CLIP_SPEECH": "0.8",
+    "VOICEGATE_POLICY_ENROLL_MIN_TOTAL_SPEECH": "0.8",
     "VOICEGATE_POLICY_LOCKOUT_ATTEMPTS": "100000",
     "VOICEGATE_POLICY_LOCKOUT_CLIENT_ATTEMPTS": "100000",
     "VOICEGATE_POLICY_LOCKOUT_DELAY": "0",
@@ -88,6 +88,15 @@ class Service:
         if invited.exit_code != 0:
             raise ServiceError(f"flask users invite {name} failed: {invited.output.strip()}")
         return invited.output.strip().splitlines()[-1]
+
+    def set_setting(self, name: str, value) -> None:
+        """Store one admin setting in the server's database (sessions read settings as they start)."""
+        from app.db import db
+        from app.models import Setting
+
+        with self._admin.app_context():
+            Setting.put(name, value, "bench")
+            db.session.commit()
 
     def memory(self) -> dict | None:
         """Return the server's resident memory in MB (the worker that holds the models), if it is ours."""

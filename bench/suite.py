@@ -216,7 +216,8 @@ def write(results: dict, out: Path, report_path: Path, rendering: bool = False) 
              "streams": out.with_name(f"{out.stem}-streams.png")}
     if scores is not None:
         report.plot_scores(plots["scores"], scores, results["sv"]["threshold"])
-        report.plot_det(plots["det"], scores, results["sv"]["threshold"])
+        report.plot_det(plots["det"], scores, results["sv"]["threshold"],
+                        (results["sv"]["far_at_default"], results["sv"]["frr_at_default"]))
     report.plot_streams(plots["streams"], results["speed"]["concurrency"], results["speed"]["fall_behind_s"])
     if not rendering:
         tmp = out.with_suffix(".json.tmp")

@@ -12,6 +12,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
+from app.gate.policy import DEFAULT_TARGET_FAR
 from app.db import db
 from app.engines.runtime import _wanted_whisper, whisper_status
 from app.models import AdminAccount, AuditEvent, EnrollmentInvite, Setting, User, Voiceprint, utcnow
@@ -272,10 +273,10 @@ def test_audit_log_filters_paginates_and_exports_csv(app, signed_in):
 def test_settings_are_validated_stored_and_in_force_without_restart(app, signed_in):
     response = post(signed_in, "/admin/settings", threshold="1.5", enroll_min_clips="2.5", min_verify_speech="2")
     assert response.status_code == 400
-    assert "Accept threshold: must be between 0.05 and 0.99" in response.text and "whole number" in response.text
+    assert "Raw cosine floor: must be between 0.05 and 0.99" in response.text and "whole number" in response.text
     assert 'value="1.5"' in response.text  # the refused value is shown again
     with app.test_request_context():
-        assert current_policy().threshold == pytest.approx(0.40) and current_policy().min_verify_speech == 1.5
+        assert current_policy().threshold == pytest.approx(0.25) and current_policy().min_verify_speech == 0.8
 
     post(signed_in, "/admin/settings", threshold="0.55", min_verify_speech="2", enroll_min_clips="4",
          enroll_min_clip_speech="3", enroll_min_total_speech="15", whisper_model="tiny.en")
@@ -290,7 +291,7 @@ def test_settings_are_validated_stored_and_in_force_without_restart(app, signed_
 
     post(signed_in, "/admin/settings", reset="yes")
     with app.test_request_context():
-        assert current_policy() == dataclasses.replace(current_policy(), threshold=0.40, enroll_min_clips=3)
+        assert current_policy() == dataclasses.replace(current_policy(), threshold=0.25, enroll_min_clips=3)
         assert Setting.stored() == {}
 
 
@@ -315,7 +316,7 @@ def test_a_stored_value_out_of_range_refuses_decisions_but_the_settings_screen_o
         with pytest.raises(SettingsUnavailable):
             current_policy()  # never the configured default in its place
         lenient = current_policy(strict=False)
-        assert lenient.threshold == pytest.approx(0.40) and lenient.enroll_min_clips == 2
+        assert lenient.threshold == pytest.approx(0.25) and lenient.enroll_min_clips == 2
     add_admin(app)
     client = app.test_client()
     sign_in(client)
@@ -373,7 +374,7 @@ def test_settings_chart_shows_accepted_and_rejected_scores_and_a_proposed_thresh
     assert "4 accepted, score 0.60–0.65" in page and "3 rejected, score 0.10–0.15" in page
     assert "At 0.65, 4 of the 4 accepted attempts would have been rejected and 0 of the 3" in page
     assert "no ground truth" in page
-    assert signed_in.get("/admin/api/scores").json == {"accepted": [0.62] * 4, "rejected": [0.12] * 3, "threshold": 0.4}
+    assert signed_in.get("/admin/api/scores").json == {"accepted": [0.62] * 4, "rejected": [0.12] * 3, "threshold": 0.25}
 
 
 def test_dashboard_counts_todays_attempts(app, signed_in):
@@ -387,3 +388,18 @@ def test_dashboard_counts_todays_attempts(app, signed_in):
     assert re.search(r'stat-value">1</span><span class="stat-label">enrolled of 2 users', page)
     assert re.search(r'stat-value">5</span><span class="stat-label">attempts today', page)
     assert "75&nbsp;%" in page and "25&nbsp;%" in page
+
+
+def test_the_target_false_accept_rate_is_set_in_the_settings_and_nonsense_is_refused(app, signed_in):
+    for nonsense in ("0", "-0.01", "0.5", "nan", "inf", "one in a thousand", ""):
+        response = post(signed_in, "/admin/settings", target_far=nonsense)
+        assert response.status_code == 400, nonsense
+        assert "Target false-accept rate" in response.text
+    with app.test_request_context():
+        assert current_policy().target_far == pytest.approx(DEFAULT_TARGET_FAR)
+
+    post(signed_in, "/admin/settings", target_far="0.0001")
+    with app.test_request_context():
+        assert current_policy().target_far == pytest.approx(0.0001)
+        assert db.session.get(Setting, "target_far").updated_by == "root"
+    assert 'value="0.0001"' in signed_in.get("/admin/settings").text

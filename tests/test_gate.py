@@ -240,5 +240,5 @@ def test_a_short_phrase_right_after_the_users_speech_is_kept_and_another_voices_
         alone = finals(own)
     assert [f["state"] for f in after_speech] == ["accept", "accept", "reject"], after_speech
     assert "worth" in after_speech[1]["text"].lower() and after_speech[2]["text"] is None
-    # Without the user's verified speech just before it, the same phrase is too short to decide.
-    assert [f["state"] for f in alone] == ["not_enough_speech"] and alone[0]["text"] is None
+    # Alone, the same phrase holds enough speech (0.8 s) for a calibrated decision (docs/threshold.md).
+    assert [f["state"] for f in alone] == ["accept"] and "worth" in alone[0]["text"].lower()

@@ -296,7 +296,7 @@ def test_an_impostor_dictating_gets_no_text(server, speech, signed_in, tmp_path)
         page.goto("/dictate")
         page.get_by_role("button", name="Start dictating").click()
         rejected = page.locator("#utterances li.is-bad")
-        expect(rejected.first).to_have_text(re.compile(r"^Not verified — nothing was transcribed \(score -?\d\.\d\d, needs 0\.40\)\.$"),
+        expect(rejected.first).to_have_text(re.compile(r"^Not verified — nothing was transcribed \(score -?\d\.\d\d\)\.$"),
                                             timeout=DECISION_TIMEOUT)
         # Every file the impostor says is turned away before the page is stopped.
         expect(rejected.nth(len(IMPOSTOR_DICTATE) - 1)).to_be_visible(timeout=DECISION_TIMEOUT)

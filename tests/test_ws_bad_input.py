@@ -376,7 +376,7 @@ def test_enroll_with_a_used_or_foreign_invite_is_refused(gate, whose):
 
 @pytest.mark.parametrize("clip, state", [
     pytest.param(None, "no_speech", id="3s-of-zeros"),
-    pytest.param((PROBE, 1.0, 1.0), "not_enough_speech", id="1s-of-speech"),
+    pytest.param((PROBE, 1.0, 0.6), "not_enough_speech", id="0.6s-of-speech"),
 ])
 def test_too_little_speech_is_a_result_not_an_error(gate, speech, clip, state):
     audio = bytes(3 * RATE * 2) if clip is None else pcm(speech, *clip)

@@ -4,12 +4,14 @@ Takes numpy arrays and embeddings, returns plain values; no models, no database.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..engines.speaker import centroid, cosine
 from ..audio.vad import Segment
+from .calibration import Cohort, Quality, asnorm, load_cohort
+from .policy import Policy
 
 # A clip whose speech is quieter than this (RMS, dBFS) is too far from the microphone.
 QUIET_DBFS = -40.0
@@ -18,6 +20,8 @@ CLIPPED_FRACTION = 0.001
 FULL_SCALE = 0.99
 # Less speech than this is no speech at all (a cough, a click).
 MIN_ANY_SPEECH = 0.3
+# Enrolled voices at least this alike are taken for one person (kept out of each other's cohort).
+SAME_PERSON = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,31 +77,57 @@ def speech_state(speech_seconds: float, min_speech: float) -> str | None:
 
 @dataclass(frozen=True)
 class Match:
-    """The outcome of comparing one embedding with enrolled voices."""
+    """The outcome of comparing one embedding with enrolled voices.
+
+    ``score`` is the raw cosine (what admins read); ``calibrated`` is the calibrated score the
+    decision was made on, against ``calibrated_threshold`` (docs/threshold.md).
+    """
 
     state: str  # accept or reject
     user: str | None
     score: float | None
     runner_up: float | None = None
+    calibrated: float | None = None
+    calibrated_threshold: float | None = None
 
 
-def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, threshold: float) -> Match:
-    """Compare an embedding with one user's centroid (1:1)."""
+def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Policy, quality: Quality,
+           others: list[np.ndarray] | tuple = (), cohort: Cohort | None = None) -> Match:
+    """Compare an embedding with one user's centroid (1:1), calibrated for the test audio's quality.
+
+    Accepts when the calibrated score reaches the policy's target false-accept rate and the raw
+    cosine reaches the policy's floor. ``others`` are other enrolled users' voices, added to the
+    shipped cohort for AS-norm. A missing or altered cohort raises CalibrationError: nothing is accepted.
+    """
+    cohort = cohort or load_cohort()
     score = cosine(embedding, enrolled)
-    return Match("accept" if score >= threshold else "reject", user, score)
+    # A voice this close to the claimed one is most likely the same person under another name:
+    # normalising against it would hold them to their own voice.
+    others = [other for other in others if cosine(other, enrolled) < SAME_PERSON]
+    normed = asnorm(score, enrolled, embedding, cohort.with_others(others), cohort.calibration.top_k)
+    calibrated = cohort.calibration.calibrate(normed, quality)
+    needed = cohort.calibration.threshold(policy.target_far)
+    accept = calibrated >= needed and score >= policy.threshold
+    return Match("accept" if accept else "reject", user, score, calibrated=calibrated, calibrated_threshold=needed)
 
 
-def identify(embedding: np.ndarray, enrolled: dict[str, np.ndarray], threshold: float, margin: float) -> Match:
+def identify(embedding: np.ndarray, enrolled: dict[str, np.ndarray], policy: Policy, quality: Quality,
+             cohort: Cohort | None = None) -> Match:
     """Find who is speaking among ``enrolled`` (1:N, open set).
 
-    The best match must clear the threshold and beat the runner-up by ``margin``;
-    otherwise the speaker is unknown (state reject, user None).
+    Each voice is scored as in ``verify`` (the others form part of its cohort). The best must clear
+    the target false-accept rate divided by the number of voices (each is a chance to be wrong), and
+    beat the runner-up's raw cosine by ``identify_margin``; otherwise the speaker is unknown.
     """
     if not enrolled:
         return Match("reject", None, None)
-    scores = sorted(((cosine(embedding, vector), name) for name, vector in enrolled.items()), reverse=True)
-    best, name = scores[0]
-    runner_up = scores[1][0] if len(scores) > 1 else None
-    if best >= threshold and (runner_up is None or best - runner_up >= margin):
-        return Match("accept", name, best, runner_up)
-    return Match("reject", None, best, runner_up)
+    cohort = cohort or load_cohort()
+    share = replace(policy, target_far=policy.target_far / len(enrolled))
+    matches = sorted((verify(embedding, vector, name, share, quality,
+                             [v for other, v in enrolled.items() if other != name], cohort)
+                      for name, vector in enrolled.items()), key=lambda m: m.calibrated, reverse=True)
+    best = matches[0]
+    runner_up = max((m.score for m in matches[1:]), default=None)
+    if best.state == "accept" and (runner_up is None or best.score - runner_up >= policy.identify_margin):
+        return replace(best, runner_up=runner_up)
+    return replace(best, state="reject", user=None, runner_up=runner_up)

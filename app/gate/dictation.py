@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from . import store
+from . import calibration, decide, store
 from .base import Context, SessionError, new_request_id, run_model, seconds
 from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, Check, Span, horizon, spans
 from ..audio.vad import SAMPLE_RATE
@@ -180,10 +180,16 @@ class DictateSession:
     def _check(self, utterance: _Utterance, begin: int, end: int, threshold: float | None = None) -> None:
         """Score the window [begin, end) against the user's voice, if it holds enough speech."""
         begin = max(begin, utterance.start)
-        if self._endpointer.speech_seconds_between(begin, end) < MIN_WINDOW_SPEECH and threshold is None:
+        enough = min(MIN_WINDOW_SPEECH, self.ctx.policy.min_verify_speech)  # calibration decides short speech
+        if self._endpointer.speech_seconds_between(begin, end) < enough and threshold is None:
             return
-        threshold = self.ctx.policy.threshold if threshold is None else threshold
-        embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, self._slice(begin, end))
+        audio = self._slice(begin, end)
+        embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
+        if threshold is None:  # the calibrated decision every surface shares (docs/threshold.md)
+            quality = calibration.measure_quality(audio, self._endpointer.speech_seconds_between(begin, end))
+            match = decide.verify(embedding, self._enrolled, self.user, self.ctx.policy, quality)
+            utterance.checks.append(Check(begin, end, match.score, match.state == "accept"))
+            return
         score = cosine(embedding, self._enrolled)
         utterance.checks.append(Check(begin, end, score, score >= threshold))
 
@@ -262,10 +268,9 @@ class DictateSession:
         return run_model(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(begin, end)).text
 
     def _record(self, state: str, begin: int, end: int, score: float | None, reason: str | None = None) -> None:
-        policy = self.ctx.policy
         store.record(self.ctx.audit(
             self.request_id, "transcribe", state, claimed_user=self.user,
-            matched_user=self.user if state == "accept" else None, score=score, threshold=policy.threshold,
+            matched_user=self.user if state == "accept" else None, score=score, threshold=None,  # calibrated
             reason=reason or (None if state == "accept" else "other_voice" if state == "reject" else state),
             audio_seconds=seconds(end - begin),
         ))

@@ -4,17 +4,22 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-# How the default threshold was chosen: docs/threshold.md (bench/threshold.py).
-DEFAULT_THRESHOLD = 0.40
+# How the defaults were chosen: docs/threshold.md (bench/calibrate.py). A decision accepts when
+# the calibrated score reaches the target false-accept rate AND the raw cosine reaches the floor.
+DEFAULT_TARGET_FAR = 0.005
+DEFAULT_THRESHOLD = 0.25
 
 
 @dataclass(frozen=True)
 class Policy:
     """Every tunable of enrollment, verification and dictation; seconds are of speech unless named."""
 
+    target_far: float = DEFAULT_TARGET_FAR
+    # The raw cosine floor of a decision, and of an enrollment clip's consistency with the others.
     threshold: float = DEFAULT_THRESHOLD
     identify_margin: float = 0.10
-    min_verify_speech: float = 1.5
+    # Calibration makes short speech stricter by itself: 0.8 s keeps the false-accept rate (docs/threshold.md).
+    min_verify_speech: float = 0.8
     # A phrase with less speech than min_verify_speech is still decided, against this stricter
     # threshold, when it starts at most short_context_seconds after the user's accepted speech
     # in the same dictation (0 turns this off). How they were chosen: docs/threshold.md.

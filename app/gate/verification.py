@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import decide, store
+from . import calibration, decide, store
 from .. import tokens
 from .base import PROBLEM_MESSAGES, ClipBuffer, Context, SessionError, new_request_id, run_model, seconds, standing
 from .challenge import Challenge, answered, new_challenge
@@ -46,7 +46,9 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     kind = kind if claimed else "identify"
     result = {"type": "result", "mode": "verify", "request_id": request_id, "user": claimed,
               "score": None, "threshold": policy.threshold, "audio_seconds": seconds(audio.size)}
-    audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=policy.threshold,
+    # No threshold in the audit: the decision is on the calibrated score, and the raw cosine
+    # beside the raw floor alone would read as the wrong reason.
+    audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=None,
                       audio_seconds=result["audio_seconds"])
     wait = store.client_wait(claimed, ctx.client_addr, policy) if limit else 0
     if wait:
@@ -64,6 +66,7 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
         return {**result, "state": problem, "message": PROBLEM_MESSAGES[problem]}
 
     speech = sum(s.seconds for s in ctx.engines.vad.segments(audio))
+    quality = calibration.measure_quality(audio, speech)
     result["speech_seconds"] = round(speech, 2)
     state = decide.speech_state(speech, policy.min_verify_speech)
     if state:
@@ -80,11 +83,12 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
         return _shown(ctx, {**result, "state": "reject"})
     if claimed:
         enrolled = store.find_user(claimed).voiceprint.centroid_vector()
-        match = decide.verify(embedding, enrolled, claimed, policy.threshold)
+        others = [v for name, v in store.enrolled_voices().items() if name != claimed]
+        match = decide.verify(embedding, enrolled, claimed, policy, quality, others)
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
     else:
-        match = decide.identify(embedding, store.enrolled_voices(), policy.threshold, policy.identify_margin)
+        match = decide.identify(embedding, store.enrolled_voices(), policy, quality)
         audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user,
                         reason=None if match.state == "accept" else "unknown_speaker")
     account = store.find_user(match.user) if match.state == "accept" else None
@@ -110,7 +114,10 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     store.record_attempt(claimed, match.state == "accept", policy.lockout_attempts, policy.lockout_seconds, audit,
                          counted=limit)
     result.update(state=match.state, user=match.user if match.state == "accept" else claimed,
-                  score=None if match.score is None else round(match.score, 4))
+                  score=None if match.score is None else round(match.score, 4),
+                  calibrated_score=None if match.calibrated is None else round(match.calibrated, 3),
+                  calibrated_threshold=None if match.calibrated_threshold is None else round(match.calibrated_threshold, 3),
+                  target_far=policy.target_far)
     if match.runner_up is not None:
         result["runner_up_score"] = round(match.runner_up, 4)
     if match.state == "accept" and (login or not challenge_required(ctx)):

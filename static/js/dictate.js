@@ -44,7 +44,8 @@ function note(kind, text) {
   document.getElementById("heard").hidden = false;
 }
 
-const score = (message) => (message.score === null ? "" : ` (score ${message.score.toFixed(2)}, needs ${message.threshold.toFixed(2)})`);
+// The decision is on a calibrated score (docs/threshold.md): the raw score alone, no raw "needs".
+const score = (message) => (message.score === null ? "" : ` (score ${message.score.toFixed(2)})`);
 
 function onMessage(message) {
   if (message.type === "partial") {

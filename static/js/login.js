@@ -115,8 +115,8 @@ function onChunk(chunk) {
 }
 
 // The server shows scores only on an accept (the user's own) and to admins.
-const score = (result) => (typeof result.score === "number" && typeof result.threshold === "number"
-  ? ` (score ${result.score.toFixed(2)}, needs ${result.threshold.toFixed(2)})` : "");
+// The decision is on a calibrated score (docs/threshold.md): the raw score alone, no raw "needs".
+const score = (result) => (typeof result.score === "number" ? ` (score ${result.score.toFixed(2)})` : "");
 
 const challengeBox = document.getElementById("challenge");
 

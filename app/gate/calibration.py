@@ -1,0 +1,177 @@
+"""Calibrated verification scores: AS-norm against a cohort, then quality-aware calibration.
+
+A raw cosine means different things on a clean 6 s clip and on 1.5 s of noisy phone audio.
+Here it becomes a *calibrated score*: how many standard deviations the trial stands above what
+impostors score under the same conditions. The impostor distribution's centre and spread are
+functions of the test audio's quality (seconds of speech, SNR, bandwidth), fitted on held-out
+speakers by ``bench/calibrate.py``; a target false-accept rate maps to one calibrated threshold
+in every condition. Pure numpy: no models, no Flask, no database.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FRAME = 320  # 20 ms
+# The shipped cohort and calibration (made by bench/calibrate.py; docs/threshold.md).
+COHORT_PATH = Path(__file__).with_name("cohort.npz")
+# Quality features are clipped to the range the calibration was fitted on.
+SPEECH_RANGE = (0.5, 8.0)
+SNR_RANGE = (0.0, 40.0)
+BAND_RANGE = (-5.0, 0.0)
+NARROW_BAND = -3.0
+# Energy above this frequency tells wide-band audio from telephone and low-bit-rate codecs.
+BAND_EDGE_HZ = 3800.0
+
+
+class CalibrationError(RuntimeError):
+    """The shipped cohort or calibration is missing, altered or unusable: nothing can be decided."""
+
+
+@dataclass(frozen=True)
+class Quality:
+    """What the test audio's quality measured: seconds of speech, SNR (dB), high-band energy (log10 share)."""
+
+    speech_seconds: float
+    snr_db: float
+    band: float
+
+    def features(self) -> np.ndarray:
+        """Return the calibration's features: 1, log2 speech seconds, SNR / 10, band share, narrow band (clipped)."""
+        speech = np.clip(self.speech_seconds, *SPEECH_RANGE)
+        band = np.clip(self.band, *BAND_RANGE)
+        # Telephone and 8 kHz audio keep almost nothing above 3.8 kHz: a step, not a slope.
+        return np.array([1.0, np.log2(speech), np.clip(self.snr_db, *SNR_RANGE) / 10.0, band,
+                         max(0.0, NARROW_BAND - band)])
+
+
+def measure_quality(audio: np.ndarray, speech_seconds: float) -> Quality:
+    """Measure 16 kHz mono float32 audio: its SNR from frame powers, its share of energy above 3.8 kHz."""
+    usable = audio[: audio.size // FRAME * FRAME].astype(np.float64)
+    if usable.size < 2 * FRAME:
+        return Quality(speech_seconds, 0.0, BAND_RANGE[0])
+    frames = usable.reshape(-1, FRAME)
+    power = np.mean(np.square(frames), axis=1) + 1e-12
+    # Loud frames are speech over noise, quiet ones the noise between words.
+    snr = 10 * np.log10(np.percentile(power, 90) / np.percentile(power, 10))
+    loud = frames[power >= np.percentile(power, 50)] * np.hanning(FRAME)
+    spectrum = np.square(np.abs(np.fft.rfft(loud, axis=1))).sum(axis=0)
+    freqs = np.fft.rfftfreq(FRAME, 1 / SAMPLE_RATE)
+    share = spectrum[freqs >= BAND_EDGE_HZ].sum() / max(spectrum.sum(), 1e-20)
+    return Quality(float(speech_seconds), float(snr), float(np.log10(max(share, 1e-5))))
+
+
+def asnorm(raw: float, enrolled: np.ndarray, test: np.ndarray, cohort: np.ndarray, top_k: int) -> float:
+    """Return the adaptive symmetric normalisation of ``raw`` against the ``top_k`` closest cohort embeddings."""
+    if cohort.shape[0] < 2:
+        raise CalibrationError("AS-norm needs a cohort of at least two embeddings")
+    k = min(top_k, cohort.shape[0])
+    total = 0.0
+    for side in (enrolled, test):
+        scores = cohort @ (side / np.linalg.norm(side))
+        top = np.partition(scores, -k)[-k:]
+        total += (raw - float(top.mean())) / max(float(top.std()), 1e-3)
+    return total / 2
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Maps an AS-norm score and the test audio's quality to a calibrated score (impostor deviations)."""
+
+    top_k: int
+    centre: tuple[float, ...]  # impostor AS-norm mean = centre . features
+    spread: tuple[float, ...]  # log of impostor AS-norm deviation = spread . features
+    # Measured impostor tail: (false-accept rate, calibrated threshold) pairs, rate descending.
+    tail: tuple[tuple[float, float], ...] = ()
+
+    def calibrate(self, normed: float, quality: Quality) -> float:
+        """Return the calibrated score of an AS-norm score under ``quality``."""
+        features = quality.features()
+        centre = float(np.dot(self.centre, features))
+        spread = float(np.exp(np.dot(self.spread, features)))
+        return (normed - centre) / spread
+
+    def threshold(self, target_far: float) -> float:
+        """Return the calibrated threshold whose false-accept rate is ``target_far``.
+
+        Inside the measured tail the measured rate is used (interpolated in log rate); rarer
+        targets than measured extend it as a normal tail, never more lenient than measured.
+        """
+        if not 0.0 < target_far < 1.0:
+            raise ValueError("a false-accept rate is between 0 and 1")
+        gaussian = NormalDist().inv_cdf(1.0 - target_far)
+        if not self.tail:
+            return gaussian
+        rates = np.log10([far for far, _ in self.tail])[::-1]
+        values = np.array([z for _, z in self.tail])[::-1]
+        if np.log10(target_far) < rates[0]:  # rarer than measured
+            rarest, at = self.tail[-1]
+            return max(gaussian, at + gaussian - NormalDist().inv_cdf(1.0 - rarest))
+        return float(np.interp(np.log10(target_far), rates, values))
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The shipped cohort embeddings and the calibration fitted with them."""
+
+    embeddings: np.ndarray  # cohort size × 192, unit length, float32
+    calibration: Calibration
+    sha256: str
+
+    def with_others(self, others: list[np.ndarray]) -> np.ndarray:
+        """Return the cohort plus other enrolled users' voices (unit length)."""
+        if not others:
+            return self.embeddings
+        extra = np.stack([o / np.linalg.norm(o) for o in others]).astype(np.float32)
+        return np.concatenate([self.embeddings, extra])
+
+
+def save_cohort(path: Path, embeddings: np.ndarray, calibration: Calibration, about: dict) -> str:
+    """Write the cohort and calibration to ``path`` (npz); return its sha256."""
+    meta = {"top_k": calibration.top_k, "centre": list(calibration.centre), "spread": list(calibration.spread),
+            "tail": [list(p) for p in calibration.tail], **about}
+    with open(path, "wb") as handle:
+        # float16 halves the file; cosines move by under 0.001.
+        np.savez(handle, embeddings=np.asarray(embeddings, dtype="<f2"), meta=np.array(json.dumps(meta, sort_keys=True)))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_loaded: dict[Path, Cohort] = {}
+
+
+def load_cohort(path: Path = COHORT_PATH, expected_sha256: str | None = None) -> Cohort:
+    """Load (once per process) the cohort file; raise CalibrationError when it is missing or altered."""
+    path = Path(path)
+    if path in _loaded:
+        return _loaded[path]
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CalibrationError(f"the calibration cohort {path} cannot be read: {error}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and digest != expected_sha256:
+        raise CalibrationError(f"the calibration cohort {path} has been altered (sha256 {digest[:12]}...)")
+    try:
+        import io
+
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            embeddings = np.asarray(archive["embeddings"], dtype=np.float32)
+            meta = json.loads(str(archive["meta"]))
+        calibration = Calibration(int(meta["top_k"]), tuple(meta["centre"]), tuple(meta["spread"]),
+                                  tuple(tuple(p) for p in meta["tail"]))
+    except (KeyError, ValueError, TypeError) as error:
+        raise CalibrationError(f"the calibration cohort {path} is unusable: {error}") from None
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2 or not np.all(np.isfinite(embeddings)):
+        raise CalibrationError(f"the calibration cohort {path} holds no usable embeddings")
+    cohort = Cohort(embeddings, calibration, digest)
+    _loaded[path] = cohort
+    return cohort

@@ -1,0 +1,327 @@
+"""Fit the shipped cohort and calibration on held-out speakers, and measure it per condition on the rest.
+
+    python -m bench.degrade ../shared/data/speech-more            # once: the hard variant
+    python -m bench.calibrate [--data DIR] [--hard DIR] [--write-cohort] [--out bench/results/calibration.json]
+
+Speakers are split in two: ``COHORT_SPEAKERS`` (held out: their embeddings become the shipped
+cohort, and the calibration is fitted on their trials among each other) and the rest, on which
+everything is measured, per degradation condition, with the trials of the set's trials.tsv and,
+for false-accept rates fine enough to see 1 in 1000, every enrollment list against every other
+evaluation speaker's files. Embeddings are computed in this process and cached (bench/embedcache.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.gate.calibration import COHORT_PATH, Calibration, Quality, save_cohort
+from app.gate.policy import DEFAULT_TARGET_FAR
+
+from . import metrics
+from .data import SpeechSet
+from .degrade import condition_of, default_out
+from .embedcache import Measured, measure_set
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+MORE = Path(os.environ.get("VOICEGATE_SPEECH_MORE", ROOT.parent / "shared" / "data" / "speech-more"))
+# Held out from evaluation: the cohort and the calibration's fitting trials. Chosen to span the
+# set's collections, genders and ages (adults and children), before any score was looked at.
+COHORT_SPEAKERS = (
+    "fillets-cs-small", "fillets-nl-big", "vctk-p226", "vctk-p228", "speechocean-0006", "speechocean-0131",
+    "speechocean-0567", "speechocean-1260", "speechocean-2016", "speechocean-2282", "speechocean-4005",
+    "speechocean-8002", "speechocean-9607",
+)
+# Conditions whose cohort embeddings are shipped (the test side meets degraded audio).
+COHORT_CONDITIONS = ("clean", "noise5", "babble10", "opus12", "g711", "crop2", "crop1.5noise10")
+TOP_K = 30
+TARGET_FARS = (0.01, 0.005, 0.002, 0.001, 0.0005)
+MIN_SPEECH = (0.5, 0.8, 1.0, 1.5)
+
+DEFAULT_MIN_SPEECH = 0.8
+# Raw cosine floors tried under the calibrated decision.
+FLOORS = (0.0, 0.15, 0.20, 0.25, 0.30, 0.40)
+
+
+@dataclass
+class Trial:
+    """One scored trial: who was claimed, who spoke, under what condition."""
+
+    enroll: tuple[str, ...]
+    test: str
+    target: bool
+    condition: str
+    claimed: str
+    speaker: str
+
+
+class Scorer:
+    """Scores trials from cached embeddings: plain cosine, AS-norm, calibrated."""
+
+    def __init__(self, clean: dict[str, Measured], hard: dict[str, Measured], speaker_of: dict[str, str],
+                 cohort_keys: list[str], top_k: int):
+        self.clean, self.hard, self.speaker_of, self.top_k = clean, hard, speaker_of, top_k
+        self.cohort = np.stack([self._vector(k) for k in cohort_keys])
+        self.cohort_speaker = np.array([self.speaker(k) for k in cohort_keys])
+        self._stats: dict = {}
+
+    def _vector(self, key: str) -> np.ndarray:
+        return (self.hard[key] if key in self.hard else self.clean[key]).embedding
+
+    def speaker(self, key: str) -> str:
+        """Return the speaker of a clean or degraded file's label."""
+        return self.speaker_of[key.split("/", 1)[1] if key.split("/", 1)[0] in CONDITION_NAMES else key]
+
+    def enrolled(self, enroll: tuple[str, ...]) -> np.ndarray:
+        """Return the centroid of an enrollment list."""
+        mean = np.mean([self.clean[p].embedding for p in enroll], axis=0)
+        return mean / np.linalg.norm(mean)
+
+    def stats(self, name, vector: np.ndarray, exclude: tuple[str, ...]) -> tuple[float, float]:
+        """Return the mean and deviation of the top-k cohort scores of ``vector`` (cached by name)."""
+        key = (name, exclude)
+        if key not in self._stats:
+            scores = self.cohort @ vector
+            if exclude:
+                scores = scores[~np.isin(self.cohort_speaker, exclude)]
+            top = np.partition(scores, -self.top_k)[-self.top_k:]
+            self._stats[key] = (float(top.mean()), float(top.std()))
+        return self._stats[key]
+
+    def score(self, trials: list[Trial], exclude_speakers: bool) -> dict[str, np.ndarray]:
+        """Return raw cosines (centroid, clip mean, clip max), AS-norm scores and test qualities."""
+        out = defaultdict(list)
+        centroids = {}
+        for t in trials:
+            if t.enroll not in centroids:
+                centroids[t.enroll] = self.enrolled(t.enroll)
+            e, m = centroids[t.enroll], self.hard[t.test]
+            raw = float(e @ m.embedding)
+            clips = np.array([self.clean[p].embedding @ m.embedding for p in t.enroll])
+            exclude = tuple(sorted({t.claimed, t.speaker})) if exclude_speakers else ()
+            me, se = self.stats(t.enroll, e, exclude)
+            mt, st = self.stats(t.test, m.embedding, exclude)
+            out["raw"].append(raw)
+            out["clip_mean"].append(float(clips.mean()))
+            out["clip_max"].append(float(clips.max()))
+            out["asnorm"].append(0.5 * ((raw - me) / max(se, 1e-3) + (raw - mt) / max(st, 1e-3)))
+            out["features"].append(Quality(m.speech_seconds, m.snr_db, m.band).features())
+            out["speech"].append(m.speech_seconds)
+        return {k: np.array(v) for k, v in out.items()}
+
+
+CONDITION_NAMES: set[str] = set()
+
+
+def fit(normed: np.ndarray, features: np.ndarray, top_k: int) -> Calibration:
+    """Fit the impostor AS-norm centre and spread as functions of quality, and the measured tail."""
+    centre, *_ = np.linalg.lstsq(features, normed, rcond=None)
+    residual = normed - features @ centre
+    # For normal residuals, E[log|r|] = log(sigma) - 0.635: fit the log spread, then correct.
+    spread, *_ = np.linalg.lstsq(features, np.log(np.abs(residual) + 1e-6), rcond=None)
+    spread[0] += 0.635
+    calibration = Calibration(top_k, tuple(float(c) for c in centre), tuple(float(s) for s in spread))
+    z = np.array([calibration.calibrate(n, _q(f)) for n, f in zip(normed, features)])
+    tail = []
+    for far in (0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002):
+        if far * z.size < 10:  # fewer than ten exceedances: not measured, extended as a normal tail
+            break
+        tail.append((far, float(np.quantile(z, 1 - far))))
+    return Calibration(top_k, calibration.centre, calibration.spread, tuple(tail))
+
+
+def _q(features: np.ndarray) -> Quality:
+    # Inverse of Quality.features (within the clipped ranges) so that calibrate() sees the same values.
+    return Quality(float(2 ** features[1]), float(features[2] * 10), float(features[3]))
+
+
+def calibrated(calibration: Calibration, scores: dict[str, np.ndarray]) -> np.ndarray:
+    """Return calibrated scores of scored trials."""
+    return np.array([calibration.calibrate(n, _q(f)) for n, f in zip(scores["asnorm"], scores["features"])])
+
+
+def figures(genuine: np.ndarray, impostor: np.ndarray) -> dict:
+    """Return EER and a thinned DET curve."""
+    far, frr = metrics.det_points(genuine, impostor)
+    keep = np.unique(np.linspace(0, far.size - 1, min(far.size, 60)).astype(int))
+    return {"eer": round(metrics.eer(genuine, impostor), 4),
+            "det": {"far": [round(float(x), 5) for x in far[keep]], "frr": [round(float(x), 5) for x in frr[keep]]}}
+
+
+def plot(per: dict, path: Path, calibration: Calibration, default_far: float) -> None:
+    """Draw one DET panel per condition: plain cosine and calibrated scores, the default marked."""
+    from .report import DET_TICKS, plt
+
+    names = [c for c in per if c != "all"] + ["all"]
+    columns = 3
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.1 * rows), squeeze=False)
+    ticks = metrics.probit(np.array(DET_TICKS + (0.001, 0.005)), 10**6)
+    labels = [f"{t:.1%}" if t < 0.01 else f"{t:.0%}" for t in DET_TICKS + (0.001, 0.005)]
+    limit = metrics.probit(np.array([0.0005, 0.6]), 10**6)
+    for axis, name in zip(axes.flat, names):
+        row = per[name]
+        for system, style in (("raw", "--"), ("calibrated", "-")):
+            det = row[system]["det"]
+            axis.plot(metrics.probit(det["far"], row["nontargets"]), metrics.probit(det["frr"], row["targets"]), style,
+                      label=f"{'plain cosine' if system == 'raw' else 'calibrated'} (EER {row[system]['eer']:.1%})")
+        point = row["decisions"].get(f"far{default_far:g}_min{DEFAULT_MIN_SPEECH:g}")
+        if point:
+            axis.plot(metrics.probit([point["far"]], row["nontargets"]), metrics.probit([point["frr"]], row["targets"]),
+                      "ko", markersize=4, label="default")
+        axis.set_xticks(ticks, labels, fontsize=6)
+        axis.set_yticks(ticks, labels, fontsize=6)
+        axis.set_xlim(*limit)
+        axis.set_ylim(*limit)
+        axis.grid(True, linewidth=0.3)
+        axis.set_title(name, fontsize=9)
+        axis.legend(fontsize=6, loc="upper right")
+    for axis in list(axes.flat)[len(names):]:
+        axis.axis("off")
+    figure.supxlabel("false accept rate", fontsize=8)
+    figure.supylabel("false reject rate", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Fit, measure, print and write."""
+    parser = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=MORE)
+    parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.json")
+    parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)}")
+    parser.add_argument("--top-k", type=int, default=TOP_K)
+    parser.add_argument("--default-far", type=float, default=DEFAULT_TARGET_FAR, help="the target marked on the plots")
+    parser.add_argument("--cohort-conditions", default=",".join(COHORT_CONDITIONS))
+    parser.add_argument("--conditions", help="measure only these conditions of the hard variant (comma-separated)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    speech = SpeechSet(args.data.resolve())
+    hard_set = SpeechSet((args.hard or default_out(speech.root)).resolve())
+    if args.conditions:
+        wanted = set(args.conditions.split(","))
+        hard_set.trials = [t for t in hard_set.trials if condition_of(hard_set.label(t.test)) in wanted]
+    clean = {speech.label(k): v for k, v in measure_set(speech, [u.path for u in speech.utterances]).items()}
+    tests = sorted({t.test for t in hard_set.trials})
+    hard = {hard_set.label(k): v for k, v in measure_set(hard_set, tests).items()}
+    conditions = list(dict.fromkeys(condition_of(hard_set.label(t.test)) for t in hard_set.trials))
+    CONDITION_NAMES.update(conditions)
+    speaker_of = {speech.label(u.path): u.speaker for u in speech.utterances}
+    held = set(COHORT_SPEAKERS)
+    cohort_conditions = [c for c in args.cohort_conditions.split(",") if c in conditions]
+    cohort_keys = [f"{c}/{speech.label(u.path)}" for c in cohort_conditions for u in speech.utterances
+                   if u.speaker in held]
+    scorer = Scorer(clean, hard, speaker_of, cohort_keys, args.top_k)
+
+    # Every enrollment list of the trials, and every file, by speaker.
+    lists = defaultdict(set)
+    for t in speech.trials:
+        lists[speaker_of[speech.label(t.enroll[0])]].add(tuple(speech.label(p) for p in t.enroll))
+    files = defaultdict(list)
+    for u in speech.utterances:
+        files[u.speaker].append(speech.label(u.path))
+
+    def all_pairs(speakers: set[str]) -> list[Trial]:
+        trials = []
+        for claimed in sorted(speakers):
+            for enroll in sorted(lists[claimed]):
+                for spoken in sorted(speakers):
+                    for f in files[spoken]:
+                        if f in enroll:
+                            continue
+                        for c in conditions:
+                            trials.append(Trial(enroll, f"{c}/{f}", claimed == spoken, c, claimed, spoken))
+        return trials
+
+    # Fitting: impostor trials among the held-out speakers, each cohort without the two speakers.
+    fit_trials = all_pairs(held)
+    fit_scores = scorer.score(fit_trials, exclude_speakers=True)
+    impostor = ~np.array([t.target for t in fit_trials])
+    calibration = fit(fit_scores["asnorm"][impostor], fit_scores["features"][impostor], args.top_k)
+    logger.info("fitted on %d impostor trials of %d held-out speakers: %s", impostor.sum(), len(held), calibration)
+
+    # Evaluation: the rest, with trials.tsv's trials, and every pair.
+    rest = {u.speaker for u in speech.utterances} - held
+    listed = [Trial(tuple(speech.label(p) for p in t.enroll), hard_set.label(t.test), t.target,
+                    condition_of(hard_set.label(t.test)), speaker_of[speech.label(t.enroll[0])],
+                    scorer.speaker(hard_set.label(t.test))) for t in hard_set.trials]
+    listed = [t for t in listed if t.claimed in rest and t.speaker in rest]
+    pairs = all_pairs(rest)
+    results = {"cohort_speakers": sorted(held), "evaluation_speakers": sorted(rest), "top_k": args.top_k,
+               "cohort_conditions": cohort_conditions, "cohort_size": len(cohort_keys),
+               "calibration": {"centre": calibration.centre, "spread": calibration.spread, "tail": calibration.tail,
+                               "fitting_impostor_trials": int(impostor.sum())},
+               "sets": {}}
+    for set_name, trials in (("trials", listed), ("all_pairs", pairs)):
+        scores = scorer.score(trials, exclude_speakers=False)
+        scores["calibrated"] = calibrated(calibration, scores)
+        target = np.array([t.target for t in trials])
+        condition = np.array([t.condition for t in trials])
+        nclips = np.array([len(t.enroll) for t in trials])
+        per = {}
+        for c in conditions + ["all"]:
+            sel = np.ones_like(target) if c == "all" else condition == c
+            row = {"targets": int((sel & target).sum()), "nontargets": int((sel & ~target).sum())}
+            for system in ("raw", "clip_mean", "clip_max", "asnorm", "calibrated"):
+                g, i = scores[system][sel & target], scores[system][sel & ~target]
+                row[system] = figures(g, i) if system in ("raw", "calibrated") else {"eer": round(metrics.eer(g, i), 4)}
+            for n in (1, 3):
+                s2 = sel & (nclips == n)
+                if (s2 & target).any() and (s2 & ~target).any():
+                    row[f"eer_{n}clip"] = {s: round(metrics.eer(scores[s][s2 & target], scores[s][s2 & ~target]), 4)
+                                           for s in ("raw", "clip_mean", "clip_max", "calibrated")}
+            decisions = {}
+            for far in TARGET_FARS:
+                t_z = calibration.threshold(far)
+                for minimum in MIN_SPEECH:
+                    enough = scores["speech"] >= minimum
+                    accept = enough & (scores["calibrated"] >= t_z)
+                    decisions[f"far{far:g}_min{minimum:g}"] = {
+                        "threshold": round(t_z, 3),
+                        "far": round(float(accept[sel & ~target].mean()), 5),
+                        "frr": round(float(1 - accept[sel & target].mean()), 5),
+                        "not_enough_speech": round(float(1 - enough[sel & target].mean()), 5)}
+            t_z = calibration.threshold(args.default_far)
+            for floor in FLOORS:
+                accept = (scores["speech"] >= DEFAULT_MIN_SPEECH) & (scores["calibrated"] >= t_z) & (scores["raw"] >= floor)
+                decisions[f"default_floor{floor:.2f}"] = {"far": round(float(accept[sel & ~target].mean()), 5),
+                                                          "frr": round(float(1 - accept[sel & target].mean()), 5)}
+            for cos in (0.30, 0.40):
+                accept = (scores["speech"] >= 1.5) & (scores["raw"] >= cos)
+                decisions[f"cosine{cos:.2f}_min1.5"] = {"far": round(float(accept[sel & ~target].mean()), 5),
+                                                        "frr": round(float(1 - accept[sel & target].mean()), 5)}
+            row["decisions"] = decisions
+            row["speech_seconds_p10"] = round(float(np.percentile(scores["speech"][sel], 10)), 2)
+            per[c] = row
+        results["sets"][set_name] = per
+        print(f"\n{set_name}: EER raw / clip_mean / clip_max / asnorm / calibrated, and FAR/FRR at {args.default_far:g}, min {DEFAULT_MIN_SPEECH:g} s")
+        for c, row in per.items():
+            d = row["decisions"][f"far{args.default_far:g}_min{DEFAULT_MIN_SPEECH:g}"]
+            print(f"  {c:<15} n={row['targets']:>5}/{row['nontargets']:<6} " + "  ".join(
+                f"{row[s]['eer']:6.2%}" for s in ("raw", "clip_mean", "clip_max", "asnorm", "calibrated"))
+                + f"   FAR {d['far']:.3%} FRR {d['frr']:.2%} (nes {d['not_enough_speech']:.1%})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results["sets"]["all_pairs"], args.out.with_name(args.out.stem + "-det.png"), calibration, args.default_far)
+    if args.write_cohort:
+        about = {"made_by": "python -m bench.calibrate --write-cohort", "speakers": sorted(held),
+                 "conditions": cohort_conditions, "source": "speech-more (held-out speakers)"}
+        digest = save_cohort(COHORT_PATH, scorer.cohort, calibration, about)
+        print(f"wrote {COHORT_PATH} ({scorer.cohort.shape[0]} embeddings) sha256 {digest}")
+        results["cohort_sha256"] = digest
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

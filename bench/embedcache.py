@@ -1,0 +1,81 @@
+"""Embeddings and quality of every file of a speech set, computed once in this process and cached.
+
+The cache lives outside the repository (``$VOICEGATE_CACHE`` or the system's temp folder), keyed by
+the set's path; it holds embeddings and measurements, never audio.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import SpeechSet
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One file: its ECAPA embedding, seconds of speech (VAD), and quality."""
+
+    embedding: np.ndarray
+    speech_seconds: float
+    snr_db: float
+    band: float
+
+
+def cache_dir() -> Path:
+    """Return the folder for cached embeddings (outside the repository)."""
+    return Path(os.environ.get("VOICEGATE_CACHE", Path(tempfile.gettempdir()) / "voicegate-cache"))
+
+
+def measure_set(speech: SpeechSet, files: list[Path], encoder=None) -> dict[Path, Measured]:
+    """Return every file's measurements, computing the missing ones (the cache is per set folder)."""
+    from app.gate.calibration import measure_quality
+
+    key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
+    path = cache_dir() / f"embeddings-{speech.root.name}-{key}.npz"
+    cached: dict[str, Measured] = {}
+    if path.is_file():
+        with np.load(path) as data:
+            for label, row, meta in zip(data["labels"], data["embeddings"], data["meta"]):
+                cached[str(label)] = Measured(row, *map(float, meta))
+    missing = [p for p in files if speech.label(p) not in cached]
+    if missing:
+        from app.audio.vad import Vad
+
+        speech_seconds = Vad().seconds
+
+        if encoder is None:
+            from app.engines import modelstore
+            from app.engines.speaker import SpeakerEncoder
+
+            models = os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models")
+            encoder = SpeakerEncoder(modelstore.model_dir(models, "ecapa"), threads=1, precision="float32")
+        logger.info("embedding %d files of %s (%d cached)", len(missing), speech.root, len(cached))
+        for index, file in enumerate(missing):
+            audio = speech.audio(file)
+            speech_s = speech_seconds(audio)
+            quality = measure_quality(audio, speech_s)
+            cached[speech.label(file)] = Measured(encoder.embed(audio), speech_s, quality.snr_db, quality.band)
+            if (index + 1) % 200 == 0 or index + 1 == len(missing):
+                logger.info("embedded %d/%d", index + 1, len(missing))
+                _save(path, cached)
+            speech._audio.pop(file, None)  # keep memory flat on big sets
+    return {p: cached[speech.label(p)] for p in files}
+
+
+def _save(path: Path, cached: dict[str, Measured]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = sorted(cached)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, labels=np.array(labels), embeddings=np.stack([cached[k].embedding for k in labels]),
+             meta=np.array([[cached[k].speech_seconds, cached[k].snr_db, cached[k].band] for k in labels]))
+    tmp.replace(path)

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 # What a caller who is not an admin learns of a decision that was not an accept: the state,
 # never the score or threshold (they would let someone tune a voice until it passes), and
 # never whether the name exists (an unknown, disabled or unenrolled name answers ``reject``).
-_HIDDEN = ("score", "threshold", "runner_up_score")
+_HIDDEN = ("score", "threshold", "runner_up_score", "calibrated_score", "calibrated_threshold", "target_far")
 
 
 def challenge_required(ctx: Context) -> bool:

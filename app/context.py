@@ -28,9 +28,15 @@ def session_context(protocol: str) -> Context:
         protocol=protocol,
         client_addr=request.remote_addr,
         admin=is_admin() and same_origin(),
+        signed_in_user=_signed_in_name() if same_origin() else None,
     )
     release_db()
     return context
+
+
+def _signed_in_name() -> str | None:
+    user = current_user()
+    return user.name if user is not None else None
 
 
 def release_db() -> None:

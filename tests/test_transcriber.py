@@ -71,3 +71,15 @@ def test_cut_utterances_are_not_said_twice(engines, speech):
             cut = audio[int(begin * 16000): audio.size - int(end * 16000)]
             text = normalise(engines.transcriber.transcribe(cut, draft=True).text)
             assert len(text.split()) <= 1.3 * words + 2, (utterance.file, begin, end, text)
+
+
+def test_a_draft_that_loops_on_a_few_tokens_is_caught():
+    # "is to be old-est-est-est-est..." came out of a short-window decode on an AMD machine.
+    from types import SimpleNamespace
+
+    from app.engines.transcriber import _loops
+
+    tokenizer = SimpleNamespace(eot=50256)
+    assert _loops([318, 284, 307, 1468, 395, 395, 395, 395, 395], tokenizer)
+    assert _loops([11, 12, 13, 11, 12, 13, 11, 12, 13, 11, 12, 13], tokenizer)
+    assert not _loops([318, 284, 307, 1468, 395, 12, 395, 13, 50256], tokenizer)

@@ -18,11 +18,9 @@ SHORT_PAD_FRAMES = 200
 LOG_PROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 NO_SPEECH_THRESHOLD = 0.6
-# Failures those thresholds miss, seen on real speech: a loop of a few tokens
-# ("old-est-est-est-...") and a decode that stops before the audio does.
+# A failure those thresholds miss, seen on real speech: a loop of a few tokens ("old-est-est-est-...").
 LOOP_REPEATS = 4
 LOOP_MAX_TOKENS = 4
-TRUNCATED_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,8 +109,7 @@ class Transcriber:
         text = " ".join(_segments_within(tokens, tokenizer, audio.size / SAMPLE_RATE))
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         if (avg_logprob < LOG_PROB_THRESHOLD or get_compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
-                or result.no_speech_prob > NO_SPEECH_THRESHOLD or _loops(tokens, tokenizer)
-                or _last_timestamp(tokens, tokenizer) < audio.size / SAMPLE_RATE - TRUNCATED_SECONDS):
+                or result.no_speech_prob > NO_SPEECH_THRESHOLD or _loops(tokens, tokenizer)):
             return None
         return text
 
@@ -126,12 +123,6 @@ def _loops(tokens: list[int], tokenizer) -> bool:
             if all(text[start + k * size:start + (k + 1) * size] == unit for k in range(1, LOOP_REPEATS)):
                 return True
     return False
-
-
-def _last_timestamp(tokens: list[int], tokenizer) -> float:
-    """Return the last timestamp the decoder gave, in seconds (0 when it gave none)."""
-    stamps = [token - tokenizer.timestamp_begin for token in tokens if token >= tokenizer.timestamp_begin]
-    return max(stamps) * 0.02 if stamps else 0.0
 
 
 def _segments_within(tokens: list[int], tokenizer, seconds: float) -> list[str]:

@@ -37,6 +37,8 @@ class Context:
     client_addr: str | None = None
     # A signed-in admin (same-origin) made the request: may see scores and user standing.
     admin: bool = False
+    # The user whose sign-in cookie came with a same-origin request (the browser's pages), if any.
+    signed_in_user: str | None = None
 
     def audit(self, request_id: str, kind: str, decision: str, **fields) -> Audit:
         """Return an audit record of this context's protocol and client."""

@@ -56,18 +56,22 @@ class DictateSession:
     """Dictation gated by identity: ``audio`` in, partials and finals out (see the module docstring).
 
     ``live``: a real-time stream that holds one of the server's dictation slots; a whole
-    recording (HTTP) takes none and computes no partials.
+    recording (HTTP) takes none and computes no partials. ``shows_scores``: finals carry the
+    scores (the user's own, or an admin's view). ``standing``: why a stranger-named user cannot
+    be verified (unknown_user, disabled, not_enrolled): every check then fails, as a wrong voice.
     """
 
     mode = "dictate"
 
-    def __init__(self, ctx: Context, user_name: str, live: bool = True):
+    def __init__(self, ctx: Context, user_name: str, live: bool = True, shows_scores: bool = True,
+                 standing: str | None = None):
         self.ctx, self.user = ctx, user_name
+        self.shows_scores, self.standing = shows_scores, standing
         self.request_id = new_request_id()
         self.done = False
         policy = ctx.policy
         self.partials = live and policy.partial_interval != float("inf")
-        self._enrolled = store.find_user(user_name).voiceprint.centroid_vector()
+        self._enrolled = None if standing else store.find_user(user_name).voiceprint.centroid_vector()
         self._endpointer = ctx.engines.vad.endpointer(policy.end_silence_ms, policy.max_utterance_seconds)
         self._audio = np.zeros(0, dtype=np.float32)
         self._offset = 0  # stream sample of self._audio[0]
@@ -185,6 +189,9 @@ class DictateSession:
             return
         audio = self._slice(begin, end)
         embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
+        if self._enrolled is None:
+            utterance.checks.append(Check(begin, end, -1.0, False))  # no voice to match: as a wrong one
+            return
         if threshold is None:  # the calibrated decision every surface shares (docs/threshold.md)
             quality = calibration.measure_quality(audio, self._endpointer.speech_seconds_between(begin, end))
             match = decide.verify(embedding, self._enrolled, self.user, self.ctx.policy, quality)
@@ -252,6 +259,8 @@ class DictateSession:
         final = {"type": "final", "utterance": self._finals, "state": state, "text": text,
                  "score": None if span.score is None else round(span.score, 4),
                  "threshold": self.ctx.policy.threshold, "start": seconds(begin), "end": seconds(span.end)}
+        if not self.shows_scores:
+            del final["score"], final["threshold"]  # scores are for the user and admins only
         self.segments.append(final)
         return [final]
 
@@ -270,8 +279,9 @@ class DictateSession:
     def _record(self, state: str, begin: int, end: int, score: float | None, reason: str | None = None) -> None:
         store.record(self.ctx.audit(
             self.request_id, "transcribe", state, claimed_user=self.user,
-            matched_user=self.user if state == "accept" else None, score=score, threshold=None,  # calibrated
-            reason=reason or (None if state == "accept" else "other_voice" if state == "reject" else state),
+            matched_user=self.user if state == "accept" else None, score=None if self.standing else score,
+            threshold=None,  # decided on a calibrated score
+            reason=reason or self.standing or (None if state == "accept" else "other_voice" if state == "reject" else state),
             audio_seconds=seconds(end - begin),
         ))
 

@@ -33,7 +33,8 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
     if mode == "dictate":
         if not user:
             raise SessionError("user_required", "dictation needs a user (or a session token)")
-        return open_dictation(ctx, user, signed_in=signed_in)
+        # The browser's dictation page: the user's own sign-in cookie, on a same-origin socket.
+        return open_dictation(ctx, user, signed_in=signed_in or admin or user == ctx.signed_in_user)
     if mode == "verify" and not admin and not signed_in:
         # Decided after the audio, like a wrong voice: a stranger learns nothing from the start.
         return VerifySession(ctx, user)
@@ -47,13 +48,16 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
 def open_dictation(ctx: Context, user: str, live: bool = True, *, signed_in: bool = False) -> DictateSession:
     """Return a dictation for ``user`` behind the identity gate, or raise SessionError (audited) if they cannot dictate.
 
-    ``signed_in``: the caller proved to be ``user`` (a session token or a dictation key), so
-    the per-client limits, which only other people's failures could have tripped, do not apply.
+    ``signed_in``: the caller proved to be ``user`` (a session token or a dictation key), or is
+    an admin, so the per-client limits, which only other people's failures could have tripped,
+    do not apply, and the scores are theirs to see. Anyone else naming a user who does not
+    exist, is disabled or has not enrolled gets what a wrong voice gets: a session whose every
+    utterance is rejected (after the same work), so that the name's standing stays private.
     """
     problem = user_problem(ctx, user, new_request_id(), "transcribe", limit=not signed_in)
-    if problem:
+    if problem == "locked" or (problem and signed_in):
         raise SessionError(problem, PROBLEM_MESSAGES[problem])
-    return DictateSession(ctx, user, live=live)
+    return DictateSession(ctx, user, live=live, shows_scores=signed_in, standing=problem)
 
 
 def token_user(ctx: Context, token, claimed: str | None = None) -> str:

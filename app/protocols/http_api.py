@@ -115,8 +115,9 @@ def transcribe():
         raise ApiError("user_required", "give a session token (Authorization: Bearer ...) or a user")
     ctx = session_context("http")
     audio = _uploaded_audio()
+    signed_in = _token_user() is not None or ctx.admin
     try:
-        session = open_dictation(ctx, user, live=False, signed_in=_token_user() is not None)
+        session = open_dictation(ctx, user, live=False, signed_in=signed_in)
     except SessionError as error:
         if error.code in ("disabled", "not_enrolled", "locked"):
             return jsonify(mode="transcribe", user=user, state=error.code, message=error.message, text=None, segments=[])
@@ -125,13 +126,11 @@ def transcribe():
         transcribe_recording(session, audio)
     finally:
         session.close()
-    segments = [{key: final[key] for key in ("start", "end", "state", "score", "text")} for final in session.segments]
+    # Someone who only named the user sees no scores to tune a voice by (the audit log has them).
+    segments = [{"start": f["start"], "end": f["end"], "state": f["state"], "score": f.get("score"), "text": f["text"]}
+                for f in session.segments]
     accepted = [segment["text"] for segment in segments if segment["state"] == "accept" and segment["text"]]
-    figures = {"threshold": ctx.policy.threshold}
-    if _token_user() is None and not ctx.admin:
-        # Someone who only named the user sees no scores to tune a voice by (the audit log has them).
-        segments = [{**segment, "score": None} for segment in segments]
-        figures = {}
+    figures = {"threshold": ctx.policy.threshold} if signed_in else {}
     return jsonify(mode="transcribe", user=user, request_id=session.request_id, state=summary_state(segments),
                    audio_seconds=round(audio.size / 16000, 3), text=" ".join(accepted) if accepted else None,
                    segments=segments, **figures)

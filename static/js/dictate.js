@@ -45,7 +45,8 @@ function note(kind, text) {
 }
 
 // The decision is on a calibrated score (docs/threshold.md): the raw score alone, no raw "needs".
-const score = (message) => (message.score === null ? "" : ` (score ${message.score.toFixed(2)})`);
+// Scores come only to the signed-in user and to admins; a missing one shows nothing.
+const score = (message) => (typeof message.score === "number" ? ` (score ${message.score.toFixed(2)})` : "");
 
 function onMessage(message) {
   if (message.type === "partial") {

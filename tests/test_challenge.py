@@ -5,7 +5,6 @@ of each digit); logins say the challenge's digits from repetitions 3 and 4, neve
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
@@ -18,6 +17,7 @@ import requests
 
 from clients import voicegate as client
 from app.gate.challenge import spoken_digits
+from bench.challenge import wav_bytes
 
 from .conftest import ROOT, make_app, serve
 
@@ -125,14 +125,8 @@ def _challenge(live, address: str, user: str = "jackson") -> dict:
 
 
 def _verify(live, address: str, challenge_id: str | None, audio: np.ndarray, user: str = "jackson"):
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(16000)
-        handle.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     fields = {"user": user, **({"challenge": challenge_id} if challenge_id else {})}
-    return requests.post(f"{live.url}/api/v1/verify", data=fields, files={"audio": ("a.wav", buffer.getvalue())},
+    return requests.post(f"{live.url}/api/v1/verify", data=fields, files={"audio": ("a.wav", wav_bytes(audio))},
                          headers={"X-Forwarded-For": address}, timeout=60)
 
 

@@ -273,7 +273,8 @@ def test_the_signed_in_speaker_dictates_and_copies_the_text(server, speech, sign
                 {childList: true, characterData: true, subtree: true}); }""")
         page.get_by_role("button", name="Start dictating").click()
         expect(page.get_by_role("button", name="Stop")).to_be_visible()
-        page.locator("#partial").filter(has_text=re.compile(r"\w")).wait_for(timeout=DECISION_TIMEOUT)
+        # A partial may be on screen only briefly before its final on a loaded machine: the observer sees it.
+        page.wait_for_function("window.partials.length > 0", timeout=DECISION_TIMEOUT)
         screenshot(page, "dictate-1-partial")
         expect(page.locator("#utterances li.is-ok")).to_have_count(1, timeout=DECISION_TIMEOUT)
         page.get_by_role("button", name="Stop").click()

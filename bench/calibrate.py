@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.gate.calibration import COHORT_PATH, Calibration, Quality, save_cohort
+from app.gate.calibration import COHORT_PATH, COHORT_SHA256, Calibration, Quality, save_cohort
 from app.gate.policy import DEFAULT_TARGET_FAR
 
 from . import metrics
@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "conditions": cohort_conditions, "source": "speech-more (held-out speakers)"}
         digest = save_cohort(COHORT_PATH, scorer.cohort, calibration, about)
         print(f"wrote {COHORT_PATH} ({scorer.cohort.shape[0]} embeddings) sha256 {digest}")
+        if digest != COHORT_SHA256:
+            print("the server refuses this file until COHORT_SHA256 in app/gate/calibration.py is set to it")
         results["cohort_sha256"] = digest
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     return results

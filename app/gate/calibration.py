@@ -24,6 +24,9 @@ SAMPLE_RATE = 16000
 FRAME = 320  # 20 ms
 # The shipped cohort and calibration (made by bench/calibrate.py; docs/threshold.md).
 COHORT_PATH = Path(__file__).with_name("cohort.npz")
+# The shipped cohort's sha256, as `python -m bench.calibrate --write-cohort` reports it: a file
+# that differs (damaged, or swapped for one that would accept other voices) is refused.
+COHORT_SHA256 = "429f957d14d391b2905fba391e84e1ab04b972e33bb129dedae930c4e2c2c6ae"
 # Quality features are clipped to the range the calibration was fitted on.
 SPEECH_RANGE = (0.5, 8.0)
 SNR_RANGE = (0.0, 40.0)
@@ -148,8 +151,11 @@ def save_cohort(path: Path, embeddings: np.ndarray, calibration: Calibration, ab
 _loaded: dict[Path, Cohort] = {}
 
 
-def load_cohort(path: Path = COHORT_PATH, expected_sha256: str | None = None) -> Cohort:
-    """Load (once per process) the cohort file; raise CalibrationError when it is missing or altered."""
+def load_cohort(path: Path = COHORT_PATH, expected_sha256: str | None = COHORT_SHA256) -> Cohort:
+    """Load (once per process) the cohort file; raise CalibrationError when it is missing or altered.
+
+    ``expected_sha256`` None loads any cohort file (the calibration script's own, while fitting).
+    """
     path = Path(path)
     if path in _loaded:
         return _loaded[path]

@@ -33,6 +33,7 @@ import numpy as np
 from app import create_app
 from app.engines.runtime import load_engines
 
+from .data import wav_bytes
 from .replay import opus
 from .threshold import ROOT
 
@@ -51,16 +52,6 @@ def join(parts: list[np.ndarray], rng: random.Random) -> np.ndarray:
     for part in parts:
         out += [part, np.zeros(int(16000 * rng.uniform(0.25, 0.5)), np.float32)]
     return np.concatenate(out)
-
-
-def wav_bytes(audio: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(16000)
-        handle.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 class Login:

@@ -7,7 +7,10 @@ Paths are relative to the set's directory or absolute. Either table may be absen
 from __future__ import annotations
 
 import csv
+import io
 import os
+import subprocess
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +113,24 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def pcm16(audio: np.ndarray) -> bytes:
     """Return float32 audio as 16-bit little-endian PCM bytes."""
     return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    """Return 16 kHz mono float32 audio as the bytes of a 16-bit WAV file (made in memory)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(SAMPLE_RATE)
+        handle.writeframes(pcm16(audio))
+    return buffer.getvalue()
+
+
+def espeak(voice: str, text: str, speed: int | None = None) -> np.ndarray:
+    """Return ``text`` spoken by an espeak-ng voice as 16 kHz mono float32, made in memory."""
+    from app.audio.decode import decode
+
+    rate = ["-s", str(speed)] if speed else []
+    wav = subprocess.run(["espeak-ng", "-v", voice, *rate, "--stdout", text], capture_output=True, check=True,
+                         timeout=60).stdout
+    return decode(wav)

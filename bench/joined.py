@@ -4,14 +4,15 @@ Each recording is the owner's utterance and another voice's (a real speaker of t
 espeak-ng), in either order, with a pause between them. What the gate returns is scored by
 two measures: the other voice's words that came out (leaks; the goal is none) and the
 share of the owner's words that came out, beside plain Whisper on the owner's part alone.
-Audio is made in memory (espeak-ng and sox through pipes); nothing is written to disk.
+Audio is made in memory; nothing is written to disk.
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 
 import numpy as np
+
+from .data import espeak
 
 SAMPLE_RATE = 16000
 PAUSES = (0.0, 0.25, 1.0)
@@ -54,18 +55,9 @@ class Joined:
         return np.concatenate([first.audio, gap, second.audio]).astype(np.float32)
 
 
-def espeak(text: str, voice: str = "en-us+m3") -> np.ndarray:
-    """Return ``text`` spoken by espeak-ng as 16 kHz mono float32 (espeak-ng and sox, through pipes)."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], check=True,
-                         capture_output=True, timeout=60).stdout
-    raw = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
-                          "-e", "signed-integer", "-"], input=wav, check=True, capture_output=True, timeout=60).stdout
-    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768
-
-
 def synthetic_parts() -> list[Part]:
     """Return the espeak-ng voices, one sentence each."""
-    return [Part(f"espeak-{voice}", espeak(text, voice), text) for voice, text in SYNTHETIC]
+    return [Part(f"espeak-{voice}", espeak(voice, text, speed=150), text) for voice, text in SYNTHETIC]
 
 
 def recordings(owner: Part, others: list[Part], pauses=PAUSES, orders=ORDERS) -> list[Joined]:

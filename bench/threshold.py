@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ import numpy as np
 from app.audio.decode import decode
 from app.engines.runtime import load_engines
 from app.engines.speaker import centroid, cosine
+
+from .data import espeak
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
@@ -45,12 +46,6 @@ def speech_set(data: Path) -> dict[str, list[np.ndarray]]:
         for row in csv.DictReader(handle, delimiter="\t"):
             groups.setdefault(row["speaker"], []).append(decode((data / row["file"]).read_bytes()))
     return groups
-
-
-def espeak(voice: str, text: str) -> np.ndarray:
-    """Synthesise ``text`` with an espeak-ng voice, in memory."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
-    return decode(wav)
 
 
 def middle(audio: np.ndarray, seconds: float) -> np.ndarray:

@@ -17,7 +17,7 @@ import requests
 
 from clients import voicegate as client
 from app.gate.challenge import spoken_digits
-from bench.challenge import wav_bytes
+from bench.data import wav_bytes
 
 from .conftest import ROOT, make_app, serve
 
@@ -47,11 +47,7 @@ def saying(speaker: str, digits: str, repetitions=(3, 4)) -> np.ndarray:
 
 def wav_file(folder: Path, name: str, audio: np.ndarray) -> Path:
     path = folder / f"{name}.wav"
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(16000)
-        handle.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    path.write_bytes(wav_bytes(audio))
     return path
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import wave
 
 import jiwer
 import numpy as np
@@ -19,6 +18,7 @@ from app.gate.base import Context
 from app.gate.dictation import DictateSession
 from app.gate.release import ACCEPT, PENDING, REJECT, Check, horizon, spans
 from app.settings import current_policy
+from bench.data import wav_bytes
 from bench.joined import Part, leaks, recall, recordings, synthetic_parts, words
 from clients import kaldi as kaldi_client
 from clients import voicegate as client
@@ -123,7 +123,7 @@ def test_the_command_line_client_over_the_websocket_and_http(gate, tmp_path):
     live, joined_recordings, plain = gate
     for joined in _some(joined_recordings, (0.25,)):
         path = tmp_path / "joined.wav"
-        _write_wav(path, joined.audio)
+        path.write_bytes(wav_bytes(joined.audio))
         replies = []
         result = client.run("dictate", [path], live.ws_url, user="lj", echo=lambda line: replies.append(line))
         uploaded = client.transcribe(path, live.ws_url, user="lj")  # the client's HTTP command
@@ -177,14 +177,6 @@ def _konele_url(live) -> str:
     result = live.app.test_cli_runner().invoke(args=["users", "key", "lj", "--base-url", live.url])
     assert result.exit_code == 0, result.output
     return result.output.strip().splitlines()[-1]
-
-
-def _write_wav(path, audio: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(S)
-        handle.writeframes(pcm(audio))
 
 
 def test_a_client_that_vanishes_after_partial_text_still_leaves_its_audit_row(gate, engines):

@@ -184,8 +184,9 @@ class DictateSession:
     def _check(self, utterance: _Utterance, begin: int, end: int, threshold: float | None = None) -> None:
         """Score the window [begin, end) against the user's voice, if it holds enough speech."""
         begin = max(begin, utterance.start)
+        speech = self._endpointer.speech_seconds_between(begin, end)
         enough = min(MIN_WINDOW_SPEECH, self.ctx.policy.min_verify_speech)  # calibration decides short speech
-        if self._endpointer.speech_seconds_between(begin, end) < enough and threshold is None:
+        if speech < enough and threshold is None:
             return
         audio = self._slice(begin, end)
         embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
@@ -193,7 +194,7 @@ class DictateSession:
             utterance.checks.append(Check(begin, end, -1.0, False))  # no voice to match: as a wrong one
             return
         if threshold is None:  # the calibrated decision every surface shares (docs/threshold.md)
-            quality = calibration.measure_quality(audio, self._endpointer.speech_seconds_between(begin, end))
+            quality = calibration.measure_quality(audio, speech)
             match = decide.verify(embedding, self._enrolled, self.user, self.ctx.policy, quality)
             utterance.checks.append(Check(begin, end, match.score, match.state == "accept"))
             return

@@ -1,9 +1,12 @@
 """Speech to text with faster-whisper (CTranslate2, int8 on the CPU)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # Whisper's mel frames
@@ -18,9 +21,15 @@ SHORT_PAD_FRAMES = 200
 LOG_PROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 NO_SPEECH_THRESHOLD = 0.6
-# A failure those thresholds miss, seen on real speech: a loop of a few tokens ("old-est-est-est-...").
+# Failures those thresholds miss, seen on real speech: a loop of a few tokens ("old-est-est-est-..."),
+# a phrase said twice ("were the immediate credit, which were the immediate credit", LJ001-0004
+# cut at 60%), and a decode that stops well before the audio does (LJ001-0007's "... of about").
 LOOP_REPEATS = 4
 LOOP_MAX_TOKENS = 4
+REPEATED_WORDS = 4  # a run of this many words that comes back later in the same draft
+# The decoder's last timestamp may fall short of the audio's end by a half word cut at the
+# horizon (a draft is cut by design); a whole word or more missing is a truncated decode.
+TRUNCATED_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -35,10 +44,12 @@ class Transcript:
 class Transcriber:
     """Transcribe 16 kHz mono float32 audio with one faster-whisper model."""
 
-    def __init__(self, model: str, threads: int = 0, beam_size: int = 5, workers: int = 1, short_context: bool = True):
+    def __init__(self, model: str, threads: int = 0, beam_size: int = 5, workers: int = 1, short_context: bool = True,
+                 compute_type: str = "int8"):
         """Load ``model``; up to ``workers`` calls from different threads run in parallel.
 
         ``short_context`` encodes an utterance over its own length rather than 30 s.
+        ``compute_type`` is CTranslate2's (int8 is the fastest on every CPU measured: bench/runtimes.py).
         """
         # Imported here so that code which never transcribes never loads CTranslate2.
         from faster_whisper import WhisperModel
@@ -48,8 +59,9 @@ class Transcriber:
         self.short_context = short_context
         # CTranslate2 runs one call per worker at a time and queues the rest, so calls
         # from the inference pool's threads need no lock of ours.
-        self._model = WhisperModel(model, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=workers)
+        self._model = WhisperModel(model, device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=workers)
         self.multilingual = self._model.model.is_multilingual
+        self.fallbacks = 0  # drafts decoded again over the 30 s window because they looked wrong
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None,
                    draft: bool = False) -> Transcript:
@@ -85,11 +97,21 @@ class Transcriber:
         sometimes says the utterance twice, the second time over the silent padding. Any
         segment that starts after the audio has ended is dropped for the same reason.
         """
+        draft = self.decode_short(audio, language, beam_size)
+        problem = draft.problem()
+        if problem:
+            self.fallbacks += 1
+            logger.debug("draft of %.1f s decoded again over 30 s: %s", audio.size / SAMPLE_RATE, problem)
+            return None
+        return draft.text
+
+    def decode_short(self, audio: np.ndarray, language: str = "en", beam_size: int | None = None) -> ShortDecode:
+        """Return the short-window decode of ``audio`` with what is needed to judge it (no fallback)."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+        from faster_whisper.transcribe import get_suppressed_tokens
 
-        features = self._model.feature_extractor(audio)
+        features = self._model.feature_extractor(np.ascontiguousarray(audio, dtype=np.float32))
         frames = features.shape[-1]
         length = min(WINDOW_FRAMES, -(-(frames + SHORT_PAD_FRAMES) // FRAMES_PER_SECOND) * FRAMES_PER_SECOND)
         padded = np.zeros((1, features.shape[0], length), dtype=np.float32)
@@ -98,7 +120,7 @@ class Transcriber:
         result = self._model.model.generate(
             ctranslate2.StorageView.from_array(padded),
             [list(tokenizer.sot_sequence)],
-            beam_size=beam_size,
+            beam_size=beam_size or self.beam_size,
             max_length=self._model.max_length,
             return_scores=True,
             return_no_speech_prob=True,
@@ -106,12 +128,40 @@ class Transcriber:
             suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
         )[0]
         tokens = result.sequences_ids[0]
-        text = " ".join(_segments_within(tokens, tokenizer, audio.size / SAMPLE_RATE))
-        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        if (avg_logprob < LOG_PROB_THRESHOLD or get_compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
-                or result.no_speech_prob > NO_SPEECH_THRESHOLD or _loops(tokens, tokenizer)):
-            return None
-        return text
+        seconds = audio.size / SAMPLE_RATE
+        return ShortDecode(" ".join(_segments_within(tokens, tokenizer, seconds)), tuple(tokens), seconds,
+                           result.scores[0] * len(tokens) / (len(tokens) + 1), result.no_speech_prob, tokenizer)
+
+
+@dataclass(frozen=True)
+class ShortDecode:
+    """A short-window decode: its text, tokens, the audio's length, and the decoder's confidences."""
+
+    text: str
+    tokens: tuple[int, ...]
+    seconds: float
+    avg_logprob: float
+    no_speech_prob: float
+    tokenizer: object
+
+    def problem(self) -> str | None:
+        """Return why this decode cannot be trusted (a loop, a repeat, a cut ending, ...), or None."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        tokens = list(self.tokens)
+        if self.avg_logprob < LOG_PROB_THRESHOLD:
+            return "low log probability"
+        if get_compression_ratio(self.text) > COMPRESSION_RATIO_THRESHOLD:
+            return "compression ratio"
+        if self.no_speech_prob > NO_SPEECH_THRESHOLD:
+            return "no speech"
+        if _loops(tokens, self.tokenizer):
+            return "token loop"
+        if _repeats(self.text):
+            return "repeated phrase"
+        if truncated(tokens, self.tokenizer, self.seconds):
+            return "truncated ending"
+        return None
 
 
 def _loops(tokens: list[int], tokenizer) -> bool:
@@ -123,6 +173,24 @@ def _loops(tokens: list[int], tokenizer) -> bool:
             if all(text[start + k * size:start + (k + 1) * size] == unit for k in range(1, LOOP_REPEATS)):
                 return True
     return False
+
+
+def _repeats(text: str) -> bool:
+    """Return True when a run of REPEATED_WORDS words occurs twice in ``text`` (a phrase said again)."""
+    words = [word.strip(".,;:!?\"'").lower() for word in text.split()]
+    seen = set()
+    for start in range(len(words) - REPEATED_WORDS + 1):
+        run = tuple(words[start:start + REPEATED_WORDS])
+        if run in seen:
+            return True
+        seen.add(run)
+    return False
+
+
+def truncated(tokens: list[int], tokenizer, seconds: float) -> bool:
+    """Return True when the decoder's last timestamp is TRUNCATED_SECONDS or more before ``seconds`` (the audio's end)."""
+    stamps = [token - tokenizer.timestamp_begin for token in tokens if token >= tokenizer.timestamp_begin]
+    return (max(stamps) * 0.02 if stamps else 0.0) < seconds - TRUNCATED_SECONDS
 
 
 def _segments_within(tokens: list[int], tokenizer, seconds: float) -> list[str]:

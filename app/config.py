@@ -38,6 +38,9 @@ class Config:
     INFERENCE_THREADS = 1
     # ECAPA's arithmetic: "auto" is bfloat16 on CPUs that compute it natively, else float32.
     SPEAKER_PRECISION = "auto"
+    # Who runs ECAPA: "auto" is ONNX Runtime on the export `flask models fetch` makes (same
+    # scores, faster: docs/benchmarks.md, "Runtimes"), else PyTorch; "onnx" or "torch" to force.
+    SPEAKER_RUNTIME = "auto"
 
     # Limits on one piece of incoming audio.
     MAX_AUDIO_BYTES = 32 * 1024 * 1024

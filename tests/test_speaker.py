@@ -45,7 +45,7 @@ def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
 
     # The session's encoder is one of the two precisions; load only the other one.
     other = "float32" if engines.speaker.precision == "bfloat16" else "bfloat16"
-    loaded = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision=other)
+    loaded = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision=other, runtime="torch")
     encoders = {engines.speaker.precision: engines.speaker, other: loaded}
     assert loaded.precision == other
     trials = speech.trials if fast_bfloat16() else speech.trials[::10]
@@ -58,3 +58,36 @@ def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
     print(f"\nlargest score difference over {len(trials)} trials, bfloat16 vs float32: {worst:.4f}")
     assert len({same for _, _, same in trials}) == 2  # the sample holds both kinds of trial
     assert worst < 0.01
+
+
+def test_the_onnx_export_scores_like_speechbrain_in_pytorch(engines, speech):
+    """ONNX Runtime on the export made at `flask models fetch` gives PyTorch float32's scores.
+
+    Both run float32 on any CPU, so scores agree to the third decimal and no decision moves.
+    """
+    from app.engines.speaker import SpeakerEncoder, onnx_export_current
+    from app.gate.policy import Policy
+    from tests.conftest import MODELS_DIR
+
+    directory = MODELS_DIR / "spkrec-ecapa-voxceleb"
+    assert onnx_export_current(directory), "flask models fetch exports ECAPA to ONNX"
+    assert engines.speaker.runtime == "onnx"  # what the service loads when the export is there
+    reference = SpeakerEncoder(directory, threads=1, precision="float32", runtime="torch")
+    trials = speech.trials[::4]
+    files = sorted({f for enroll, test, _ in trials for f in [*enroll, test]})
+    clips = {f: speech.load(f) for f in files}
+    onnx = {f: engines.speaker.embed(a) for f, a in clips.items()}
+    torch = {f: reference.embed(a) for f, a in clips.items()}
+    assert min(cosine(onnx[f], torch[f]) for f in files) > 0.9999
+    threshold = Policy().threshold
+    worst = 0.0
+    for enroll_files, test_file, _ in trials:
+        scores = [cosine(centroid(np.stack([e[f] for f in enroll_files])), e[test_file]) for e in (onnx, torch)]
+        worst = max(worst, abs(scores[0] - scores[1]))
+        assert (scores[0] >= threshold) == (scores[1] >= threshold)
+    print(f"\nlargest score difference over {len(trials)} trials, ONNX Runtime vs PyTorch: {worst:.5f}")
+    assert worst < 0.001
+    # Equal-length windows of several streams embed in one call exactly as one by one.
+    windows = [clips[f][:32000] for f in files[:4]]
+    together = engines.speaker.embed_many(windows)
+    assert all(cosine(together[i], engines.speaker.embed(w)) > 0.99999 for i, w in enumerate(windows))

@@ -59,7 +59,8 @@ def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
 
 
 def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int, queue: int, beam_size: int = 5,
-                 threads: int = 1, speaker_precision: str = "auto", max_streams: int | None = None) -> Engines:
+                 threads: int = 1, speaker_precision: str = "auto", max_streams: int | None = None,
+                 speaker_runtime: str = "auto") -> Engines:
     """Load both models from ``models_dir`` and start the inference pool.
 
     Each model call runs on ``threads`` threads. One per call, with one worker per core,
@@ -80,12 +81,14 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     vad = Vad()
     timings["vad"] = time.perf_counter() - started
     started = time.perf_counter()
-    speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads, precision=speaker_precision)
+    speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads, precision=speaker_precision,
+                             runtime=speaker_runtime)
     timings["speaker"] = time.perf_counter() - started
     started = time.perf_counter()
     transcriber = load_transcriber(models_dir, whisper_model, threads=threads, beam_size=beam_size, workers=workers)
     timings["whisper"] = time.perf_counter() - started
-    logger.info("models loaded: ECAPA (%s) in %.1f s, Whisper %s in %.1f s", speaker.precision, timings["speaker"],
+    logger.info("models loaded: ECAPA (%s %s) in %.1f s, Whisper %s in %.1f s", speaker.runtime, speaker.precision,
+                timings["speaker"],
                 whisper_model, timings["whisper"])
     streams = StreamSlots(max_streams or 2 * workers)
     return Engines(speaker, transcriber, vad, InferencePool(workers, queue), streams, timings, whisper_model)
@@ -130,6 +133,7 @@ def get_engines(app: Flask | None = None) -> Engines:
                     threads=int(app.config["INFERENCE_THREADS"]),
                     speaker_precision=app.config["SPEAKER_PRECISION"],
                     max_streams=app.config["MAX_STREAMS"],
+                    speaker_runtime=app.config.get("SPEAKER_RUNTIME", "auto"),
                 )
             except Exception as error:
                 # Kept for /healthz; the caller still gets the exception.

@@ -1,6 +1,14 @@
-"""Speaker embeddings with SpeechBrain's ECAPA-TDNN, and cosine scoring."""
+"""Speaker embeddings with SpeechBrain's ECAPA-TDNN, and cosine scoring.
+
+SpeechBrain is the source of the model. ``flask models fetch`` also exports its embedding
+network to ONNX (``export_onnx``), which ONNX Runtime runs with the same scores (cosine to
+PyTorch float32 above 0.9999) in about 0.7 of the time on the CPUs measured
+(docs/benchmarks.md, "Runtimes"); without the export, PyTorch runs it.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +18,14 @@ EMBEDDING_DIM = 192
 # ECAPA's convolutions need a few frames; anything this short carries no voice anyway.
 MIN_SAMPLES = 1600
 MODEL_ID = "speechbrain/spkrec-ecapa-voxceleb"
+# The ONNX export of the embedding network, and what it was made from (beside the weights).
+ONNX_FILE = "embedding_model.onnx"
+ONNX_ABOUT = "embedding_model.onnx.json"
+SOURCE_FILE = "embedding_model.ckpt"
+# An export whose embeddings stray further than this from PyTorch's (cosine) is not used.
+ONNX_MIN_COSINE = 0.9999
+
+logger = logging.getLogger(__name__)
 
 
 class SpeakerEncoder:
@@ -17,8 +33,13 @@ class SpeakerEncoder:
 
     model_id = MODEL_ID
 
-    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, precision: str = "auto"):
-        """Load ECAPA from ``model_dir``; ``precision`` is float32, bfloat16, or auto (see fast_bfloat16)."""
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, precision: str = "auto",
+                 runtime: str = "auto"):
+        """Load ECAPA from ``model_dir``; ``precision`` is float32, bfloat16, or auto (see fast_bfloat16).
+
+        ``runtime``: onnx (ONNX Runtime, float32, on the export), torch, or auto (onnx when a
+        current export is in ``model_dir``).
+        """
         # Imported here so that code which never embeds (migrations, the CLI) never loads torch.
         import torch
         from speechbrain.inference.speaker import EncoderClassifier
@@ -42,6 +63,16 @@ class SpeakerEncoder:
         self._model.eval()
         if precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision must be auto, float32 or bfloat16, not {precision!r}")
+        if runtime not in ("auto", "onnx", "torch"):
+            raise ValueError(f"runtime must be auto, onnx or torch, not {runtime!r}")
+        self._session = None
+        self.runtime = "torch"
+        if runtime == "onnx" or (runtime == "auto" and onnx_export_current(directory)):
+            self._session = _onnx_session(Path(directory) / ONNX_FILE, threads or 1)
+            self.runtime, self.precision = "onnx", "float32"
+            # The network's PyTorch weights (and the unused classifier) are not needed any more.
+            del self._model.mods["embedding_model"], self._model.mods["classifier"]
+            return
         # bfloat16 runs ECAPA about 1.6 times as fast where the CPU computes it natively
         # (AMX or AVX-512 BF16); cosine scores move by at most 0.004 (docs/benchmarks.md).
         self.precision = "bfloat16" if precision == "bfloat16" or (precision == "auto" and fast_bfloat16()) else "float32"
@@ -50,13 +81,112 @@ class SpeakerEncoder:
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         """Return the unit-length embedding (float32, 192) of 16 kHz mono float32 audio."""
-        if audio.ndim != 1 or audio.size < MIN_SAMPLES:
-            raise ValueError(f"embed() takes a 1-D array of at least {MIN_SAMPLES} samples at 16 kHz")
-        tensor = self._torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-        bfloat16 = self.precision == "bfloat16"
-        with self._torch.inference_mode(), self._torch.autocast("cpu", dtype=self._torch.bfloat16, enabled=bfloat16):
-            vector = self._model.encode_batch(tensor)[0, 0].float().numpy()
-        return normalise(vector)
+        return self.embed_many([audio])[0]
+
+    def embed_many(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Return the unit-length embeddings (n × 192) of clips, in one model call when they are equally long.
+
+        Each clip is normalised on its own (sentence-level), so a clip's embedding is the same
+        alone or with others: the sliding windows of many streams can share one call.
+        """
+        for audio in clips:
+            if audio.ndim != 1 or audio.size < MIN_SAMPLES:
+                raise ValueError(f"embed() takes a 1-D array of at least {MIN_SAMPLES} samples at 16 kHz")
+        if not clips:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        if len({audio.size for audio in clips}) > 1:
+            return np.stack([self.embed_many([audio])[0] for audio in clips])
+        torch = self._torch
+        batch = torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in clips]))
+        if self._session is not None:
+            with torch.inference_mode():
+                features = self._model.mods.mean_var_norm(self._model.mods.compute_features(batch),
+                                                          torch.ones(batch.shape[0]))
+            vectors = self._session.run(None, {"features": features.numpy()})[0]
+        else:
+            bfloat16 = self.precision == "bfloat16"
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                vectors = self._model.encode_batch(batch)[:, 0].float().numpy()
+        return np.stack([normalise(vector) for vector in vectors])
+
+
+def _onnx_session(path: Path, threads: int):
+    """Open an ONNX Runtime session on ``path`` that runs one call on ``threads`` threads."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Calls come from the inference pool's threads; spinning idle workers would steal their cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_export_current(model_dir: str | os.PathLike) -> bool:
+    """Return True when ``model_dir`` holds an ONNX export made from the pinned weights there."""
+    from . import modelstore
+
+    directory = Path(model_dir)
+    try:
+        about = json.loads((directory / ONNX_ABOUT).read_text())
+    except (OSError, ValueError):
+        return False
+    pinned = modelstore.MODELS["ecapa"].sha256[SOURCE_FILE]
+    if about.get("source_sha256") != pinned or not (directory / ONNX_FILE).is_file():
+        logger.warning("the ONNX export in %s is not of the pinned ECAPA weights; PyTorch runs ECAPA", directory)
+        return False
+    return True
+
+
+def export_onnx(model_dir: str | os.PathLike, log=print) -> Path:
+    """Export ECAPA's embedding network from SpeechBrain to ONNX beside its weights; return the file.
+
+    The export is checked against PyTorch on real-length input before it is kept.
+    """
+    import torch
+
+    from . import modelstore
+
+    directory = Path(model_dir)
+    target = directory / ONNX_FILE
+    if onnx_export_current(directory):
+        log(f"ecapa: ONNX export present in {target}")
+        return target
+    encoder = SpeakerEncoder(directory, precision="float32", runtime="torch")
+    network = encoder._model.mods["embedding_model"]
+
+    class Embedding(torch.nn.Module):
+        """Features (batch × frames × 80) to embeddings (batch × 192)."""
+
+        def __init__(self):
+            super().__init__()
+            self.network = network
+
+        def forward(self, features):
+            return self.network(features)[:, 0, :]
+
+    partial = target.with_name(target.name + ".partial")
+    torch.onnx.export(Embedding().eval(), (torch.randn(1, 200, 80),), str(partial), input_names=["features"],
+                      output_names=["embedding"], opset_version=17, dynamo=False,
+                      dynamic_axes={"features": {0: "batch", 1: "frames"}, "embedding": {0: "batch"}})
+    session = _onnx_session(partial, 1)
+    rng = np.random.default_rng(0)
+    worst = 1.0
+    for seconds in (1.0, 2.0, 7.3):
+        audio = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+        reference = encoder.embed(audio)
+        features = encoder._model.mods.mean_var_norm(encoder._model.mods.compute_features(torch.from_numpy(audio)[None]),
+                                                     torch.ones(1))
+        worst = min(worst, cosine(reference, session.run(None, {"features": features.detach().numpy()})[0][0]))
+    if worst < ONNX_MIN_COSINE:
+        partial.unlink()
+        raise modelstore.ModelError(f"the ONNX export of ECAPA differs from PyTorch (cosine {worst:.6f}); not kept")
+    os.replace(partial, target)
+    about = {"source_sha256": modelstore.MODELS["ecapa"].sha256[SOURCE_FILE], "torch": torch.__version__,
+             "opset": 17, "min_cosine_to_torch": round(worst, 7)}
+    (directory / ONNX_ABOUT).write_text(json.dumps(about, indent=1) + "\n")
+    log(f"ecapa: exported to ONNX in {target} (cosine to PyTorch {worst:.6f})")
+    return target
 
 
 def fast_bfloat16() -> bool:

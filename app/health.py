@@ -30,7 +30,10 @@ def healthz():
     # The model in use (an admin may have switched it), else the one that will be loaded.
     whisper = whisper_status(current_app)["active"] or current_app.config["WHISPER_MODEL"]
     models = {
-        "speaker": {"name": "ecapa", "present": modelstore.is_complete(models_dir, "ecapa"), "loaded": loaded},
+        "speaker": {"name": "ecapa", "present": modelstore.is_complete(models_dir, "ecapa"), "loaded": loaded,
+                    # onnx or torch, and the arithmetic: which runtime decides (docs/benchmarks.md, "Runtimes").
+                    "runtime": f"{get_engines(current_app).speaker.runtime} {get_engines(current_app).speaker.precision}"
+                    if loaded else None},
         "whisper": {
             "name": whisper,
             # A hub name or a directory of the user's own cannot be checked file by file.

@@ -55,7 +55,8 @@ class Models:
         self.threads = threads
         self._whisper = resolve_whisper(models_dir, whisper)
         # Stock behaviour: float32 ECAPA, and faster-whisper's 30 s window for every utterance.
-        self.speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=self.threads, precision="float32")
+        self.speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=self.threads, precision="float32",
+                                      runtime="torch")
         self.transcriber = Transcriber(self._whisper, threads=self.threads, beam_size=beam_size, short_context=False)
         self.embedding_timings = Timings()
         self.transcription_timings = Timings()

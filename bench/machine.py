@@ -8,6 +8,8 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SIMD_FLAGS = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"}
 PACKAGES = ("torch", "speechbrain", "faster-whisper", "ctranslate2", "onnxruntime", "flask", "gunicorn")
 
 
@@ -16,6 +18,9 @@ def describe() -> dict:
     return {
         "cores": os.cpu_count(),
         "cpu": _cpuinfo("model name") or platform.processor() or None,
+        "cpu_vendor": _cpuinfo("vendor_id"),
+        # The instruction sets that decide which kernels the runtimes pick.
+        "cpu_flags": sorted(set((_cpuinfo("flags") or "").split()) & SIMD_FLAGS),
         "memory_gb": _memory_gb(),
         "os": platform.platform(),
         "python": platform.python_version(),

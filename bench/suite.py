@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, data: Path, name: str, levels: list[int]) -> d
         "data": {"path": _shown(data), "files": len(speech.files()), "speakers": len({u.speaker for u in speech.utterances}),
                  "trials": len(speech.trials), "targets": sum(t.target for t in speech.trials)},
         "machine": about,
-        "models": {"speaker": MODEL_ID, "whisper": whisper, "whisper_beam_size": beam, "threads_per_call": threads,
+        "models": {"speaker": MODEL_ID, "speaker_runtime": health["models"]["speaker"].get("runtime"), "whisper": whisper, "whisper_beam_size": beam, "threads_per_call": threads,
                    "whisper_multilingual": models.transcriber.multilingual, "vad": "Silero (as shipped in faster-whisper)"},
         "server": server_info,
         "memory": memory or {"rss_mb": None, "peak_rss_mb": None, "master_rss_mb": None, "total_rss_mb": None},
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace, data: Path, name: str, levels: list[int]) -> d
         "verify_5s": verify_5s, "final_5s": final_5s, "concurrency": concurrency,
         "fall_behind_s": speed.FALL_BEHIND_S,
     }
-    results["targets"] = speed.targets(verify_5s, final_5s, concurrency)
+    results["targets"] = speed.targets(verify_5s, final_5s, concurrency, results["asr"], results["memory"])
     results["details"] = {"sv_enrollments": sv_raw["enrollments"] if sv_raw else [],
                           "sv_trials": sv_raw["trials"] if sv_raw else [], "asr_files": asr_records}
     return results

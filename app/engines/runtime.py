@@ -91,7 +91,10 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
                 timings["speaker"],
                 whisper_model, timings["whisper"])
     streams = StreamSlots(max_streams or 2 * workers)
-    return Engines(speaker, transcriber, vad, InferencePool(workers, queue), streams, timings, whisper_model)
+    pool = InferencePool(workers, queue)
+    # A lone verification (nothing else queued, no live stream) embeds on every core.
+    speaker.idle = lambda: pool.pending <= 1 and streams.open == 0
+    return Engines(speaker, transcriber, vad, pool, streams, timings, whisper_model)
 
 
 def load_transcriber(models_dir: str | os.PathLike, whisper_model: str, threads: int = 1, beam_size: int = 5,

@@ -32,7 +32,8 @@ class Config:
     INFERENCE_WORKERS = os.cpu_count() or 1
     INFERENCE_QUEUE = 8
     # Live dictations at once; the next is told "busy" at its start instead of every
-    # stream falling behind. None means two per inference worker.
+    # stream falling behind. None follows the measured load of the inference pool (one per
+    # worker always, more while the workers are busy less than 70% of the time, 8 per worker at most).
     MAX_STREAMS: int | None = None
     # Threads inside one model call (see runtime.load_engines for why one).
     INFERENCE_THREADS = 1

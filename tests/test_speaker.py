@@ -99,3 +99,36 @@ def test_the_onnx_export_scores_like_speechbrain_in_pytorch(engines, speech):
     windows = [clips[f][:32000] for f in files[:4]]
     together = engines.speaker.embed_many(windows)
     assert all(cosine(together[i], engines.speaker.embed(w)) > 0.99999 for i, w in enumerate(windows))
+
+
+def test_the_windows_of_many_live_streams_share_one_model_call(engines, speech):
+    """Eight streams' voice-check windows that wait together are embedded in one call, each as it would be alone."""
+    import threading
+    import time
+
+    from app.engines.batch import WindowBatcher
+    from app.engines.pool import InferencePool
+
+    pool = InferencePool(1, 8)
+    batcher = WindowBatcher(engines.speaker, pool)
+    windows = [speech.load(u.file)[:32000] for u in speech.utterances[:8]]
+    alone = [engines.speaker.embed(w) for w in windows]
+    held = threading.Event()
+    pool.submit(held.wait, 60)  # the one worker is busy, as under load: the windows queue up
+    results: list = [None] * len(windows)
+
+    def stream(index: int) -> None:
+        results[index] = batcher.embed(windows[index])
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(windows))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(batcher._waiting) < len(windows) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held.set()
+    for thread in threads:
+        thread.join(60)
+    pool.shutdown()
+    assert batcher.windows == len(windows) and batcher.calls == 1
+    assert all(cosine(r, a) > 0.99999 for r, a in zip(results, alone))

@@ -5,6 +5,8 @@ Also the admission limit on live streams (dictations), which need the pool every
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
@@ -25,6 +27,8 @@ class InferencePool:
         self._slots = threading.BoundedSemaphore(self.capacity)
         self._pending = 0
         self._count_lock = threading.Lock()
+        self._calls: deque[tuple[float, float]] = deque()  # (end, seconds) of recent calls
+        self._running: dict[int, float] = {}  # thread id -> start of the call it runs
 
     @property
     def pending(self) -> int:
@@ -37,9 +41,33 @@ class InferencePool:
             raise Busy(f"all {self.workers} inference workers are busy and {self.capacity - self.workers} calls are waiting")
         with self._count_lock:
             self._pending += 1
-        future = self._executor.submit(fn, *args, **kwargs)
+        future = self._executor.submit(self._timed, fn, *args, **kwargs)
         future.add_done_callback(self._release)
         return future
+
+    def utilisation(self, seconds: float = 5.0) -> float:
+        """Return the share of the workers' time spent in calls over the last ``seconds`` (0..1)."""
+        now = time.monotonic()
+        since = now - seconds
+        with self._count_lock:
+            while self._calls and self._calls[0][0] < now - 60:
+                self._calls.popleft()
+            busy = sum(min(length, end - since) for end, length in self._calls if end > since)
+            busy += sum(now - max(start, since) for start in self._running.values())
+        return min(1.0, busy / (seconds * self.workers))
+
+    def _timed(self, fn, *args, **kwargs):
+        me = threading.get_ident()
+        started = time.monotonic()
+        with self._count_lock:
+            self._running[me] = started
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            ended = time.monotonic()
+            with self._count_lock:
+                del self._running[me]
+                self._calls.append((ended, ended - started))
 
     def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn`` on the pool and return its result (raising Busy when full)."""
@@ -56,18 +84,32 @@ class InferencePool:
 
 
 class StreamSlots:
-    """Admit at most ``limit`` live streams at once; the next is refused rather than slowing all."""
+    """Admit live streams while the pool keeps up: at most ``limit`` at once, and beyond ``floor``
+    only while the workers were busy less than ``max_utilisation`` of the last seconds.
 
-    def __init__(self, limit: int):
+    The capacity is thus measured as the streams run (the CPU, its other load, the Whisper model,
+    the length of what people say) instead of fixed; the next stream is refused rather than
+    slowing all.
+    """
+
+    def __init__(self, limit: int, pool: InferencePool | None = None, floor: int | None = None,
+                 max_utilisation: float = 0.7, window: float = 5.0):
         self.limit = max(1, limit)
+        self.floor = self.limit if pool is None else max(1, min(self.limit, floor or pool.workers))
+        self.pool, self.max_utilisation, self.window = pool, max_utilisation, window
         self.open = 0  # streams holding a slot
         self._lock = threading.Lock()
 
     def acquire(self) -> bool:
-        """Take a slot; return False at once when all are taken."""
+        """Take a slot; return False at once when all are taken or the pool has no room for one more."""
         with self._lock:
             if self.open >= self.limit:
                 return False
+            if self.open >= self.floor and self.pool is not None:
+                # Each live stream adds about an equal share of the work: admit one more only
+                # if the streams open now leave room for it.
+                if self.pool.utilisation(self.window) * (self.open + 1) / self.open > self.max_utilisation:
+                    return False
             self.open += 1
             return True
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from ..audio.vad import Vad
+    from .batch import WindowBatcher
     from .speaker import SpeakerEncoder
     from .transcriber import Transcriber
 
@@ -38,6 +39,8 @@ class Engines:
     load_seconds: dict[str, float] = field(default_factory=dict)
     # The configured name of the loaded Whisper model (tiny.en, base, a directory, a hub name).
     whisper_name: str | None = None
+    # Voice-check windows of all live streams, embedded together (batch.py).
+    windows: WindowBatcher | None = None
 
 
 def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
@@ -66,8 +69,8 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     Each model call runs on ``threads`` threads. One per call, with one worker per core,
     serves parallel sessions best: a lone call is faster on two threads, but two such
     calls at once fight over the cores (docs/benchmarks.md).
-    At most ``max_streams`` dictations run at once (default: two per worker, what
-    the benchmark shows keeps up in real time).
+    At most ``max_streams`` dictations run at once (default: as many as the pool is measured
+    to keep up with, one per worker at least and eight at most; see pool.StreamSlots).
     """
     if not modelstore.is_complete(models_dir, "ecapa"):
         raise modelstore.ModelError(
@@ -90,11 +93,15 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     logger.info("models loaded: ECAPA (%s %s) in %.1f s, Whisper %s in %.1f s", speaker.runtime, speaker.precision,
                 timings["speaker"],
                 whisper_model, timings["whisper"])
-    streams = StreamSlots(max_streams or 2 * workers)
     pool = InferencePool(workers, queue)
+    # A configured limit is kept as it is; else as many as the pool is measured to keep up with
+    # (one per worker always, up to 8 per worker: pool.StreamSlots).
+    streams = StreamSlots(max_streams) if max_streams else StreamSlots(8 * workers, pool)
     # A lone verification (nothing else queued, no live stream) embeds on every core.
     speaker.idle = lambda: pool.pending <= 1 and streams.open == 0
-    return Engines(speaker, transcriber, vad, pool, streams, timings, whisper_model)
+    from .batch import WindowBatcher
+
+    return Engines(speaker, transcriber, vad, pool, streams, timings, whisper_model, WindowBatcher(speaker, pool))
 
 
 def load_transcriber(models_dir: str | os.PathLike, whisper_model: str, threads: int = 1, beam_size: int = 5,

@@ -59,6 +59,18 @@ def run_model(ctx: Context, fn, *args):
         raise SessionError("busy", f"the server is at capacity ({error}); try again in a moment") from None
 
 
+def embed_window(ctx: Context, audio: np.ndarray) -> np.ndarray:
+    """Embed a voice-check window, in one model call with other live streams' windows; ``busy`` as run_model."""
+    windows = getattr(ctx.engines, "windows", None)
+    if windows is None or windows.pool is not ctx.engines.pool or windows.speaker is not ctx.engines.speaker:
+        return run_model(ctx, ctx.engines.speaker.embed, audio)
+    try:
+        with metrics.timed_model_call(ctx.engines.speaker.embed):
+            return windows.embed(audio)
+    except Busy as error:
+        raise SessionError("busy", f"the server is at capacity ({error}); try again in a moment") from None
+
+
 def seconds(samples: int) -> float:
     return round(samples / SAMPLE_RATE, 3)
 

@@ -19,7 +19,7 @@ from functools import partial
 import numpy as np
 
 from . import calibration, decide, store
-from .base import Context, SessionError, new_request_id, run_model, seconds
+from .base import Context, SessionError, embed_window, new_request_id, run_model, seconds
 from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, Check, Span, horizon, spans
 from ..audio.vad import SAMPLE_RATE
 from ..engines.pool import Busy
@@ -189,7 +189,7 @@ class DictateSession:
         if speech < enough and threshold is None:
             return
         audio = self._slice(begin, end)
-        embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
+        embedding = embed_window(self.ctx, audio)  # batched with other streams' windows
         if self._enrolled is None:
             utterance.checks.append(Check(begin, end, -1.0, False))  # no voice to match: as a wrong one
             return

@@ -1,0 +1,39 @@
+"""The inference pool's measured load, and live streams admitted by it rather than by a fixed count."""
+from __future__ import annotations
+
+import threading
+import time
+
+from app.engines.pool import InferencePool, StreamSlots
+
+
+def test_streams_beyond_one_per_worker_are_admitted_only_while_the_workers_keep_up():
+    pool = InferencePool(2, 4)
+    slots = StreamSlots(16, pool, window=0.2)
+    held = threading.Event()
+    try:
+        assert slots.acquire() and slots.acquire()  # one per worker always
+        assert slots.acquire()  # idle workers: room for more
+        calls = [pool.submit(held.wait, 30) for _ in range(2)]
+        time.sleep(0.3)  # both workers busy for the whole measured window
+        assert pool.utilisation(0.2) > 0.9
+        assert not slots.acquire()  # a fourth stream would slow the three
+        slots.release()
+        assert slots.open == 2
+        assert not slots.acquire()
+        held.set()
+        for call in calls:
+            call.result(30)
+        time.sleep(0.3)  # the window has passed with nothing running
+        assert pool.utilisation(0.2) == 0.0
+        assert slots.acquire()
+    finally:
+        held.set()
+        pool.shutdown()
+
+
+def test_a_configured_stream_limit_is_kept_whatever_the_load():
+    slots = StreamSlots(2)
+    assert slots.acquire() and slots.acquire() and not slots.acquire()
+    slots.release()
+    assert slots.acquire()

@@ -214,6 +214,43 @@ def markdown(results: dict, report_path: Path, plots: dict[str, Path], json_path
     return "\n".join(lines)
 
 
+def keep_sections(old: str, new: str) -> str:
+    """Return ``new`` with the sections of ``old`` it does not have (measured apart, by other commands) put back.
+
+    They go before "How the figures are made", in their old order.
+    """
+    def sections(text: str) -> dict[str, str]:
+        parts = text.split("\n## ")
+        return {part.split("\n", 1)[0].strip(): "## " + part.rstrip() + "\n" for part in parts[1:]}
+
+    have = sections(new)
+    kept = [body for title, body in sections(old).items() if title not in have]
+    if not kept:
+        return new
+    marker = "\n## How the figures are made"
+    before, found, after = new.partition(marker)
+    if not found:
+        return new.rstrip() + "\n\n" + "\n".join(kept)
+    return before.rstrip() + "\n\n" + "\n".join(kept) + marker + after
+
+
+def put_section(report: Path, title: str, lines: list[str]) -> None:
+    """Put the section ``## title`` into ``report`` (replacing it, else before "How the figures are made")."""
+    text = report.read_text() if report.exists() else ""
+    section = "\n".join([f"## {title}", "", *lines]).rstrip() + "\n"
+    head = f"## {title}\n"
+    if head in text:
+        before, rest = text.split(head, 1)
+        after = rest[rest.find("\n## ") + 1:] if "\n## " in rest else ""
+        text = before + section + ("\n" + after if after else "")
+    elif "## How the figures are made" in text:
+        before, after = text.split("## How the figures are made", 1)
+        text = before + section + "\n## How the figures are made" + after
+    else:
+        text = text.rstrip() + "\n\n" + section
+    report.write_text(text)
+
+
 def _setup(results: dict) -> list[str]:
     run, data, models, machine = results["run"], results["data"], results["models"], results["machine"]
     server = results["server"]

@@ -1,6 +1,7 @@
 """faster-whisper tiny.en on the dev transcripts: word error rate after normalisation."""
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import jiwer
@@ -126,3 +127,18 @@ def test_a_truncated_short_window_decode_is_recognised_on_real_tokens(engines, s
     # However the short window decodes all of it on this CPU, the draft ends with the year.
     draft = EnglishTextNormalizer()(engines.transcriber.transcribe(audio, draft=True).text)
     assert draft.endswith(("1455", "fifty five")), draft
+
+
+def test_a_lone_call_on_every_core_writes_the_same_words(engines, speech):
+    # With nothing else to do the server decodes on every core; that must not change the text.
+    transcriber = engines.transcriber
+    files = [u.file for u in speech.utterances if u.file.endswith(("LJ001-0007.wav", "0890.wav", "p287_006.wav"))]
+    narrow = [transcriber.transcribe(speech.load(f)).text for f in files]
+    idle = transcriber.idle
+    try:
+        transcriber.idle = lambda: True
+        wide = [transcriber.transcribe(speech.load(f)).text for f in files]
+    finally:
+        transcriber.idle = idle
+    assert transcriber._wide is not None or (os.cpu_count() or 1) == 1
+    assert jiwer.wer(narrow, wide) <= 0.05, (narrow, wide)

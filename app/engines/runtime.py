@@ -97,8 +97,9 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     # A configured limit is kept as it is; else as many as the pool is measured to keep up with
     # (one per worker always, up to 8 per worker: pool.StreamSlots).
     streams = StreamSlots(max_streams) if max_streams else StreamSlots(8 * workers, pool)
-    # A lone verification (nothing else queued, no live stream) embeds on every core.
-    speaker.idle = lambda: pool.pending <= 1 and streams.open == 0
+    # A call with the machine to itself (nothing else in the pool, at most the one live stream
+    # it serves) runs on every core: a verification, or the final of a lone dictation.
+    speaker.idle = transcriber.idle = lambda: pool.pending <= 1 and streams.open <= 1
     from .batch import WindowBatcher
 
     return Engines(speaker, transcriber, vad, pool, streams, timings, whisper_model, WindowBatcher(speaker, pool))
@@ -109,7 +110,8 @@ def load_transcriber(models_dir: str | os.PathLike, whisper_model: str, threads:
     """Load the Whisper model ``whisper_model`` (a name as in resolve_whisper) for ``workers`` parallel calls."""
     from .transcriber import Transcriber
 
-    return Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size, workers=workers)
+    return Transcriber(resolve_whisper(models_dir, whisper_model), threads=threads, beam_size=beam_size, workers=workers,
+                       wide=True)
 
 
 # --------------------------------------------------------------------------- the process's engines
@@ -220,6 +222,7 @@ def _load_whisper(app: Flask, engines) -> None:
                 if status["wanted"] == name:
                     return
             continue
+        transcriber.idle = engines.speaker.idle
         with _switch_lock:
             engines.transcriber, engines.whisper_name = transcriber, name
         logger.info("Whisper model switched to %s", name)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -45,11 +47,12 @@ class Transcriber:
     """Transcribe 16 kHz mono float32 audio with one faster-whisper model."""
 
     def __init__(self, model: str, threads: int = 0, beam_size: int = 5, workers: int = 1, short_context: bool = True,
-                 compute_type: str = "int8"):
+                 compute_type: str = "int8", wide: bool = False):
         """Load ``model``; up to ``workers`` calls from different threads run in parallel.
 
         ``short_context`` encodes an utterance over its own length rather than 30 s.
         ``compute_type`` is CTranslate2's (int8 is the fastest on every CPU measured: bench/runtimes.py).
+        ``wide`` also loads a copy that runs one call on every core, used while ``idle()`` says so.
         """
         # Imported here so that code which never transcribes never loads CTranslate2.
         from faster_whisper import WhisperModel
@@ -61,6 +64,12 @@ class Transcriber:
         # from the inference pool's threads need no lock of ours.
         self._model = WhisperModel(model, device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=workers)
         self.multilingual = self._model.model.is_multilingual
+        # A second copy on every core, for a call that has the machine to itself (see ``idle``).
+        cores = os.cpu_count() or 1
+        self._wide = (WhisperModel(model, device="cpu", compute_type=compute_type, cpu_threads=cores, num_workers=1)
+                      if wide and threads and cores > threads else None)
+        # Set by the engines: True when nothing else runs, so that one call may use every core.
+        self.idle: Callable[[], bool] = lambda: False
         self.fallbacks = 0  # drafts decoded again over the 30 s window because they looked wrong
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None,
@@ -80,7 +89,8 @@ class Transcriber:
             if text is not None:
                 return Transcript(text, (text,) if text else (), language)
         # transcribe() returns a lazy generator: decoding happens while it is consumed.
-        segments, info = self._model.transcribe(
+        model = self._wide if self._wide is not None and self.idle() else self._model
+        segments, info = model.transcribe(
             audio,
             language=language,
             beam_size=beam_size,
@@ -117,7 +127,8 @@ class Transcriber:
         padded = np.zeros((1, features.shape[0], length), dtype=np.float32)
         padded[0, :, :min(frames, length)] = features[:, :length]
         tokenizer = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
-        result = self._model.model.generate(
+        model = self._wide if self._wide is not None and self.idle() else self._model
+        result = model.model.generate(
             ctranslate2.StorageView.from_array(padded),
             [list(tokenizer.sot_sequence)],
             beam_size=beam_size or self.beam_size,

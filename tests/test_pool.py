@@ -17,6 +17,7 @@ def test_streams_beyond_one_per_worker_are_admitted_only_while_the_workers_keep_
         calls = [pool.submit(held.wait, 30) for _ in range(2)]
         time.sleep(0.3)  # both workers busy for the whole measured window
         assert pool.utilisation(0.2) > 0.9
+        assert slots.room() == 0
         assert not slots.acquire()  # a fourth stream would slow the three
         slots.release()
         assert slots.open == 2
@@ -26,6 +27,7 @@ def test_streams_beyond_one_per_worker_are_admitted_only_while_the_workers_keep_
             call.result(30)
         time.sleep(0.3)  # the window has passed with nothing running
         assert pool.utilisation(0.2) == 0.0
+        assert slots.room() == 14
         assert slots.acquire()
     finally:
         held.set()

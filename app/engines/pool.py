@@ -113,6 +113,16 @@ class StreamSlots:
             self.open += 1
             return True
 
+    def room(self) -> int:
+        """Return how many more streams acquire would admit now, one after another."""
+        with self._lock:
+            if self.pool is None:
+                return max(0, self.limit - self.open)
+            load, count, n = self.pool.utilisation(self.window), 0, self.open
+            while n < self.limit and (n < self.floor or load * (n + 1) / n <= self.max_utilisation):
+                count, n = count + 1, n + 1
+            return count
+
     def release(self) -> None:
         """Give a slot back."""
         with self._lock:

@@ -305,7 +305,7 @@ def status_now() -> dict:
         engines = get_engines(app)
         # A new session needs a free dictation slot and room in the inference pool.
         pool_room = engines.pool.capacity - engines.pool.pending
-        available = max(0, min(pool_room, engines.streams.limit - engines.streams.open))
+        available = max(0, min(pool_room, engines.streams.room()))
     return {"num_workers_available": available, "num_requests_processed": _requests().count}
 
 

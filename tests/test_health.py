@@ -17,7 +17,9 @@ def test_healthz_reports_database_and_models(client):
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "ok" and body["database"]["ok"] is True
-    assert body["models"]["speaker"] == {"name": "ecapa", "present": True, "loaded": True}
+    speaker = body["models"]["speaker"]
+    assert {k: speaker[k] for k in ("name", "present", "loaded")} == {"name": "ecapa", "present": True, "loaded": True}
+    assert speaker["runtime"] in ("onnx float32", "torch float32", "torch bfloat16")
     assert body["models"]["whisper"]["name"] == "tiny.en" and body["models"]["whisper"]["present"] is True
     assert body["models"]["vad"] == {"name": "silero", "loaded": True}
 
@@ -64,7 +66,7 @@ def test_serve_script_starts_gunicorn_with_models_loaded(tmp_path):
                     body = json.load(response)
                 if body["models"]["speaker"]["loaded"]:
                     break
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # not listening yet (URLError), or still loading the models on a busy machine (timeout)
                 pass
             assert server.poll() is None, server.stdout.read().decode()
             time.sleep(0.5)

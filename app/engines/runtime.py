@@ -98,11 +98,19 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     # (one per worker always, up to 8 per worker: pool.StreamSlots).
     streams = StreamSlots(max_streams) if max_streams else StreamSlots(8 * workers, pool)
     # A call with the machine to itself (nothing else in the pool, at most the one live stream
-    # it serves) runs on every core: a verification, or the final of a lone dictation.
-    speaker.idle = transcriber.idle = lambda: pool.pending <= 1 and streams.open <= 1
+    # it serves, and no other process keeping the cores busy) runs on every core: a verification,
+    # or the final of a lone dictation. On cores that others use, threads that wait for each
+    # other are far slower than one thread (measured on the shared dev machine).
+    speaker.idle = transcriber.idle = lambda: pool.pending <= 1 and streams.open <= 1 and machine_quiet()
     from .batch import WindowBatcher
 
     return Engines(speaker, transcriber, vad, pool, streams, timings, whisper_model, WindowBatcher(speaker, pool))
+
+
+def machine_quiet() -> bool:
+    """Return True when the machine's load (1 min average) leaves a core free besides the one call running."""
+    cores = os.cpu_count() or 1
+    return cores > 1 and os.getloadavg()[0] < cores - 0.5
 
 
 def load_transcriber(models_dir: str | os.PathLike, whisper_model: str, threads: int = 1, beam_size: int = 5,

@@ -173,11 +173,15 @@ class _ResampleStream:
     """
 
     def __init__(self, rate: int):
-        resampler = _resampler(rate)
-        self._orig, self._new = resampler.orig_freq // resampler.gcd, resampler.new_freq // resampler.gcd
-        if self._orig == self._new:  # identity: torchaudio builds no kernel
+        if rate == SAMPLE_RATE:
+            # Identity: not even torchaudio is loaded, so a server fed 16 kHz never imports torch (500 MB).
+            self._orig = self._new = 1
+            self._kernel, width = np.ones((1, 1), np.float32), 0
+        elif (resampler := _resampler(rate)).orig_freq // resampler.gcd == resampler.new_freq // resampler.gcd:
+            self._orig = self._new = 1
             self._kernel, width = np.ones((1, 1), np.float32), 0
         else:
+            self._orig, self._new = resampler.orig_freq // resampler.gcd, resampler.new_freq // resampler.gcd
             self._kernel, width = resampler.kernel[:, 0, :].numpy().T, resampler.width  # (taps, new)
         self._held = np.zeros(width, np.float32)  # the zero padding before the start
         self._received = 0

@@ -135,7 +135,7 @@ class Voiceprint(db.Model):
 
 
 class AuditEvent(db.Model):
-    """One decision the service made. Append-only (enforced by triggers in SQLite).
+    """One decision the service made. Append-only (enforced by triggers on SQLite and PostgreSQL).
 
     Never holds audio or transcript text. The only change allowed after insertion is
     clearing a user's name when that user is deleted.

@@ -87,13 +87,18 @@ def _audit(**fields) -> AuditEvent:
     return event
 
 
-def test_audit_log_is_append_only_but_names_can_be_erased(app):
+@pytest.mark.parametrize("db_backend", BACKENDS)
+def test_audit_log_is_append_only_but_names_can_be_erased(app, db_backend):
     with app.app_context():
         _enrolled_user("ada")
         event = _audit(claimed_user="ada", matched_user="ada", score=0.8, threshold=0.4)
         with pytest.raises(Exception, match="append-only"):
             db.session.execute(db.text("DELETE FROM audit_events"))
         db.session.rollback()
+        if db_backend == "postgresql":
+            with pytest.raises(Exception, match="append-only"):
+                db.session.execute(db.text("TRUNCATE audit_events"))
+            db.session.rollback()
         with pytest.raises(Exception, match="append-only"):
             db.session.execute(db.text("UPDATE audit_events SET decision = 'reject'"))
         db.session.rollback()
@@ -101,7 +106,13 @@ def test_audit_log_is_append_only_but_names_can_be_erased(app):
             db.session.execute(db.text("UPDATE audit_events SET claimed_user = 'mallory'"))
         db.session.rollback()
 
+        with pytest.raises(Exception, match="append-only"):
+            db.session.execute(db.text("UPDATE audit_events SET claimed_user = NULL, score = 0.1"))
+        db.session.rollback()
+
         User.by_name("ada").erase()
         db.session.commit()
         db.session.refresh(event)
         assert (event.claimed_user, event.matched_user, event.decision, event.score) == (None, None, "accept", 0.8)
+    with app.app_context():
+        assert db.session.scalar(select(AuditEvent.decision)) == "accept"  # every refused change left it as it was

@@ -56,7 +56,10 @@ def test_voiceprint_round_trips_as_float32_bytes(app):
         voiceprint = db.session.scalar(select(Voiceprint))
         assert voiceprint.clip_vectors().shape == (3, 192)
         assert np.isclose(np.linalg.norm(voiceprint.centroid_vector()), 1.0)
-        assert len(voiceprint.centroid) == 192 * 4
+        # Stored sealed: a version byte, a nonce, the float32 bytes encrypted, a tag; never the plain vector.
+        assert len(voiceprint.centroid) == 1 + 12 + 192 * 4 + 16
+        assert voiceprint.centroid_vector().astype("<f4").tobytes() not in voiceprint.centroid
+        assert np.eye(3, 192, dtype="<f4").tobytes()[:192 * 4] not in voiceprint.clip_embeddings
 
 
 def test_deleting_a_user_deletes_the_voiceprint_in_the_file(app, tmp_path):

@@ -129,12 +129,13 @@ class Keystore:
         with self._connect() as connection:
             connection.execute("DELETE FROM keys WHERE id = ?", (key_id,))
 
-    def ids(self) -> set[str]:
-        """Return the id of every stored key (none when there is no keystore yet)."""
+    def ids(self, older_than: float = 0.0) -> set[str]:
+        """Return the id of every stored key made more than ``older_than`` seconds ago (none without a keystore)."""
         if not self.path.is_file():
             return set()
         with self._connect() as connection:
-            return {row[0] for row in connection.execute("SELECT id FROM keys")}
+            return {row[0] for row in connection.execute("SELECT id FROM keys WHERE created_at <= ?",
+                                                         (time.time() - older_than,))}
 
     def foreign(self) -> int:
         """Return how many keys were wrapped with another secret than this one."""

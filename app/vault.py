@@ -92,6 +92,29 @@ def destroy(key_id: str | None) -> None:
             raise VoiceprintUnavailable(str(error)) from None
 
 
+def report(key_ids: set[str]) -> dict:
+    """Return the keystore's state for the voiceprints whose keys are ``key_ids`` (for /healthz and the CLI).
+
+    ``ok`` is False when no voiceprint could be read (no keystore, an unreadable one, keys wrapped
+    with another secret, or none of the keys); ``unreadable`` counts voiceprints whose key is gone.
+    """
+    store = keystore()
+    state = {"ok": True, "voiceprints": len(key_ids), "unreadable": 0}
+    try:
+        if not store.path.is_file():
+            return {**state, "ok": not key_ids, "unreadable": len(key_ids), **({"error": "missing"} if key_ids else {})}
+        stored, foreign = store.ids(), store.foreign()
+    except KeystoreError as error:
+        logger.error("keystore unreadable: %s", error)
+        return {**state, "ok": False, "unreadable": len(key_ids), "error": "unreadable"}
+    if foreign:
+        return {**state, "ok": False, "unreadable": len(key_ids), "error": "another_secret"}
+    unreadable = len(key_ids - stored)
+    if key_ids and unreadable == len(key_ids):
+        return {**state, "ok": False, "unreadable": unreadable, "error": "keys_missing"}
+    return {**state, "unreadable": unreadable}
+
+
 def seal(key: bytes, key_id: str, purpose: str, plaintext: bytes) -> bytes:
     """Encrypt ``plaintext`` for ``purpose`` (e.g. "voiceprints.centroid") under ``key``."""
     nonce = os.urandom(NONCE_BYTES)

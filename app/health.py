@@ -1,4 +1,4 @@
-"""GET /healthz: is the database reachable, are the voiceprint keys readable, are the models present, loaded, or failing."""
+"""GET /healthz: the database reachable, the voiceprint keys readable, the models present, loaded or failing."""
 from __future__ import annotations
 
 import logging

@@ -111,15 +111,17 @@ class Keystore:
         if not wanted:
             return found
         with self._connect() as connection:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                rows = connection.execute(f"SELECT id, kek_id, wrapped FROM keys WHERE id IN ({','.join('?' * len(chunk))})",
-                                          chunk).fetchall()
-                for key_id, kek_id, wrapped in rows:
-                    if kek_id != self.kek_id:
-                        raise KeystoreError("the keystore's keys were wrapped with another secret "
-                                            "(a rotated secret? run: flask keys rewrap)")
-                    found[key_id] = self._unwrap(key_id, wrapped)
+            if len(wanted) > 500:  # most of the store (identification): one scan beats many lookups
+                wanted_set = set(wanted)
+                rows = [row for row in connection.execute("SELECT id, kek_id, wrapped FROM keys") if row[0] in wanted_set]
+            else:
+                rows = connection.execute(f"SELECT id, kek_id, wrapped FROM keys WHERE id IN ({','.join('?' * len(wanted))})",
+                                          wanted).fetchall()
+        for key_id, kek_id, wrapped in rows:
+            if kek_id != self.kek_id:
+                raise KeystoreError("the keystore's keys were wrapped with another secret "
+                                    "(a rotated secret? run: flask keys rewrap)")
+            found[key_id] = self._unwrap(key_id, wrapped)
         return found
 
     def destroy(self, key_id: str) -> None:

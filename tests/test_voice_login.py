@@ -119,7 +119,9 @@ def test_enrollment_reports_progress_and_stores_only_embeddings(default_server):
         "FROM users u JOIN voiceprints v ON v.user_id = u.id ORDER BY u.name")
     assert [r[0] for r in rows] == ["librivox", "ljspeech", "vctk"]
     for _, clips, dim, centroid_bytes, clip_bytes, speech_seconds in rows:
-        assert dim == 192 and centroid_bytes == 192 * 4 and clip_bytes == clips * 192 * 4
+        # float32 embeddings, sealed (app/vault.py: a version byte, a nonce and a tag around them).
+        sealed = 1 + 12 + 16
+        assert dim == 192 and centroid_bytes == 192 * 4 + sealed and clip_bytes == clips * 192 * 4 + sealed
         assert speech_seconds >= 15.0
     # An invite is good for one enrollment only.
     assert _rows(server, "SELECT COUNT(*) FROM enrollment_invites WHERE used_at IS NULL") == [(0,)]

@@ -14,7 +14,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from flask_migrate import upgrade
+from flask_migrate import downgrade, upgrade
 from sqlalchemy import select, text
 
 from app import vault
@@ -95,14 +95,19 @@ def test_a_backup_from_before_a_deletion_or_reset_gives_no_voice_back(app, clien
         server.drop_database(backup_url)
 
 
-def test_without_the_keystore_or_with_another_secret_nothing_is_accepted(tmp_path, engines, speech):
+@pytest.fixture(scope="module")
+def lj_embeddings(engines, speech) -> np.ndarray:
+    """The LJ Speech reader's enrollment clips as real ECAPA embeddings (clips × 192)."""
+    return np.stack([engines.speaker.embed(speech.load(f)) for f in LJ_ENROLL]).astype("<f4")
+
+
+def test_without_the_keystore_or_with_another_secret_nothing_is_accepted(tmp_path, engines, speech, lj_embeddings):
     app = make_app(tmp_path, engines)
     client = app.test_client()
     clip = speech.path("wav/ljspeech/LJ001-0004.wav").read_bytes()
     with app.app_context():
-        clips = np.stack([engines.speaker.embed(speech.load(f)) for f in LJ_ENROLL])
         user = User(name="lj", display_name="lj")
-        user.voiceprint = Voiceprint.from_embeddings(clips, "ecapa", 20.0)
+        user.voiceprint = Voiceprint.from_embeddings(lj_embeddings, "ecapa", 20.0)
         db.session.add(user)
         db.session.commit()
 
@@ -177,12 +182,6 @@ def test_keys_left_by_rows_deleted_outside_voicegate_are_pruned(app, runner):
     assert key_id not in Keystore(vault.keystore_path(app.config, app.instance_path), SECRET).ids()
 
 
-@pytest.fixture(scope="module")
-def lj_embeddings(engines, speech) -> np.ndarray:
-    """The LJ Speech reader's enrollment clips as real ECAPA embeddings (clips × 192)."""
-    return np.stack([engines.speaker.embed(speech.load(f)) for f in LJ_ENROLL]).astype("<f4")
-
-
 @pytest.mark.parametrize("db_backend", BACKENDS)
 def test_upgrading_seals_existing_plain_voiceprints_and_their_owner_still_logs_in(
         tmp_path, engines, speech, database_url, lj_embeddings):
@@ -217,3 +216,9 @@ def test_upgrading_seals_existing_plain_voiceprints_and_their_owner_still_logs_i
     clip = speech.path("wav/ljspeech/LJ001-0004.wav").read_bytes()
     answer = app.test_client().post("/api/v1/verify?user=lj", data=clip, content_type="audio/wav")
     assert answer.json["state"] == "accept", answer.json
+
+    with app.app_context():  # and back: the downgrade decrypts, then destroys the keys
+        key_id = raw.key_id
+        downgrade(revision="0004")
+        assert bytes(db.session.scalar(text("SELECT centroid FROM voiceprints"))) == centroid.tobytes()
+        assert key_id not in vault.keystore().ids()

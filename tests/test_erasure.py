@@ -198,7 +198,7 @@ def test_keys_left_by_rows_deleted_outside_voicegate_are_pruned(app, runner):
 
 @pytest.mark.parametrize("db_backend", BACKENDS)
 def test_upgrading_seals_existing_plain_voiceprints_and_their_owner_still_logs_in(
-        tmp_path, engines, speech, database_url, lj_embeddings):
+        tmp_path, engines, speech, db_backend, database_url, lj_embeddings):
     from app import create_app
 
     config = {"TESTING": True, "SECRET_KEY": SECRET, "DATABASE_URL": database_url,
@@ -227,6 +227,9 @@ def test_upgrading_seals_existing_plain_voiceprints_and_their_owner_still_logs_i
         user = User.by_name("lj")
         assert np.allclose(user.voiceprint.centroid_vector(), centroid)
         assert np.allclose(store.given_voices(user, 600), np.vstack([lj_embeddings, lj_embeddings[:1]]))
+    if db_backend == "sqlite":  # nor is the plain form left in the file or its write-ahead log
+        for path in tmp_path.glob("voicegate.db*"):
+            assert lj_embeddings[1].tobytes() not in path.read_bytes(), path
     clip = speech.path("wav/ljspeech/LJ001-0004.wav").read_bytes()
     answer = app.test_client().post("/api/v1/verify?user=lj", data=clip, content_type="audio/wav")
     assert answer.json["state"] == "accept", answer.json

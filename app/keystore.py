@@ -116,9 +116,11 @@ class Keystore:
         with self._connect() as connection:
             if len(wanted) > 500:  # most of the store (identification): one scan beats many lookups
                 wanted_set = set(wanted)
-                rows = [row for row in connection.execute("SELECT id, kek_id, wrapped FROM keys") if row[0] in wanted_set]
+                rows = [row for row in connection.execute("SELECT id, kek_id, wrapped FROM keys")
+                        if row[0] in wanted_set]
             else:
-                rows = connection.execute(f"SELECT id, kek_id, wrapped FROM keys WHERE id IN ({','.join('?' * len(wanted))})",
+                marks = ",".join("?" * len(wanted))
+                rows = connection.execute(f"SELECT id, kek_id, wrapped FROM keys WHERE id IN ({marks})",
                                           wanted).fetchall()
         for key_id, kek_id, wrapped in rows:
             if kek_id != self.kek_id:

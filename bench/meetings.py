@@ -57,13 +57,17 @@ class Meeting:
         return {w for t in self.turns if t.speaker is None for w in words(t.text)} - own
 
 
-def compose(name: str, parts: list[tuple[str | None, str, np.ndarray]], gap: float = 1.0, lead: float = 0.5,
-            tail: float = 1.0) -> Meeting:
-    """Join ``(speaker, text, audio)`` parts into a meeting, ``gap`` seconds apart (negative: overlapping)."""
+def compose(name: str, parts: list[tuple[str | None, str, np.ndarray]], gap: float | list[float] = 1.0,
+            lead: float = 0.5, tail: float = 1.0) -> Meeting:
+    """Join ``(speaker, text, audio)`` parts into a meeting, ``gap`` seconds apart (negative: overlapping).
+
+    ``gap`` is one for all, or one per join (a list one shorter than ``parts``).
+    """
+    gaps = list(gap) if isinstance(gap, (list, tuple)) else [gap] * max(0, len(parts) - 1)
     turns, cursor = [], lead
-    for speaker, text, audio in parts:
+    for index, (speaker, text, audio) in enumerate(parts):
         turns.append(Turn(speaker, text, audio.astype(np.float32), round(cursor, 3)))
-        cursor = turns[-1].end + gap
+        cursor = turns[-1].end + (gaps[index] if index < len(gaps) else 0.0)
     total = int((max(t.end for t in turns) + tail) * SAMPLE_RATE)
     mix = np.zeros(total, np.float32)
     for turn in turns:

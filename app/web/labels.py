@@ -8,6 +8,7 @@ KINDS = {
     "verify": "Voice login",
     "identify": "Voice login (who is it?)",
     "transcribe": "Dictation",
+    "meeting": "Meeting line",
     "admin": "Admin action",
     "self": "Own account",
 }

@@ -107,7 +107,7 @@ def _assert_attributed(meeting, lines, partials=(), share=LINE_ACCURACY):
     for line in lines:
         assert line["end"] > line["start"]
         if line["speaker"] is None:
-            assert line["text"] is None and line["name"] == "unverified speaker"
+            assert line["text"] is None and line["name"] == "Unverified speaker"
     stranger = [t for t in meeting.turns if t.speaker is None]
     for turn in stranger:  # the stranger's turn is reported: a line without text overlaps it
         assert any(l["speaker"] is None and l["start"] < turn.end and l["end"] > turn.start for l in lines), lines
@@ -265,3 +265,57 @@ def test_the_export_endpoint_refuses_bad_lines(meeting_server):
                                                "text": "a\n\nb --> c"}]}, timeout=10).text
     cue = webvtt.from_string(text)[0]
     assert cue.voice == "X &lt;y&gt;" and re.sub(r"\s+", " ", cue.text) == "a b --&gt; c"
+
+
+# --------------------------------------------------------------------------- the page, with the meeting as the microphone
+
+def test_the_meeting_page_names_the_speakers_marks_the_stranger_and_exports(meeting_server, tmp_path):
+    from playwright.sync_api import expect
+
+    from .browser import chromium, new_page, screenshot
+
+    live, meetings = meeting_server
+    meeting = meetings["short"]
+    wav = tmp_path / "meeting.wav"
+    wav.write_bytes(wav_bytes(np.concatenate([meeting.audio, np.zeros(2 * S, np.float32)])))
+    with chromium(microphone=wav) as browser:
+        _, page = new_page(browser, live.url, accept_downloads=True)
+        page.goto("/meeting")
+        expect(page).to_have_url(re.compile(r"/login$"))  # nobody signed in: log in first
+        # Sign in as 'lj' as the login page does after an accepted voice login: its token to POST /session.
+        signed = page.evaluate("""async (token) => (await fetch('/session', {method: 'POST', body: JSON.stringify({token}),
+            headers: {'Content-Type': 'application/json',
+                      'X-CSRFToken': document.querySelector('meta[name=csrf-token]').content}})).status""",
+                               _token(live, LJ))
+        assert signed == 200
+        page.goto("/meeting")
+        me = page.get_by_role("checkbox", name=re.compile(DISPLAY[LJ]))
+        expect(me).to_be_checked()
+        expect(me).to_be_disabled()  # a signed-in user is on every roster they choose
+        page.get_by_role("checkbox", name=re.compile(DISPLAY[SAS])).check()
+        page.evaluate("""() => { window.partials = [];
+            new MutationObserver(() => { const t = document.getElementById('partial').textContent;
+                if (t) window.partials.push(t); }).observe(document.getElementById('partial'),
+                {childList: true, characterData: true, subtree: true}); }""")
+        page.get_by_role("button", name="Start meeting").click()
+        lines = page.locator("#lines li")
+        expect(lines.nth(2)).to_be_visible(timeout=60_000)  # LJ, the stranger, the LibriVox reader
+        expect(page.locator("#lines li.is-unverified").first).to_contain_text("Unverified speaker — not transcribed")
+        screenshot(page, "meeting-1-lines")
+        page.get_by_role("button", name="Stop").click()
+        expect(page.locator("#summary")).to_contain_text("named", timeout=60_000)
+        exported = {}
+        for fmt, label in (("json", "JSON"), ("vtt", "WebVTT")):
+            with page.expect_download() as download:
+                page.get_by_role("button", name=label).click()
+            exported[fmt] = open(download.value.path(), encoding="utf-8").read()
+        partials = [p.split(": ", 1)[-1] for p in page.evaluate("window.partials")]
+        screenshot(page, "meeting-2-done")
+    wav.unlink()
+    document = json.loads(exported["json"])
+    assert [m["user"] for m in document["roster"]] == [LJ, SAS]
+    # Only two of the three on the roster: the VCTK reader did not speak, the stranger is unverified.
+    _assert_attributed(meeting, document["lines"], partials)
+    captions = webvtt.from_string(exported["vtt"])
+    assert [c.voice for c in captions] == [l["name"] for l in document["lines"]]
+    assert "Unverified speaker" in {c.voice for c in captions} and DISPLAY[SAS] in {c.voice for c in captions}

@@ -23,6 +23,7 @@ import numpy as np
 from . import calibration, decide, store
 from .base import Context, SessionError, new_request_id, run_model, seconds, standing
 from .dictation import BLOCK, LEAD_IN, MIN_TEXT_SECONDS, MIN_WINDOW_SPEECH, SNAP_SECONDS
+from .transcript_export import UNVERIFIED_NAME as UNVERIFIED
 from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, Check, horizon, spans
 from ..audio.vad import SAMPLE_RATE
 from ..engines.pool import Busy
@@ -31,7 +32,6 @@ from ..engines.speaker import cosine
 logger = logging.getLogger(__name__)
 
 MIN_ROSTER, MAX_ROSTER = 2, 10
-UNVERIFIED = "unverified speaker"
 
 
 @dataclass(frozen=True)

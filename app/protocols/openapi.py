@@ -137,7 +137,9 @@ SPEC: dict = {
             "Line": {
                 "type": "object", "required": ["start", "end"],
                 "description": "One line of a meeting: who said it (null: an unverified speaker, never with text), "
-                               "when (seconds from the recording's start), and what.",
+                               "when (seconds from the recording's start), and what. A meeting's lines also carry "
+                               "`line` (their number), `type` (`line`) and, for an admin, `score` (the best raw "
+                               "score); an export ignores them.",
                 "properties": {
                     "start": {"type": "number", "minimum": 0, "maximum": 10000000},
                     "end": {"type": "number", "minimum": 0, "maximum": 10000000},
@@ -148,8 +150,6 @@ SPEC: dict = {
                     "text": {"type": "string", "nullable": True, "maxLength": 4000},
                     "state": {"type": "string", "nullable": True,
                               "description": "accept (named), reject (unverified speaker) or not_enough_speech."},
-                    "score": {"type": "number", "nullable": True, "description": "Admins only: the best raw score."},
-                    "line": {"type": "integer"}, "type": {"type": "string"},
                 },
             },
             "Meeting": {
@@ -253,7 +253,7 @@ SPEC: dict = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["lines"],
                 "properties": {"lines": {"type": "array", "maxItems": 10000, "items": {"$ref": "#/components/schemas/Line"}},
-                               "roster": {"type": "array"}}}}}},
+                               "roster": {"type": "array", "nullable": True}}}}}},
             "security": [{}],
             "responses": {"200": {"description": "The transcript file", "content": _EXPORTS},
                           "400": _error("Lines that cannot be exported (`bad_request`), or an unknown format (`bad_format`)")},

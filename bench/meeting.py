@@ -144,13 +144,42 @@ def run(speech: SpeechSet, per_style: int) -> dict:
                                 len(found["leaked_words"]), elapsed / meeting.seconds)
     finally:
         service.close()
+    checks = _check_cost(speech, models)
     summary = {f"roster_{size}": _summary(stats) for size, stats in totals.items()}
     summary.update({f"style_{style}": _summary(stats) for style, stats in by_style.items()})
     return {"meeting": {"data": str(speech.root), "speakers": [g[0].speaker for g in speakers],
                         "extra_roster": [g[0].speaker for g in extra] + [f"espeak-ng {v}" for v in padding],
                         "stranger": stranger[0].speaker, "styles": STYLES, "summary": summary,
+                        "check_cost_ms": checks,
                         "seconds": round(time.monotonic() - began, 1)},
             "machine": machine.describe(), "finished": datetime.now(timezone.utc).isoformat()}
+
+
+def _check_cost(speech: SpeechSet, models, repeats: int = 50) -> dict:
+    """Return the milliseconds of one window check, in this process: the embedding, and identification per roster size.
+
+    A meeting makes one check a second of speech whatever its roster; only the identification
+    (AS-norm against the cohort for each member) grows with the roster.
+    """
+    from app.gate import calibration, decide
+    from app.gate.policy import Policy
+
+    paths = [u.path for u in speech.utterances][:12]
+    window = speech.audio(paths[0])[:32000]
+    started = time.perf_counter()
+    for _ in range(repeats // 5):
+        embedding = models.speaker.embed(window)
+    embed_ms = (time.perf_counter() - started) / (repeats // 5) * 1000
+    voices = {f"v{i}": models.speaker.embed(speech.audio(path)) for i, path in enumerate(paths[1:11])}
+    quality = calibration.measure_quality(window, 2.0)
+    cost = {"embed_2s_window": round(embed_ms, 2)}
+    for size in (2, 3, 6, 10):
+        roster = dict(list(voices.items())[:size])
+        started = time.perf_counter()
+        for _ in range(repeats):
+            decide.identify(embedding, roster, Policy(), quality)
+        cost[f"identify_roster_{size}"] = round((time.perf_counter() - started) / repeats * 1000, 3)
+    return cost
 
 
 def _empty() -> dict:

@@ -1,10 +1,11 @@
 """Meeting mode: who said what, and what it costs, on meetings made from a speech set.
 
-    python -m bench.meeting [--data DIR] [--meetings N] [--out FILE.json]
+    python -m bench.meeting [--data DIR] [--meetings N] [--speakers A,B,C[,D,E,F]] [--stranger S] [--out FILE.json]
 
 A real server (scripts/serve.sh on a free port, fresh database) enrolls three speakers of
 the set on three files each, and three more voices for a roster of six (more speakers of
-the set when it has them, else espeak-ng voices, who never speak in the meetings). Each
+the set when it has them, else espeak-ng voices, who never speak in the meetings); they are
+spread over the set unless ``--speakers`` names them (and ``--stranger`` the stranger). Each
 meeting is one further file of each of the three and one of a stranger (a speaker of the
 set who is on no roster), in a rotating order, joined three ways: 1 s pauses, back to back,
 and interrupting (each turn starts 0.5 s before the last one ends). Every meeting goes to
@@ -56,13 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.meeting", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--meetings", type=int, default=4, help="meetings per style (each uses a file of every speaker)")
+    parser.add_argument("--speakers", help="the speakers who enroll, comma-separated: three who speak, up to three more")
+    parser.add_argument("--stranger", help="the speaker on no roster")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    results = run(SpeechSet(args.data), args.meetings)
-    out = args.out or RESULTS / f"meeting-{args.data.resolve().name}.json"
+    speakers = args.speakers.split(",") if args.speakers else None
+    results = run(SpeechSet(args.data), args.meetings, speakers, args.stranger)
+    suffix = "-" + "-".join(sorted({s.split("-")[0] for s in speakers})) if speakers else ""
+    out = args.out or RESULTS / f"meeting-{args.data.resolve().name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["meeting"]["summary"], indent=2))
@@ -70,9 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _eligible(speech: SpeechSet) -> tuple[list[list], list]:
-    """Return the speakers with four or more English files with transcripts, and the stranger's files."""
-    groups = [[u for u in group if u.transcript and u.language == "en"] for group in speech.by_speaker().values()]
+def _eligible(speech: SpeechSet, named: list[str] | None = None, stranger: str | None = None) -> tuple[list[list], list]:
+    """Return the speakers with four or more English files with transcripts, and the stranger's files.
+
+    ``named``: these speakers only, in this order; ``stranger``: this one.
+    """
+    groups = {name: [u for u in group if u.transcript and u.language == "en"]
+              for name, group in speech.by_speaker().items()}
+    if named or stranger:
+        missing = [n for n in (named or []) + ([stranger] if stranger else []) if not groups.get(n)]
+        if missing:
+            raise SystemExit(f"no English files with transcripts for {', '.join(missing)} in {speech.root}")
+    if stranger:
+        strange = groups.pop(stranger)
+        eligible = [groups[n] for n in named] if named else [g for g in groups.values() if len(g) >= 4]
+        return eligible, strange
+    if named:
+        eligible = [groups[n] for n in named]
+        rest = [g for n, g in groups.items() if n not in named and g]
+        return eligible, max(rest, key=len)
+    groups = list(groups.values())
     eligible = [group for group in groups if len(group) >= 4]
     if len(eligible) < 3:
         raise SystemExit(f"{speech.root} needs three speakers with four English files with transcripts")
@@ -82,7 +104,7 @@ def _eligible(speech: SpeechSet) -> tuple[list[list], list]:
     return eligible, stranger
 
 
-def run(speech: SpeechSet, per_style: int) -> dict:
+def run(speech: SpeechSet, per_style: int, named: list[str] | None = None, stranger_name: str | None = None) -> dict:
     """Measure meeting mode; return the results."""
     from app.config import Config
 
@@ -90,9 +112,9 @@ def run(speech: SpeechSet, per_style: int) -> dict:
     from .server import StartedServer
 
     began = time.monotonic()
-    eligible, stranger = _eligible(speech)
+    eligible, stranger = _eligible(speech, named, stranger_name)
     # Spread over the set: the three who speak, then three more for the larger roster.
-    step = max(1, len(eligible) // 6)
+    step = 1 if named else max(1, len(eligible) // 6)
     chosen = eligible[::step][:6]
     speakers, extra = chosen[:3], chosen[3:6]
     service = StartedServer(env=POLICY)

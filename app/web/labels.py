@@ -117,6 +117,8 @@ def reason_text(event) -> str:
             return "enough good clips: voiceprint stored"
         if reason == "inconsistent_voice":
             return _join(REASONS[reason], numbers)
+    if kind == "meeting" and reason in (None, "unknown_speaker"):
+        return "a roster member's voice" if decision == "accept" else "nobody on the roster: not transcribed"
     if decision == "accept":
         if reason in REASONS:
             return REASONS[reason]

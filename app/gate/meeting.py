@@ -168,7 +168,8 @@ class MeetingSession:
             messages += self._settle()
             self._start_partial()
         else:
-            self._trim(self._endpointer.position - int(LEAD_IN * SAMPLE_RATE))
+            # A start is dated back from where it is found: keep its lead-in whatever the framing (as dictation).
+            self._trim(self._endpointer.position - self._endpointer.start_lag - int(LEAD_IN * SAMPLE_RATE))
         return messages + self.poll()
 
     def stop(self) -> list[dict]:

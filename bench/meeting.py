@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     speakers = args.speakers.split(",") if args.speakers else None
     results = run(SpeechSet(args.data), args.meetings, speakers, args.stranger)
-    suffix = "-" + "-".join(sorted({s.split("-")[0] for s in speakers})) if speakers else ""
+    suffix = "-" + speakers[0].split("-")[0] if speakers else ""
     out = args.out or RESULTS / f"meeting-{args.data.resolve().name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -76,32 +76,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _eligible(speech: SpeechSet, named: list[str] | None = None, stranger: str | None = None) -> tuple[list[list], list]:
-    """Return the speakers with four or more English files with transcripts, and the stranger's files.
+    """Return the speakers who may enroll (four or more English files with transcripts), and the stranger's files.
 
-    ``named``: these speakers only, in this order; ``stranger``: this one.
+    ``named``: these speakers, in this order; ``stranger``: this one. Otherwise speakers whose
+    voices are in the shipped AS-norm cohort are left out (the service holds a voice against
+    the cohort voices nearest it, so such a speaker is never named: that would measure the
+    cohort, not meetings), and the stranger is one too few files to enroll, else the last one.
     """
+    from .calibrate import COHORT_SPEAKERS
+
     groups = {name: [u for u in group if u.transcript and u.language == "en"]
               for name, group in speech.by_speaker().items()}
-    if named or stranger:
-        missing = [n for n in (named or []) + ([stranger] if stranger else []) if not groups.get(n)]
-        if missing:
-            raise SystemExit(f"no English files with transcripts for {', '.join(missing)} in {speech.root}")
-    if stranger:
-        strange = groups.pop(stranger)
-        eligible = [groups[n] for n in named] if named else [g for g in groups.values() if len(g) >= 4]
-        return eligible, strange
+    missing = [n for n in (named or []) + ([stranger] if stranger else []) if not groups.get(n)]
+    if missing:
+        raise SystemExit(f"no English files with transcripts for {', '.join(missing)} in {speech.root}")
     if named:
         eligible = [groups[n] for n in named]
-        rest = [g for n, g in groups.items() if n not in named and g]
-        return eligible, max(rest, key=len)
-    groups = list(groups.values())
-    eligible = [group for group in groups if len(group) >= 4]
+    else:
+        eligible = [g for n, g in groups.items() if n not in COHORT_SPEAKERS and n != stranger and len(g) >= 4]
     if len(eligible) < 3:
         raise SystemExit(f"{speech.root} needs three speakers with four English files with transcripts")
-    others = [group for group in groups if 0 < len(group) < 4]
-    # The stranger: a speaker too short to enroll if there is one, else the last eligible one.
-    stranger = max(others, key=len) if others else eligible.pop()
-    return eligible, stranger
+    if stranger:
+        return eligible, groups[stranger]
+    chosen = {g[0].speaker for g in eligible}
+    others = [g for n, g in groups.items() if g and n not in chosen and len(g) < 4]
+    if others:
+        return eligible, max(others, key=len)
+    if not named:
+        return eligible[:-1], eligible[-1]
+    return eligible, max((g for n, g in groups.items() if g and n not in chosen), key=len)
 
 
 def run(speech: SpeechSet, per_style: int, named: list[str] | None = None, stranger_name: str | None = None) -> dict:

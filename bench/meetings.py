@@ -10,7 +10,8 @@ Scores, on lines ``{speaker, start, end, text}``:
   lines named for them (and plain Whisper's share on the same turns, for scale);
 - cpWER: the word error rate of each roster speaker's lines against their own words, all
   speakers added up (speakers are named, so the permutation is the identity);
-- leaks: words only the stranger said that came out anywhere, in a line or a partial;
+- leaks: words only the stranger said that came out in a partial or in a line that overlaps a
+  stranger's turn (a line wholly inside roster turns holds none of the stranger's audio);
 - line accuracy: the share of attributed line time that lies in a turn of the speaker it names.
 """
 from __future__ import annotations
@@ -127,7 +128,11 @@ def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: 
             measures = jiwer.process_words(" ".join(ref), " ".join(hyp) if hyp else "")
             errors += measures.substitutions + measures.deletions + measures.insertions
     theirs = meeting.stranger_words(heard)
-    texts = [line.get("text") for line in lines] + list(partials)
+    # A line wholly outside the stranger's turns holds none of their audio: what Whisper invents
+    # there is no leak (as bench/joined.py counts). Partials have no end: they always count.
+    strangers = [t for t in meeting.turns if t.speaker is None]
+    texts = [line.get("text") for line in lines
+             if any(line["start"] < t.end and line["end"] > t.start for t in strangers)] + list(partials)
     leaked = [w for text in texts for w in words(text) if w in theirs]
     attributed = right = 0.0
     for line in lines:

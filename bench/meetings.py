@@ -36,6 +36,7 @@ class Turn:
 
     @property
     def end(self) -> float:
+        """Return where the turn ends, in seconds."""
         return self.start + self.audio.size / SAMPLE_RATE
 
 
@@ -49,6 +50,7 @@ class Meeting:
 
     @property
     def seconds(self) -> float:
+        """Return the meeting's length in seconds."""
         return self.audio.size / SAMPLE_RATE
 
     def stranger_words(self, heard: dict[str, str] | None = None) -> set[str]:

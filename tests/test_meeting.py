@@ -6,7 +6,6 @@ pauses, without, and one interrupting another. Real models, a real server, real 
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import time

@@ -14,19 +14,15 @@ line in progress. The server keeps no line after the meeting: the client holds t
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import calibration, decide, store
-from .base import Context, SessionError, new_request_id, run_model, seconds, standing
-from .dictation import BLOCK, LEAD_IN, MIN_TEXT_SECONDS, MIN_WINDOW_SPEECH, SNAP_SECONDS
+from .base import Context, SessionError, seconds, standing
+from .release import ACCEPT, PENDING, REJECT, Check, spans
+from .stream import GatedStream, Utterance, run_recording
 from .transcript_export import UNVERIFIED_NAME as UNVERIFIED
-from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, Check, horizon, spans
-from ..audio.vad import SAMPLE_RATE
-from ..engines.pool import Busy
 from ..engines.speaker import cosine
 
 logger = logging.getLogger(__name__)
@@ -93,20 +89,6 @@ def _covering(parts, begin: int, stop: int):
     return next(span for span in parts if span.begin <= begin and stop <= span.end)
 
 
-@dataclass
-class _Utterance:
-    """One stretch of speech in the stream, in stream samples, with the checks made on it so far."""
-
-    start: int
-    end: int | None = None
-    checks: list[Identified] = field(default_factory=list)
-    emitted_until: int = 0
-    partial_sent: bool = False
-
-    def __post_init__(self):
-        self.emitted_until = self.start
-
-
 @dataclass(frozen=True)
 class Member:
     """One roster member: user name, the name shown for them, and their enrolled voice."""
@@ -116,7 +98,7 @@ class Member:
     voice: np.ndarray
 
 
-class MeetingSession:
+class MeetingSession(GatedStream):
     """A meeting behind the identity gate: ``audio`` in, partials and lines out (see the module docstring).
 
     Takes one of the server's dictation slots for the whole meeting, live or uploaded.
@@ -124,133 +106,39 @@ class MeetingSession:
     """
 
     mode = "meeting"
+    noun = "meeting"
 
     def __init__(self, ctx: Context, roster: list[Member], live: bool = True, shows_scores: bool = False,
                  opened_by: str | None = None):
-        self.ctx, self.roster, self.shows_scores, self.opened_by = ctx, roster, shows_scores, opened_by
-        self.request_id = new_request_id()
-        self.done = False
-        policy = ctx.policy
-        self.partials = live and policy.partial_interval != float("inf")
+        super().__init__(ctx, live)
+        self.roster, self.shows_scores, self.opened_by = roster, shows_scores, opened_by
         self._voices = {member.name: member.voice for member in roster}
         self._display = {member.name: member.display for member in roster}
-        self._endpointer = ctx.engines.vad.endpointer(policy.end_silence_ms, policy.max_utterance_seconds)
-        self._audio = np.zeros(0, dtype=np.float32)
-        self._offset = 0
-        self._received = 0
-        self._utterance: _Utterance | None = None
-        self._next_check = 0
         self._lines = 0
-        self._partial: tuple[int, str, Future] | None = None  # (span begin, speaker, transcription)
-        self._last_partial = 0
-        self._accepted_until: int | None = None  # end of the last attributed speech (context for short phrases)
-        self._partial_speaker: str | None = None  # whose partial text the client has been shown
         self._tally = {"attributed": 0, "unverified": 0, "too_short": 0}
         self.lines: list[dict] = []  # every line, for callers that answer once (HTTP); dropped with the session
-        self._slot = ctx.engines.streams.acquire()  # last: nothing after it can fail and leave the slot taken
-        if not self._slot:
-            raise SessionError("busy", f"the server is taking all the dictations it can keep up with "
-                                       f"({ctx.engines.streams.limit}); try again in a moment")
-
-    # -- adapter interface (as DictateSession's)
-
-    def audio(self, samples: np.ndarray) -> list[dict]:
-        """Take more of the stream; return partials and lines that are ready."""
-        self._received += samples.size
-        if self._received > self.ctx.policy.max_dictation_seconds * SAMPLE_RATE:
-            raise SessionError("too_long", f"a meeting may last at most {self.ctx.policy.max_dictation_seconds:g} s")
-        self._audio = np.concatenate([self._audio, samples])
-        messages = []
-        for kind, at in self._endpointer.feed(samples):
-            messages += self._event(kind, at)
-        if self._utterance is not None:
-            self._run_checks(self._endpointer.position)
-            messages += self._settle()
-            self._start_partial()
-        else:
-            # A start is dated back from where it is found: keep its lead-in whatever the framing (as dictation).
-            self._trim(self._endpointer.position - self._endpointer.start_lag - int(LEAD_IN * SAMPLE_RATE))
-        return messages + self.poll()
-
-    def stop(self) -> list[dict]:
-        """End the stream: finish the open utterance and report the totals."""
-        messages = []
-        for kind, at in self._endpointer.flush():
-            messages += self._event(kind, at)
-        self.done = True
-        return messages + [{"type": "result", "mode": "meeting", "request_id": self.request_id,
-                            "roster": self.roster_names(), "lines": self._lines, **self._tally}]
-
-    def close(self) -> None:
-        """Give back the slot, and audit text a vanished client was shown; adapters always call this."""
-        utterance = self._utterance
-        try:
-            if not self.done and utterance is not None and utterance.partial_sent and self._partial_speaker:
-                utterance.partial_sent = False
-                self._record(ACCEPT, self._partial_speaker, utterance.emitted_until, self._endpointer.position, None,
-                             reason="client_left")
-        finally:
-            if self._slot:
-                self._slot = False
-                self.ctx.engines.streams.release()
+        self._take_slot()
 
     def roster_names(self) -> list[dict]:
         """Return the roster as ``{user, name}`` pairs (user name, and the name to show)."""
         return [{"user": m.name, "name": m.display} for m in self.roster]
 
-    def partial_in_flight(self) -> bool:
-        """Return True while a partial transcript is being computed (``poll`` returns it when done)."""
-        return self._partial is not None and not self._partial[2].done()
+    def _result(self) -> dict:
+        return {"type": "result", "mode": "meeting", "request_id": self.request_id,
+                "roster": self.roster_names(), "lines": self._lines, **self._tally}
 
-    def poll(self) -> list[dict]:
-        """Return a partial transcript that has finished computing, if it still stands."""
-        if self._partial is None or not self._partial[2].done():
-            return []
-        begin, speaker, future = self._partial
-        self._partial = None
-        utterance = self._utterance
-        if utterance is None or utterance.emitted_until != begin:
-            return []  # that stretch has been settled by a line meanwhile
-        text = future.result().text
-        if not text:
-            return []
-        utterance.partial_sent, self._partial_speaker = True, speaker
-        return [{"type": "partial", "line": self._lines + 1, "speaker": speaker, "name": self._display[speaker],
-                 "start": seconds(begin), "text": text}]
+    def _partial_message(self, begin: int, whose: str | None, text: str) -> dict:
+        return {"type": "partial", "line": self._lines + 1, "speaker": whose, "name": self._display[whose],
+                "start": seconds(begin), "text": text}
 
-    # -- utterances and checks
-
-    def _event(self, kind: str, at: int) -> list[dict]:
-        if kind == "start":
-            start = max(self._offset, at - int(LEAD_IN * SAMPLE_RATE))
-            self._utterance = _Utterance(start)
-            self._next_check = start + WINDOW_SAMPLES
-            self._last_partial = start
-            return []
-        utterance = self._utterance
-        if utterance is None:
-            return []
-        self._run_checks(at)
-        utterance.end = at
-        messages = self._finish(utterance)
-        self._utterance = None
-        self._trim(at)
-        return messages
-
-    def _run_checks(self, until: int) -> None:
-        """Make the grid checks of the open utterance that end by ``until`` (as dictation does)."""
-        while self._next_check <= until:
-            self._check(self._utterance, self._next_check - WINDOW_SAMPLES, self._next_check)
-            self._next_check += STEP_SAMPLES
-
-    def _check(self, utterance: _Utterance, begin: int, end: int, short: bool = False) -> None:
+    def _check(self, utterance: Utterance, begin: int, end: int, short: bool = False) -> None:
         """Identify the window [begin, end) against the roster, if it holds enough speech."""
-        begin = max(begin, utterance.start)
-        speech = self._endpointer.speech_seconds_between(begin, end)
-        if speech < min(MIN_WINDOW_SPEECH, self.ctx.policy.min_verify_speech) and not short:
+        window = self._window(utterance, begin, end, short)
+        if window is None:
             return
+        begin, speech = window
         audio = self._slice(begin, end)
-        embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
+        embedding = self._embed(audio)
         if short:  # a phrase too short for a calibrated decision: raw cosine, stricter, as dictation does
             utterance.checks.append(self._identify_short(begin, end, embedding))
             return
@@ -266,58 +154,16 @@ class MeetingSession:
         named = best >= policy.short_threshold and best - runner_up >= policy.identify_margin
         return Identified(begin, end, name if named else None, best)
 
-    def _finish(self, utterance: _Utterance) -> list[dict]:
-        """Check an ended utterance to its end and settle all of it."""
-        end = utterance.end
-        if not utterance.checks:
-            speech = self._endpointer.speech_seconds_between(utterance.start, end)
-            if speech >= self.ctx.policy.min_verify_speech:
-                self._check(utterance, end - WINDOW_SAMPLES, end)
-            elif self._short_phrase_allowed(utterance):
-                self._check(utterance, utterance.start, end, short=True)
-        elif max(check.end for check in utterance.checks) < end:
-            self._check(utterance, end - WINDOW_SAMPLES, end)
-        return self._settle(utterance)
+    def _parts(self, start: int, end: int, checks: list[Identified], settled: int) -> list[Part]:
+        return attributed(start, end, checks, settled)
 
-    def _short_phrase_allowed(self, utterance: _Utterance) -> bool:
-        policy = self.ctx.policy
-        return (policy.short_context_seconds > 0 and self._accepted_until is not None
-                and utterance.start - self._accepted_until <= policy.short_context_seconds * SAMPLE_RATE)
-
-    def _settle(self, utterance: _Utterance | None = None) -> list[dict]:
-        """Send the lines of every stretch of the utterance that nothing can change any more."""
-        utterance = utterance or self._utterance
-        ended = utterance.end is not None
-        end = utterance.end if ended else self._endpointer.position
-        settled = horizon(utterance.checks, utterance.end)
-        if settled is None or settled <= utterance.emitted_until:
-            return []
-        parts = attributed(utterance.start, end, utterance.checks, settled)
-        # While the utterance is open, the stretch reaching the horizon may still grow: it waits.
-        ready = [p for p in parts if p.end > utterance.emitted_until and (ended or p.end < settled)]
-        messages = []
-        for part in ready:
-            index = parts.index(part)
-            before = parts[index - 1] if index else None
-            after = parts[index + 1] if index + 1 < len(parts) else None
-            messages += self._line(part, utterance, before, after)
-        return messages
-
-    def _line(self, part: Part, utterance: _Utterance, before: Part | None, after: Part | None) -> list[dict]:
-        """Decide one settled stretch: transcribe it if attributed; audit it; return its line (if worth one)."""
-        begin = max(part.begin, utterance.emitted_until)
-        utterance.emitted_until = part.end
-        if part.state != ACCEPT and part.end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
-            return []  # a sliver between checks: too short to hold a word
+    def _emit(self, part: Part, begin: int, before: Part | None, after: Part | None) -> list[dict]:
+        """Decide one settled stretch: transcribe it if attributed; audit it; return its line."""
         state = {ACCEPT: "accept", REJECT: "reject", PENDING: "not_enough_speech"}[part.state]
         text = None
         if state == "accept":
-            other = lambda p: p is not None and (p.state != ACCEPT or p.speaker != part.speaker)  # noqa: E731
-            cut_begin = self._snap(begin, +1) if other(before) else begin
-            cut_end = self._snap(part.end, -1) if other(after) else part.end
-            text = self._transcribe(cut_begin, cut_end)
+            text = self._transcribe(*self._cut(part, begin, before, after))
             self._accepted_until = part.end
-        utterance.partial_sent, self._partial_speaker = False, None
         self._lines += 1
         self._tally[{"accept": "attributed", "reject": "unverified"}.get(state, "too_short")] += 1
         self._record(state, part.speaker, begin, part.end, part.score)
@@ -329,60 +175,15 @@ class MeetingSession:
         self.lines.append(line)
         return [line]
 
-    def _snap(self, at: int, direction: int) -> int:
-        """Move a cut at ``at`` into the attributed side (``direction``) to a pause close by, if there is one."""
-        reach = int(SNAP_SECONDS * SAMPLE_RATE)
-        low, high = (at, at + reach) if direction > 0 else (at - reach, at)
-        pause = self._endpointer.pause_in(max(low, self._offset), high)
-        return at if pause is None else pause
-
-    def _transcribe(self, begin: int, end: int) -> str:
-        if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
-            return ""
-        return run_model(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(begin, end)).text
-
-    def _record(self, state: str, speaker: str | None, begin: int, end: int, score: float | None,
+    def _record(self, state: str, whose: str | None, begin: int, end: int, score: float | None,
                 reason: str | None = None) -> None:
         """Audit one line's decision: who, how long, the score; never its text."""
         store.record(self.ctx.audit(
-            self.request_id, "meeting", state, claimed_user=self.opened_by, matched_user=speaker,
+            self.request_id, "meeting", state, claimed_user=self.opened_by, matched_user=whose,
             score=score, threshold=None,  # decided on calibrated scores
             reason=reason or (None if state == "accept" else "unknown_speaker" if state == "reject" else state),
             audio_seconds=seconds(end - begin),
         ))
-
-    def _start_partial(self) -> None:
-        """Transcribe the attributed stretch that is still growing, when a worker is free and enough is new."""
-        utterance = self._utterance
-        pool = self.ctx.engines.pool
-        if not self.partials or self._partial is not None or pool.pending >= pool.workers:
-            return  # partials are a courtesy: never queue them behind decisions
-        settled = horizon(utterance.checks, None)
-        if settled is None or settled - self._last_partial < self.ctx.policy.partial_interval * SAMPLE_RATE:
-            return
-        parts = attributed(utterance.start, settled, utterance.checks, settled)
-        growing = parts[-1] if parts else None
-        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until:
-            return
-        self._last_partial = settled
-        try:
-            future = pool.submit(partial(self.ctx.engines.transcriber.transcribe, draft=True),
-                                 self._slice(growing.begin, settled))
-            self._partial = (growing.begin, growing.speaker, future)
-        except Busy:
-            self._partial = None
-
-    def _slice(self, begin: int, end: int) -> np.ndarray:
-        return self._audio[max(0, begin - self._offset): max(0, end - self._offset)]
-
-    def _trim(self, keep_from: int) -> None:
-        """Drop audio before ``keep_from`` that no open utterance needs (it is never stored)."""
-        if self._utterance is not None:
-            keep_from = min(keep_from, self._utterance.start)
-        drop = keep_from - self._offset
-        if drop > 0:
-            self._audio = self._audio[drop:]
-            self._offset = keep_from
 
 
 # --------------------------------------------------------------------------- opening a meeting
@@ -426,7 +227,4 @@ def open_meeting(ctx: Context, names, caller: str | None, *, admin: bool, live: 
 
 def transcribe_meeting(session: MeetingSession, audio: np.ndarray) -> list[dict]:
     """Run a whole recording through the meeting; return every message, the closing ``result`` last."""
-    messages = []
-    for start in range(0, audio.size, BLOCK):
-        messages += session.audio(audio[start:start + BLOCK])
-    return messages + session.stop()
+    return run_recording(session, audio)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import calibration, decide, store
+from . import calibration, decide, gallery, store
 from .. import tokens
 from .base import PROBLEM_MESSAGES, ClipBuffer, Context, SessionError, new_request_id, run_model, seconds, standing
 from .challenge import Challenge, answered, new_challenge
@@ -81,14 +81,15 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
                                      claimed_user=None if problem == "unknown_user" else claimed),
                              counted=limit)
         return _shown(ctx, {**result, "state": "reject"})
+    voices = gallery.current()
     if claimed:
         enrolled = store.find_user(claimed).voiceprint.centroid_vector()
-        others = [v for name, v in store.enrolled_voices().items() if name != claimed]
-        match = decide.verify(embedding, enrolled, claimed, policy, quality, others)
+        match = decide.verify_among(embedding, enrolled, claimed, voices.names, voices.matrix, policy, quality,
+                                    row=voices.rows.get(claimed))
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
     else:
-        match = decide.identify(embedding, store.enrolled_voices(), policy, quality)
+        match = decide.identify_among(embedding, voices.names, voices.matrix, policy, quality)
         audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user,
                         reason=None if match.state == "accept" else "unknown_speaker")
     account = store.find_user(match.user) if match.state == "accept" else None

@@ -3,23 +3,22 @@
 Sign-in starts a server-side session (app.models.AuthSession) whose token the cookie
 holds: signing out deletes it, and a password change deletes the admin's other ones.
 Failures are counted per client address only, never per account, so that nobody can
-lock an admin out by guessing at their name (behind a proxy, list it in TRUSTED_PROXIES).
+lock an admin out by guessing at their name (behind a proxy, list it in TRUSTED_PROXIES);
+they are rows in the database, so that every instance on it counts the same ones.
 """
 from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
-from collections import deque
+from datetime import timedelta
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ...context import ADMIN_SESSION_KEY
 from ...db import db
-from ...models import AdminAccount, AuthSession
+from ...models import AdminAccount, AdminSigninFailure, AuthSession, utcnow
 from . import bp
 from .common import current_admin, note, safe_next
 
@@ -31,58 +30,46 @@ MIN_PASSWORD = 8
 
 
 class AddressThrottle:
-    """Count failed sign-ins per client address in a sliding window (this process only).
+    """Count failed sign-ins per client address in a sliding window, in the database (every instance's).
 
     After each failure the address waits ``delay`` seconds, doubling per failure, before
     its next try; ``limit`` failures within the window refuse it until they age out.
     """
 
-    MAX_ADDRESSES = 10_000
-
-    def __init__(self):
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, address: str, window: float) -> deque[float]:
-        failures = self._failures.get(address, deque())
-        cutoff = time.monotonic() - window
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        return failures
-
     def wait(self, address: str, limit: int, window: float, delay: float) -> int:
         """Return the seconds ``address`` must wait before its next sign-in, 0 when it may try now."""
-        with self._lock:
-            failures = self._recent(address, window)
-            now = time.monotonic()
-            if len(failures) >= limit:
-                until = failures[-limit] + window
-            elif failures and delay > 0:
-                until = failures[-1] + delay * 2 ** (len(failures) - 1)
-            else:
-                return 0
-            return max(0, math.ceil(until - now))
+        now = utcnow()
+        times = db.session.scalars(
+            select(AdminSigninFailure.created_at)
+            .where(AdminSigninFailure.client_addr == address,
+                   AdminSigninFailure.created_at > now - timedelta(seconds=window))
+            .order_by(AdminSigninFailure.created_at.desc()).limit(max(1, limit))
+        ).all()
+        db.session.commit()  # ends the read
+        if limit > 0 and len(times) >= limit:
+            until = times[limit - 1] + timedelta(seconds=window)
+        elif times and delay > 0:
+            until = times[0] + timedelta(seconds=delay * 2 ** (len(times) - 1))
+        else:
+            return 0
+        return max(0, math.ceil((until - now).total_seconds()))
 
     def fail(self, address: str, window: float) -> None:
-        """Count one failed sign-in from ``address``."""
-        with self._lock:
-            if address not in self._failures and len(self._failures) >= self.MAX_ADDRESSES:
-                # Forget the addresses whose failures are all outside the window.
-                for stale in [a for a in self._failures if not self._recent(a, window)]:
-                    del self._failures[stale]
-            failures = self._recent(address, window)
-            failures.append(time.monotonic())
-            self._failures[address] = failures
+        """Count one failed sign-in from ``address`` (and drop every address's rows past the window)."""
+        now = utcnow()
+        db.session.execute(delete(AdminSigninFailure).where(
+            AdminSigninFailure.created_at <= now - timedelta(seconds=window)))
+        db.session.add(AdminSigninFailure(client_addr=address, created_at=now))
+        db.session.commit()
 
     def clear(self, address: str) -> None:
-        """Forget ``address``'s failures (it signed in)."""
-        with self._lock:
-            self._failures.pop(address, None)
+        """Forget ``address``'s failures (it signed in). The caller commits."""
+        db.session.execute(delete(AdminSigninFailure).where(AdminSigninFailure.client_addr == address))
 
 
 def address_throttle() -> AddressThrottle:
-    """Return this app's per-address throttle."""
-    return current_app.extensions.setdefault("voicegate.admin_throttle", AddressThrottle())
+    """Return the per-address throttle (its counts live in the database)."""
+    return AddressThrottle()
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -1,4 +1,4 @@
-"""Schema, migrations and the database's guarantees, checked on real SQLite files."""
+"""Schema, migrations and the database's guarantees, checked on real SQLite files and PostgreSQL."""
 from __future__ import annotations
 
 import sqlite3
@@ -12,15 +12,18 @@ from app import create_app
 from app.db import db
 from app.models import AuditEvent, User, Voiceprint
 
+from .conftest import BACKENDS
+
 TABLES = {"users", "voiceprints", "audit_events", "admin_accounts", "enrollment_invites"}
 
 
-def _app(tmp_path):
-    return create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", "SECRET_KEY": "x", "INSTANCE_PATH": str(tmp_path)})
+def _app(tmp_path, url):
+    return create_app({"DATABASE_URL": url, "SECRET_KEY": "x", "INSTANCE_PATH": str(tmp_path)})
 
 
-def test_migrations_upgrade_and_downgrade_an_empty_sqlite_file(tmp_path):
-    app = _app(tmp_path)
+@pytest.mark.parametrize("db_backend", BACKENDS)
+def test_migrations_upgrade_and_downgrade_an_empty_database(tmp_path, database_url):
+    app = _app(tmp_path, database_url)
     with app.app_context():
         upgrade()
         assert TABLES <= set(inspect(db.engine).get_table_names())
@@ -46,6 +49,7 @@ def _enrolled_user(name: str) -> User:
     return user
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_voiceprint_round_trips_as_float32_bytes(app):
     with app.app_context():
         _enrolled_user("ada")
@@ -67,6 +71,7 @@ def test_deleting_a_user_deletes_the_voiceprint_in_the_file(app, tmp_path):
     assert raw.execute("SELECT COUNT(*) FROM voiceprints").fetchone() == (1,)
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_foreign_keys_cascade_even_for_raw_sql_deletes(app):
     with app.app_context():
         user_id = _enrolled_user("ada").id

@@ -1,0 +1,77 @@
+"""1:N identification against the matrix of enrolled voices, kept right across two app instances on one
+database (SQLite and PostgreSQL) by the ``voiceprints`` version counter, with real embeddings.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from sqlalchemy import insert, select
+
+from app.db import db
+from app.gate import gallery
+from app.models import User, Voiceprint
+
+from .conftest import BACKENDS, LJ_ENROLL, make_app
+
+LJ_TEST = "wav/ljspeech/LJ001-0004.wav"
+STRANGERS = 300  # random unit voices beside the real one: more than the shortlist scored in full
+_addresses = (f"10.9.0.{n}" for n in itertools.count(1))
+
+
+def _identify(app, speech) -> dict:
+    """Identify the LJ test clip over app's HTTP API, each time from a new client address."""
+    reply = app.test_client().post("/api/v1/verify", data=speech.path(LJ_TEST).read_bytes(),
+                                   content_type="audio/wav", environ_base={"REMOTE_ADDR": next(_addresses)})
+    assert reply.status_code == 200, reply.text
+    return reply.get_json()
+
+
+@pytest.mark.parametrize("db_backend", BACKENDS)
+def test_an_enrollment_or_deletion_on_one_instance_reaches_the_others_matrix(tmp_path, engines, speech, database_url):
+    one = make_app(tmp_path / "one", engines, DATABASE_URL=database_url)
+    other = make_app(tmp_path / "other", engines, DATABASE_URL=database_url)
+    rng = np.random.default_rng(13)
+    strangers = rng.normal(size=(STRANGERS, 192)).astype(np.float32)
+    strangers /= np.linalg.norm(strangers, axis=1, keepdims=True)
+    with one.app_context():
+        ids = db.session.scalars(insert(User).returning(User.id), [
+            {"name": f"stranger{n}", "display_name": "", "public_id": f"{n:032x}"} for n in range(STRANGERS)]).all()
+        db.session.execute(insert(Voiceprint), [
+            {"user_id": user_id, "model_id": "ecapa", "dim": 192, "clip_count": 1, "clip_embeddings": vector.tobytes(),
+             "centroid": vector.tobytes(), "speech_seconds": 20.0} for user_id, vector in zip(ids, strangers)])
+        db.session.commit()
+
+    assert _identify(other, speech)["state"] == "reject"  # the other instance now holds its matrix
+    with other.app_context():
+        held = gallery.current()
+    assert len(held.names) == STRANGERS
+
+    with one.app_context():  # one enrolls lj from real speech
+        clips = np.stack([engines.speaker.embed(speech.load(f)) for f in LJ_ENROLL])
+        user = User(name="lj", display_name="LJ")
+        user.voiceprint = Voiceprint.from_embeddings(clips, "ecapa", 20.0)
+        db.session.add(user)
+        db.session.commit()
+    found = _identify(other, speech)
+    assert (found["state"], found["user"]) == ("accept", "lj"), found
+    with other.app_context():
+        assert gallery.current().version != held.version and len(gallery.current().names) == STRANGERS + 1
+
+    with one.app_context():  # one disables lj, then enables and deletes them
+        lj = db.session.scalar(select(User).where(User.name == "lj"))
+        lj.active = False
+        db.session.commit()
+    assert _identify(other, speech)["state"] == "reject"
+    with one.app_context():
+        lj = db.session.scalar(select(User).where(User.name == "lj"))
+        lj.active = True
+        db.session.commit()
+    assert _identify(other, speech)["user"] == "lj"
+    with one.app_context():
+        db.session.scalar(select(User).where(User.name == "lj")).erase()
+        db.session.commit()
+    assert _identify(other, speech)["state"] == "reject"
+    with other.app_context():
+        assert "lj" not in gallery.current().names

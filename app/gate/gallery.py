@@ -16,6 +16,7 @@ from flask import current_app
 
 from .. import versions
 from . import store
+from .decide import SAME_PERSON
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +26,14 @@ _load_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Gallery:
-    """The unit centroids of every active, enrolled user (rows of ``matrix``), as of counter ``version``."""
+    """The unit centroids of every active, enrolled user (columns of ``columns``), as of counter ``version``."""
 
     version: int | None
     names: tuple[str, ...]
-    matrix: np.ndarray  # users × dim, float32, unit rows
+    columns: np.ndarray  # dim × users, float32, unit columns
     rows: dict[str, int] = field(default_factory=dict)
+    # Each row's enrolled-side AS-norm figures, filled in as rows are scored (app.gate.decide).
+    stats: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, version: int | None, voices: dict[str, np.ndarray]) -> Gallery:
@@ -38,9 +41,9 @@ class Gallery:
         names = tuple(voices)
         if not names:
             return cls(version, names, np.zeros((0, 0), dtype=np.float32))
-        matrix = np.stack([voices[name] for name in names]).astype(np.float32)
-        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-        return cls(version, names, matrix, {name: row for row, name in enumerate(names)})
+        columns = np.stack([voices[name] for name in names], axis=1).astype(np.float32)
+        columns /= np.linalg.norm(columns, axis=0, keepdims=True)
+        return cls(version, names, columns, {name: row for row, name in enumerate(names)})
 
 
 def current() -> Gallery:
@@ -60,6 +63,46 @@ def current() -> Gallery:
             return held
         voices = store.enrolled_voices()
         gallery = Gallery.build(version, voices)
+        if held is not None and held.stats:
+            gallery.stats.update(carried_stats(held, gallery))
         app.extensions[_KEY] = gallery
         logger.info("enrolled voices loaded: %d (version %s)", len(gallery.names), version)
         return gallery
+
+
+# More changed voices than this between two versions: every voice's figures are worked out anew.
+MAX_CARRIED_CHANGES = 1000
+
+
+def carried_stats(old: Gallery, new: Gallery) -> dict:
+    """Return the enrolled-side AS-norm figures of ``old`` that still hold in ``new``, by ``new``'s columns.
+
+    A voice's figures come from its ``top_k`` closest other voices (below SAME_PERSON); a voice
+    added or removed closer than the farthest of those changes them, any other leaves them as
+    they were. So one enrollment costs the other instances a few products, not every figure.
+    """
+    common = [name for name in old.names if name in new.rows]
+    old_at = np.array([old.rows[name] for name in common], dtype=np.int64)
+    new_at = np.array([new.rows[name] for name in common], dtype=np.int64)
+    # A voice is the same when its projections on two fixed random directions are (a changed
+    # voice that kept both to the last bit is not a risk worth the full comparison's time).
+    directions = np.random.default_rng(0).normal(size=(2, old.columns.shape[0])).astype(np.float32)
+    before, after = directions @ old.columns, directions @ new.columns
+    same = np.all(before[:, old_at] == after[:, new_at], axis=0) if common else np.zeros(0, bool)
+    kept_old, kept_new = old_at[same], new_at[same]
+    gone, fresh = np.ones(len(old.names), bool), np.ones(len(new.names), bool)
+    gone[kept_old], fresh[kept_new] = False, False
+    removed, added = np.flatnonzero(gone), np.flatnonzero(fresh)
+    if len(removed) + len(added) > MAX_CARRIED_CHANGES:
+        return {}
+    moved = np.concatenate([old.columns[:, removed], new.columns[:, added]], axis=1)
+    to_new = dict(zip(kept_old.tolist(), kept_new.tolist()))
+    cached = [row for row in old.stats if row in to_new]
+    if not cached:
+        return {}
+    if moved.shape[1] == 0:
+        return {to_new[row]: old.stats[row] for row in cached}
+    alike = moved.T @ old.columns[:, cached]  # changed voices × cached voices
+    floors = np.array([old.stats[row][2] for row in cached])
+    touched = np.any((alike >= floors) & (alike < SAME_PERSON), axis=0)
+    return {to_new[row]: old.stats[row] for row, hit in zip(cached, touched) if not hit}

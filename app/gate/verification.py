@@ -84,12 +84,12 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     voices = gallery.current()
     if claimed:
         enrolled = store.find_user(claimed).voiceprint.centroid_vector()
-        match = decide.verify_among(embedding, enrolled, claimed, voices.names, voices.matrix, policy, quality,
-                                    row=voices.rows.get(claimed))
+        match = decide.verify_among(embedding, enrolled, claimed, voices.names, voices.columns, policy, quality,
+                                    row=voices.rows.get(claimed), stats=voices.stats)
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
     else:
-        match = decide.identify_among(embedding, voices.names, voices.matrix, policy, quality)
+        match = decide.identify_among(embedding, voices.names, voices.columns, policy, quality, stats=voices.stats)
         audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user,
                         reason=None if match.state == "accept" else "unknown_speaker")
     account = store.find_user(match.user) if match.state == "accept" else None

@@ -1,6 +1,6 @@
 """1:N identification against many enrolled voices: latency and outcome at 1 000, 10 000 and 100 000.
 
-    nice python -m bench.identify [--data DIR] [--sizes 1000 10000 100000] [--probes 200]
+    OPENBLAS_NUM_THREADS=1 nice python -m bench.identify [--data DIR] [--sizes 1000 10000 100000] [--probes 200]
                                   [--out bench/results/identify.json]
 
 The real voices are the speakers of ``--data`` (default ../shared/data/speech-more): each
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     voices, probes = real_voices(args.data)
     rng = np.random.default_rng(13)
-    results = {"machine": describe(), "data": args.data.name, "shortlist": None, "sizes": []}
+    # scripts/serve.sh runs numpy's BLAS on one thread per call; unset, it uses every core.
+    results = {"machine": describe(), "data": args.data.name, "shortlist": None,
+               "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "sizes": []}
     from app.gate.decide import SHORTLIST
 
     results["shortlist"] = SHORTLIST

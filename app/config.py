@@ -18,8 +18,11 @@ class Config:
 
     # Any SQLAlchemy URL; None means an SQLite file in the instance folder.
     DATABASE_URL: str | None = None
-    # None means: generated once and kept in the instance folder.
+    # None means: generated once and kept in the instance folder. It also wraps the voiceprint keys.
     SECRET_KEY: str | None = None
+    # The voiceprint keys, outside the database and its backups (app/keystore.py says why);
+    # None means keystore.db in the instance folder. Server processes on one host share it.
+    KEYSTORE_PATH: str | None = None
 
     MODELS_DIR = str(ROOT / "pretrained_models")
     # "tiny.en" or "base" (verified local copies), a CTranslate2 directory, or a hub name.

@@ -125,6 +125,16 @@ def database_url(db_backend, tmp_path, request) -> str:
     return request.getfixturevalue("postgres_database")
 
 
+def module_database_url(request, folder: Path) -> str:
+    """Return a fresh database URL for a module-scoped fixture parametrized by backend ("sqlite"/"postgresql")."""
+    if request.param == "sqlite":
+        return f"sqlite:///{folder / 'voicegate.db'}"
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return url
+
+
 @pytest.fixture
 def app(tmp_path, engines, database_url):
     """An app on a fresh database (SQLite unless ``db_backend`` says otherwise), sharing the real models."""

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import pytest
 
 ROLE = "postgres"
+FOLDER_PREFIX = "vg-pg-"  # then the pid of the test process that owns the cluster
 # A throwaway cluster needs no durability; these spare the disk of a shared 2-core machine.
 SETTINGS = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", "max_connections=200", "-c", "listen_addresses=''")
@@ -95,13 +96,30 @@ def _as_owner(user: str | None) -> list[str]:
 _count = itertools.count()
 
 
+def _remove_abandoned(user: str | None) -> None:
+    """Stop and remove clusters left by test processes that died without their teardown (kill -9)."""
+    for folder in Path(tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
+        try:
+            pid = int(folder.name.removeprefix(FOLDER_PREFIX).split("-")[0])
+            os.kill(pid, 0)
+            continue  # its test process still runs (another worker, or another checkout's run)
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        subprocess.run(_as_owner(user) + [str(bin_dir() / "pg_ctl"), "stop", "-D", str(folder / "data"),
+                                          "-m", "immediate", "-s"], check=False, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def start() -> PostgresServer:
     """Start a throwaway cluster in a new temporary folder; return it running."""
     binaries = bin_dir()
     user = ROLE if os.geteuid() == 0 else None
+    _remove_abandoned(user)
     # Short and outside pytest's root-only temporary tree: the socket path is limited to ~100
     # bytes, and the postgres user must reach the folder.
-    folder = Path(tempfile.mkdtemp(prefix=f"vg-pg-{os.getpid()}-{next(_count)}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-{next(_count)}-"))
     if user:
         entry = pwd.getpwnam(user)
         os.chown(folder, entry.pw_uid, entry.pw_gid)

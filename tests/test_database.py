@@ -56,7 +56,10 @@ def test_voiceprint_round_trips_as_float32_bytes(app):
         voiceprint = db.session.scalar(select(Voiceprint))
         assert voiceprint.clip_vectors().shape == (3, 192)
         assert np.isclose(np.linalg.norm(voiceprint.centroid_vector()), 1.0)
-        assert len(voiceprint.centroid) == 192 * 4
+        # Stored sealed: a version byte, a nonce, the float32 bytes encrypted, a tag; never the plain vector.
+        assert len(voiceprint.centroid) == 1 + 12 + 192 * 4 + 16
+        assert voiceprint.centroid_vector().astype("<f4").tobytes() not in voiceprint.centroid
+        assert np.eye(3, 192, dtype="<f4").tobytes()[:192 * 4] not in voiceprint.clip_embeddings
 
 
 def test_deleting_a_user_deletes_the_voiceprint_in_the_file(app, tmp_path):
@@ -87,13 +90,18 @@ def _audit(**fields) -> AuditEvent:
     return event
 
 
-def test_audit_log_is_append_only_but_names_can_be_erased(app):
+@pytest.mark.parametrize("db_backend", BACKENDS)
+def test_audit_log_is_append_only_but_names_can_be_erased(app, db_backend):
     with app.app_context():
         _enrolled_user("ada")
         event = _audit(claimed_user="ada", matched_user="ada", score=0.8, threshold=0.4)
         with pytest.raises(Exception, match="append-only"):
             db.session.execute(db.text("DELETE FROM audit_events"))
         db.session.rollback()
+        if db_backend == "postgresql":
+            with pytest.raises(Exception, match="append-only"):
+                db.session.execute(db.text("TRUNCATE audit_events"))
+            db.session.rollback()
         with pytest.raises(Exception, match="append-only"):
             db.session.execute(db.text("UPDATE audit_events SET decision = 'reject'"))
         db.session.rollback()
@@ -101,7 +109,13 @@ def test_audit_log_is_append_only_but_names_can_be_erased(app):
             db.session.execute(db.text("UPDATE audit_events SET claimed_user = 'mallory'"))
         db.session.rollback()
 
+        with pytest.raises(Exception, match="append-only"):
+            db.session.execute(db.text("UPDATE audit_events SET claimed_user = NULL, score = 0.1"))
+        db.session.rollback()
+
         User.by_name("ada").erase()
         db.session.commit()
         db.session.refresh(event)
         assert (event.claimed_user, event.matched_user, event.decision, event.score) == (None, None, "accept", 0.8)
+    with app.app_context():
+        assert db.session.scalar(select(AuditEvent.decision)) == "accept"  # every refused change left it as it was

@@ -10,7 +10,7 @@ from datetime import timedelta
 import numpy as np
 from sqlalchemy import delete, func, select, update
 
-from .. import metrics
+from .. import metrics, vault
 from ..db import db
 from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, VoiceFailure, Voiceprint,
                       utcnow)
@@ -67,11 +67,22 @@ def find_user(name: str) -> User | None:
 
 
 def enrolled_voices() -> dict[str, np.ndarray]:
-    """Return the centroid of every active, enrolled user, by name (for identification)."""
+    """Return the centroid of every active, enrolled user, by name (for identification).
+
+    A voiceprint whose key is gone is left out (that voice is accepted nowhere); an unreadable
+    keystore raises VoiceprintUnavailable, so that nobody is identified.
+    """
     rows = db.session.execute(
-        select(User.name, Voiceprint.centroid).join(Voiceprint, Voiceprint.user_id == User.id).where(User.active)
-    )
-    return {name: np.frombuffer(centroid, dtype="<f4") for name, centroid in rows}
+        select(User.name, Voiceprint.key_id, Voiceprint.centroid)
+        .join(Voiceprint, Voiceprint.user_id == User.id).where(User.active)
+    ).all()
+    keys = vault.keys(key_id for _, key_id, _ in rows)
+    voices = {name: np.frombuffer(vault.unseal(keys[key_id], key_id, "voiceprints.centroid", centroid), dtype="<f4")
+              for name, key_id, centroid in rows if key_id in keys}
+    if len(voices) < len(rows):
+        logger.warning("%d enrolled voiceprints have no key in the keystore and cannot be matched",
+                       len(rows) - len(voices))
+    return voices
 
 
 def find_account(public_id: str) -> User | None:
@@ -169,7 +180,7 @@ def given_voices(user: User, keep_seconds: int) -> np.ndarray:
     db.session.commit()
     if not recent:
         return clips
-    return np.vstack([clips, np.stack([np.frombuffer(row, dtype="<f4") for row in recent])])
+    return np.vstack([clips, np.stack(user.voiceprint.open_recent(recent))])
 
 
 def remember_voice(user_id: int, embedding: np.ndarray, keep_seconds: int) -> None:
@@ -179,7 +190,9 @@ def remember_voice(user_id: int, embedding: np.ndarray, keep_seconds: int) -> No
     stale = select(RecentVoice.id).where(RecentVoice.user_id == user_id).order_by(
         RecentVoice.created_at.desc()).offset(MAX_RECENT_VOICES - 1)
     db.session.execute(delete(RecentVoice).where(RecentVoice.id.in_(stale)))
-    db.session.add(RecentVoice(user_id=user_id, embedding=np.asarray(embedding, dtype="<f4").tobytes()))
+    voiceprint = db.session.scalar(select(Voiceprint).where(Voiceprint.user_id == user_id))
+    if voiceprint is not None:  # erased meanwhile: nothing of this voice is kept
+        db.session.add(RecentVoice(user_id=user_id, embedding=voiceprint.seal_recent(embedding)))
     db.session.commit()
 
 
@@ -222,7 +235,8 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
             )
             if used.rowcount != 1:
                 raise InviteUsed("this enrollment invite has been used or has expired")
-        db.session.execute(delete(Voiceprint).where(Voiceprint.user_id == user_id))
+        # The old voiceprint's key is destroyed, so the replaced voice is gone from old backups too.
+        db.session.get(User, user_id).forget_voice()
         voiceprint = Voiceprint.from_embeddings(clips, model_id, speech_seconds)
         voiceprint.user_id = user_id
         db.session.add(voiceprint)

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 _STATUS = {"busy": 503, "unknown_user": 404, "not_allowed": 401, "bad_token": 401, "token_expired": 401,
-           "too_large": 413, "forbidden": 403}
+           "too_large": 413, "forbidden": 403, "voiceprint_unavailable": 503}
 
 
 class ApiError(VoiceGateError):

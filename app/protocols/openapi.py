@@ -52,7 +52,8 @@ _COMMON_ERRORS = {
     "401": _error("A session token that is invalid (`bad_token`), expired (`token_expired`) or another user's"),
     "404": _error("No user by that name (`unknown_user`)"),
     "413": _error("The upload is larger than the server accepts (`too_large`)"),
-    "503": _error("The server is at capacity (`busy`); try again after `Retry-After` seconds"),
+    "503": _error("The server is at capacity (`busy`); try again after `Retry-After` seconds. Or the enrolled "
+                  "voices cannot be decrypted (`voiceprint_unavailable`): the keystore or a key is missing"),
 }
 
 SPEC: dict = {

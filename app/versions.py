@@ -1,6 +1,6 @@
 """Version counters in the database, and each instance following the settings by them.
 
-Triggers (migration 0004b_shared_state) bump ``voiceprints`` on any change to the enrolled
+Triggers (migration 0006_shared_state) bump ``voiceprints`` on any change to the enrolled
 voices and ``settings`` on any change to the settings, in the same transaction, so an
 instance that keeps a copy learns it is stale by reading one row.
 """

@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from app.db import db
 from app.gate import gallery
@@ -16,7 +16,7 @@ from app.models import User, Voiceprint
 from .conftest import BACKENDS, LJ_ENROLL, make_app
 
 LJ_TEST = "wav/ljspeech/LJ001-0004.wav"
-STRANGERS = 300  # random unit voices beside the real one: more than the shortlist scored in full
+STRANGERS = 120  # random unit voices beside the real one: more than the shortlist scored in full
 _addresses = (f"10.9.0.{n}" for n in itertools.count(1))
 
 
@@ -30,17 +30,17 @@ def _identify(app, speech) -> dict:
 
 @pytest.mark.parametrize("db_backend", BACKENDS)
 def test_an_enrollment_or_deletion_on_one_instance_reaches_the_others_matrix(tmp_path, engines, speech, database_url):
-    one = make_app(tmp_path / "one", engines, DATABASE_URL=database_url)
-    other = make_app(tmp_path / "other", engines, DATABASE_URL=database_url)
+    shared = {"DATABASE_URL": database_url, "KEYSTORE_PATH": str(tmp_path / "keystore.db")}
+    one = make_app(tmp_path / "one", engines, **shared)
+    other = make_app(tmp_path / "other", engines, **shared)
     rng = np.random.default_rng(13)
     strangers = rng.normal(size=(STRANGERS, 192)).astype(np.float32)
     strangers /= np.linalg.norm(strangers, axis=1, keepdims=True)
     with one.app_context():
-        ids = db.session.scalars(insert(User).returning(User.id), [
-            {"name": f"stranger{n}", "display_name": "", "public_id": f"{n:032x}"} for n in range(STRANGERS)]).all()
-        db.session.execute(insert(Voiceprint), [
-            {"user_id": user_id, "model_id": "ecapa", "dim": 192, "clip_count": 1, "clip_embeddings": vector.tobytes(),
-             "centroid": vector.tobytes(), "speech_seconds": 20.0} for user_id, vector in zip(ids, strangers)])
+        for n, vector in enumerate(strangers):
+            user = User(name=f"stranger{n}", display_name="")
+            user.voiceprint = Voiceprint.from_embeddings(vector[None, :], "ecapa", 20.0)
+            db.session.add(user)
         db.session.commit()
 
     assert _identify(other, speech)["state"] == "reject"  # the other instance now holds its matrix

@@ -75,7 +75,8 @@ def cluster(tmp_path_factory, postgres_server):
         pytest.fail("nginx is not installed (scripts/test.sh installs Debian's package)")
     folder = tmp_path_factory.mktemp("instances")
     url = postgres_server.create_database()
-    app = make_app(folder, DATABASE_URL=url)  # migrates the database; the instances are processes of their own
+    # Migrates the database; the instances are processes of their own, sharing its keystore.
+    app = make_app(folder, DATABASE_URL=url, KEYSTORE_PATH=str(folder / "keystore.db"))
     with app.app_context():
         admin = AdminAccount(username="root")
         admin.set_password(PASSWORD)
@@ -85,6 +86,7 @@ def cluster(tmp_path_factory, postgres_server):
     ports = {"a": _free_port(), "b": _free_port()}
     nginx_port = _free_port()
     env = {**os.environ, "VOICEGATE_DATABASE_URL": url, "VOICEGATE_SECRET_KEY": app.config["SECRET_KEY"],
+           "VOICEGATE_KEYSTORE_PATH": str(folder / "keystore.db"),  # the voiceprint keys, shared on one host
            "VOICEGATE_MODELS_DIR": str(MODELS_DIR), "VOICEGATE_INFERENCE_WORKERS": "1", "VOICEGATE_THREADS": "32",
            "VOICEGATE_TRUSTED_PROXIES": '["127.0.0.1"]',
            "VOICEGATE_MAX_STREAMS_TOTAL": "2", "VOICEGATE_STREAM_LEASE_SECONDS": str(LEASE_SECONDS),

@@ -1,16 +1,19 @@
 """Shared state for several instances on one database: version counters (bumped by triggers),
 admin sign-in failures per client address, and expiring leases of dictation slots.
 
-Revision ID: 0004b_shared_state
-Revises: 0003
+A later migration that rebuilds voiceprints, users or settings (an SQLite batch operation
+copies the table) drops their triggers: it must create them again (``create_triggers``).
+
+Revision ID: 0006_shared_state
+Revises: 0005
 Create Date: 2026-12-01
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0004b_shared_state'
-down_revision = '0003'
+revision = '0006_shared_state'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
@@ -60,8 +63,15 @@ def upgrade():
     if postgres:
         op.execute("CREATE FUNCTION voicegate_bump_version() RETURNS trigger LANGUAGE plpgsql AS $$ "
                    "BEGIN UPDATE versions SET value = value + 1 WHERE name = TG_ARGV[0]; RETURN NULL; END $$")
+    create_triggers(postgres)
+
+
+def create_triggers(postgres, tables=None):
+    """Create the triggers that bump the counters (of ``tables`` only, when given)."""
     for counter, watched in WATCHED.items():
         for table, event, columns in watched:
+            if tables is not None and table not in tables:
+                continue
             name = _trigger_name(counter, table, event)
             on = f'{event} OF {columns}' if columns else event
             if postgres:

@@ -118,7 +118,8 @@ def cluster(tmp_path_factory, postgres_server):
     finally:
         for process in servers.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)  # nothing is in flight; the tear-down of the models takes seconds
+                # Nothing is in flight; a graceful tear-down of the models would take seconds.
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         postgres_server.drop_database(url)
 

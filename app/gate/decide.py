@@ -235,7 +235,7 @@ def _score_rows(test: np.ndarray, raw: np.ndarray, closest: np.ndarray, columns:
 
 
 def _top_stats(scores: np.ndarray, top_k: int) -> tuple[float, float, float]:
-    """Return the mean and (floored) deviation of the ``top_k`` highest ``scores``, as AS-norm uses them, and the lowest of them."""
+    """Return the mean and (floored) deviation of the ``top_k`` highest ``scores`` (AS-norm's), and their lowest."""
     if scores.size < 2:
         raise CalibrationError("AS-norm needs a cohort of at least two embeddings")
     k = min(top_k, scores.size)

@@ -175,6 +175,16 @@ def test_voice_login_failures_are_counted_across_instances(cluster, speech):
         assert result["state"] == "locked" and result["retry_after"] > 0, result
     # Only that client is refused: the owner elsewhere signs in on either instance.
     assert _verify(cluster.a, right, "lj", "10.0.2.2")["state"] == "accept"
+    # Sent all at once to both, no more attempts are decided than the limit: each is counted
+    # before it is decided, one check at a time across instances.
+    states = []
+    burst = [threading.Thread(target=lambda base=base: states.append(_verify(base, wrong, "lj", "10.0.2.3")["state"]))
+             for base in [cluster.a, cluster.b] * 4]
+    for thread in burst:
+        thread.start()
+    for thread in burst:
+        thread.join(timeout=120)
+    assert sorted(states) == ["locked"] * 3 + ["reject"] * 5, states
 
 
 def test_admin_sign_in_limits_hold_across_instances(cluster):
@@ -184,6 +194,14 @@ def test_admin_sign_in_limits_hold_across_instances(cluster):
         refused = _sign_in(base, "10.0.3.1", PASSWORD)
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
     assert _sign_in(cluster.proxied, "10.0.3.2", PASSWORD).status_code == 302  # another address is not refused
+    statuses = []
+    burst = [threading.Thread(target=lambda base=base: statuses.append(_sign_in(base, "10.0.3.3", "guess").status_code))
+             for base in [cluster.a, cluster.b] * 3]
+    for thread in burst:
+        thread.start()
+    for thread in burst:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [401] * 4 + [429] * 2, statuses  # guesses sent at once: no more than the limit
 
 
 def test_an_invite_raced_by_both_instances_enrolls_once(cluster, speech):

@@ -9,11 +9,12 @@ from datetime import timedelta
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics, vault
 from ..db import db
-from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, VoiceFailure, Voiceprint,
-                      utcnow)
+from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, Version, VoiceFailure,
+                      Voiceprint, utcnow)
 from .challenge import Challenge, new_challenge
 from .policy import Policy
 
@@ -90,21 +91,78 @@ def find_account(public_id: str) -> User | None:
     return User.by_public_id(public_id)
 
 
+@dataclass
+class Hold:
+    """A voice attempt let through the client's limits: its failure is counted before it is decided.
+
+    ``record_attempt`` settles it (a failure keeps the row, an accept clears the count); any
+    other end (no speech, an expired challenge, an error) lets it go (``let_go``).
+    """
+
+    wait: int = 0  # seconds the client must wait instead (nothing held then)
+    failure_id: int | None = None
+    settled: bool = False
+
+
+def hold_attempt(claim: str | None, client_addr: str | None, policy: Policy) -> Hold:
+    """Return the client's wait for ``claim`` (None: 1:N); when there is none, count a failure for this attempt now.
+
+    The check and the count are one transaction, taken one at a time (a row lock on PostgreSQL,
+    the write lock on SQLite): attempts sent at once, to one instance or to several, cannot all
+    pass the check before any of them is counted.
+    """
+    address = client_addr or "?"
+    db.session.commit()  # the lock below must be its transaction's first
+    if db.session.get_bind().dialect.name != "sqlite":
+        db.session.execute(select(Version.value).where(Version.name == "attempts").with_for_update())
+    now = utcnow()
+    # A write first (SQLite takes its write lock here); rows past every window count for nothing.
+    db.session.execute(delete(VoiceFailure).where(VoiceFailure.created_at < now - timedelta(days=1)))
+    wait = _wait(claim, address, policy, now)
+    if wait:
+        db.session.commit()
+        return Hold(wait)
+    failure = VoiceFailure(claim=claim, client_addr=address, created_at=now)
+    db.session.add(failure)
+    db.session.flush()
+    hold = Hold(0, failure.id)
+    db.session.commit()
+    return hold
+
+
+def let_go(hold: Hold | None) -> None:
+    """Uncount a held attempt that ended without a decision on the voice (it was not a failure)."""
+    if hold is None or hold.failure_id is None or hold.settled:
+        return
+    hold.settled = True
+    try:
+        db.session.rollback()  # whatever an error left half done
+        db.session.execute(delete(VoiceFailure).where(VoiceFailure.id == hold.failure_id))
+        db.session.commit()
+    except SQLAlchemyError:  # it then counts as a failure until it ages out: the safe side
+        db.session.rollback()
+        logger.exception("could not uncount a voice attempt")
+
+
 def record_attempt(user_name: str | None, accepted: bool, attempts: int, lock_seconds: int, audit: Audit,
-                   *, counted: bool = True) -> bool:
+                   *, counted: bool = True, hold: Hold | None = None) -> bool:
     """Write a voice attempt's audit row and count it against its client address, together.
 
-    A failure adds to the (claimed user, client address) count (``user_name`` None: 1:N);
-    an accept clears that count. ``counted=False`` (the audio of someone already signed in)
-    writes the audit row only. Return True when that client is now refused for this user.
+    A failure adds to the (claimed user, client address) count (``user_name`` None: 1:N), or
+    keeps the one ``hold`` counted in advance; an accept clears that count. ``counted=False``
+    (the audio of someone already signed in) writes the audit row only. Return True when that
+    client is now refused for this user.
     """
     address = audit.client_addr or "?"
     now = utcnow()
     window_start = now - timedelta(seconds=lock_seconds)
+    held = hold is not None and hold.failure_id is not None
+    if hold is not None:
+        hold.settled = True
     if counted and accepted:
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.client_addr == address,
                                                       _same_claim(user_name)))
-    elif counted:
+    elif counted and not held:
         # Rows past the window count for nothing; dropping them here keeps the table small.
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.created_at < now - timedelta(days=1)))
         db.session.add(VoiceFailure(claim=user_name, client_addr=address, created_at=now))
@@ -137,15 +195,18 @@ def client_wait(claim: str | None, client_addr: str | None, policy: Policy) -> i
     across all claims refuse everything. A 1:N attempt could match any user, so it waits
     for the longest of every claim's waits from that address.
     """
-    address = client_addr or "?"
-    now = utcnow()
+    wait = _wait(claim, client_addr or "?", policy, utcnow())
+    db.session.commit()  # ends the read: no connection held afterwards
+    return wait
+
+
+def _wait(claim: str | None, address: str, policy: Policy, now) -> int:
     window = timedelta(seconds=policy.lockout_seconds)
     rows = db.session.execute(
         select(VoiceFailure.claim, VoiceFailure.created_at)
         .where(VoiceFailure.client_addr == address, VoiceFailure.created_at > now - window)
         .order_by(VoiceFailure.created_at.desc())
     ).all()
-    db.session.commit()  # ends the read: no connection held afterwards
     by_claim: dict[str | None, list] = {}
     for row_claim, at in rows:
         by_claim.setdefault(row_claim, []).append(at)

@@ -24,7 +24,9 @@ WATCHED = {
                     ('voiceprints', 'UPDATE', None), ('users', 'UPDATE', 'active, name')],
     'settings': [('settings', 'INSERT', None), ('settings', 'DELETE', None), ('settings', 'UPDATE', None)],
 }
-COUNTERS = ('voiceprints', 'settings', 'streams')
+# 'streams' and 'attempts' are never bumped: their rows are what takers of a dictation slot and
+# checkers of a client's voice attempts lock, one at a time, on PostgreSQL.
+COUNTERS = ('voiceprints', 'settings', 'streams', 'attempts')
 
 
 def _trigger_name(counter, table, event):

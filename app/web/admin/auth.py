@@ -18,7 +18,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from ...context import ADMIN_SESSION_KEY
 from ...db import db
-from ...models import AdminAccount, AdminSigninFailure, AuthSession, utcnow
+from ...models import AdminAccount, AdminSigninFailure, AuthSession, Version, utcnow
 from . import bp
 from .common import current_admin, note, safe_next
 
@@ -36,31 +36,36 @@ class AddressThrottle:
     its next try; ``limit`` failures within the window refuse it until they age out.
     """
 
-    def wait(self, address: str, limit: int, window: float, delay: float) -> int:
-        """Return the seconds ``address`` must wait before its next sign-in, 0 when it may try now."""
+    def take(self, address: str, limit: int, window: float, delay: float) -> int:
+        """Return the seconds ``address`` must wait before its next sign-in; when 0, count this one as failed now.
+
+        Counted before the password is checked (a right one clears the count), and checked and
+        counted one address at a time across instances (a row lock on PostgreSQL, the write
+        lock on SQLite): guesses sent at once cannot all pass before any is counted.
+        """
+        db.session.commit()  # the lock below must be its transaction's first
+        if db.session.get_bind().dialect.name != "sqlite":
+            db.session.execute(select(Version.value).where(Version.name == "attempts").with_for_update())
         now = utcnow()
+        # A write first (SQLite takes its write lock here): every address's rows past the window go.
+        db.session.execute(delete(AdminSigninFailure).where(
+            AdminSigninFailure.created_at <= now - timedelta(seconds=window)))
         times = db.session.scalars(
             select(AdminSigninFailure.created_at)
-            .where(AdminSigninFailure.client_addr == address,
-                   AdminSigninFailure.created_at > now - timedelta(seconds=window))
+            .where(AdminSigninFailure.client_addr == address)
             .order_by(AdminSigninFailure.created_at.desc()).limit(max(1, limit))
         ).all()
-        db.session.commit()  # ends the read
         if limit > 0 and len(times) >= limit:
             until = times[limit - 1] + timedelta(seconds=window)
         elif times and delay > 0:
             until = times[0] + timedelta(seconds=delay * 2 ** (len(times) - 1))
         else:
-            return 0
-        return max(0, math.ceil((until - now).total_seconds()))
-
-    def fail(self, address: str, window: float) -> None:
-        """Count one failed sign-in from ``address`` (and drop every address's rows past the window)."""
-        now = utcnow()
-        db.session.execute(delete(AdminSigninFailure).where(
-            AdminSigninFailure.created_at <= now - timedelta(seconds=window)))
-        db.session.add(AdminSigninFailure(client_addr=address, created_at=now))
+            until = now
+        wait = max(0, math.ceil((until - now).total_seconds()))
+        if not wait:
+            db.session.add(AdminSigninFailure(client_addr=address, created_at=now))
         db.session.commit()
+        return wait
 
     def clear(self, address: str) -> None:
         """Forget ``address``'s failures (it signed in). The caller commits."""
@@ -87,7 +92,7 @@ def login():
     password = request.form.get("password", "")
     throttle = address_throttle()
     window = float(config["ADMIN_ADDRESS_WINDOW_SECONDS"])
-    wait = throttle.wait(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window, float(config["ADMIN_SIGNIN_DELAY"]))
+    wait = throttle.take(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window, float(config["ADMIN_SIGNIN_DELAY"]))
     if wait:
         logger.warning("admin sign-in refused: too many failures from %s (retry in %d s)", address, wait)
         response = _refuse(f"Too many failed sign-ins from your address. Try again in {wait} s.", 429, username, next_url)
@@ -100,8 +105,7 @@ def login():
         succeeded = False
     else:
         succeeded = account.check_password(password)
-    if not succeeded:
-        throttle.fail(address, window)
+    if not succeeded:  # counted already, by take
         logger.warning("admin sign-in failed%s from %s", f" for {username}" if account else "", address)
         return _refuse("Wrong user name or password.", 401, username, next_url)
 

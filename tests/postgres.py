@@ -29,7 +29,7 @@ ROLE = "postgres"
 FOLDER_PREFIX = "vg-pg-"  # then the pid of the test process that owns the cluster
 # A throwaway cluster needs no durability; these spare the disk of a shared 2-core machine.
 SETTINGS = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=200", "-c", "listen_addresses=''")
+            "-c", "max_connections=200", "-c", "shared_buffers=32MB", "-c", "listen_addresses=''")
 
 
 def bin_dir() -> Path:

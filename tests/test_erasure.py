@@ -23,8 +23,9 @@ from app.gate import store
 from app.keystore import Keystore
 from app.models import User, Voiceprint
 from app.vault import VoiceprintUnavailable
+from clients import voicegate
 
-from .conftest import BACKENDS, LJ_ENROLL, make_app
+from .conftest import BACKENDS, LJ_ENROLL, make_app, serve
 from .test_admin import add_admin, add_voiceprint, post, sign_in
 
 SECRET = "test-secret"  # make_app's
@@ -114,7 +115,9 @@ def test_without_the_keystore_or_with_another_secret_nothing_is_accepted(tmp_pat
     def verify(on=client, user="lj"):
         return on.post("/api/v1/verify" + (f"?user={user}" if user else ""), data=clip, content_type="audio/wav")
 
-    assert verify().json["state"] == "accept"
+    accepted = verify().json
+    assert accepted["state"] == "accept"
+    token = {"Authorization": f"Bearer {accepted['token']}"}
     assert client.get("/healthz").json["keystore"] == {"ok": True, "voiceprints": 1, "unreadable": 0}
 
     keystore = vault.keystore_path(app.config, app.instance_path)
@@ -122,6 +125,17 @@ def test_without_the_keystore_or_with_another_secret_nothing_is_accepted(tmp_pat
     for user in ("lj", None):  # 1:1 and 1:N
         refused = verify(user=user)
         assert refused.status_code == 503 and refused.json["error"]["code"] == "voiceprint_unavailable"
+    # Dictation, with the token of a login made before: nothing is transcribed.
+    refused = client.post("/api/v1/transcribe", data=clip, content_type="audio/wav", headers=token)
+    assert refused.status_code == 503 and refused.json["error"]["code"] == "voiceprint_unavailable"
+    live, stop = serve(app)
+    try:
+        for mode, fields in (("verify", {"user": "lj"}), ("dictate", {"token": accepted["token"]})):
+            answer = voicegate.run(mode, [speech.path("wav/ljspeech/LJ001-0004.wav")], live.ws_url, echo=lambda _: None,
+                                   **fields)
+            assert (answer["type"], answer["code"]) == ("error", "voiceprint_unavailable"), answer
+    finally:
+        stop()
     health = client.get("/healthz")
     assert health.status_code == 503 and health.json["keystore"]["error"] == "missing"
     keystore.with_suffix(".away").rename(keystore)

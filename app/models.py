@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, delete, select, update
+from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, delete, false, select, update
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -352,6 +352,9 @@ class VoiceFailure(db.Model):
     claim: Mapped[str | None] = mapped_column(String(64))
     client_addr: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # An attempt being decided, counted in advance (app.gate.store.hold_attempt): it counts
+    # towards the limits, but only failures decided make the next attempt wait.
+    pending: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class RecentVoice(db.Model):
@@ -404,6 +407,8 @@ class AdminSigninFailure(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     client_addr: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # A sign-in whose password is being checked, counted in advance (as VoiceFailure.pending).
+    pending: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class StreamLease(db.Model):

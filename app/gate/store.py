@@ -122,7 +122,7 @@ def hold_attempt(claim: str | None, client_addr: str | None, policy: Policy) -> 
     if wait:
         db.session.commit()
         return Hold(wait)
-    failure = VoiceFailure(claim=claim, client_addr=address, created_at=now)
+    failure = VoiceFailure(claim=claim, client_addr=address, created_at=now, pending=True)
     db.session.add(failure)
     db.session.flush()
     hold = Hold(0, failure.id)
@@ -162,7 +162,9 @@ def record_attempt(user_name: str | None, accepted: bool, attempts: int, lock_se
     if counted and accepted:
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.client_addr == address,
                                                       _same_claim(user_name)))
-    elif counted and not held:
+    elif counted and held:
+        db.session.execute(update(VoiceFailure).where(VoiceFailure.id == hold.failure_id).values(pending=False))
+    elif counted:
         # Rows past the window count for nothing; dropping them here keeps the table small.
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.created_at < now - timedelta(days=1)))
         db.session.add(VoiceFailure(claim=user_name, client_addr=address, created_at=now))
@@ -203,20 +205,22 @@ def client_wait(claim: str | None, client_addr: str | None, policy: Policy) -> i
 def _wait(claim: str | None, address: str, policy: Policy, now) -> int:
     window = timedelta(seconds=policy.lockout_seconds)
     rows = db.session.execute(
-        select(VoiceFailure.claim, VoiceFailure.created_at)
+        select(VoiceFailure.claim, VoiceFailure.created_at, VoiceFailure.pending)
         .where(VoiceFailure.client_addr == address, VoiceFailure.created_at > now - window)
         .order_by(VoiceFailure.created_at.desc())
     ).all()
     by_claim: dict[str | None, list] = {}
-    for row_claim, at in rows:
-        by_claim.setdefault(row_claim, []).append(at)
-    waits = [_until_limit([at for _, at in rows], policy.lockout_client_attempts, window, now)]
+    for row_claim, at, pending in rows:
+        by_claim.setdefault(row_claim, []).append((at, pending))
+    waits = [_until_limit([at for _, at, _ in rows], policy.lockout_client_attempts, window, now)]
     claims = by_claim if claim is None else {claim: by_claim.get(claim, [])}
-    for times in claims.values():
-        waits.append(_until_limit(times, policy.lockout_attempts, window, now))
-        if times and 0 < len(times) < policy.lockout_attempts and policy.lockout_delay > 0:
-            delay = timedelta(seconds=policy.lockout_delay * 2 ** (len(times) - 1))
-            waits.append((times[0] + delay - now).total_seconds())
+    for attempts in claims.values():
+        # Attempts still being decided count towards the limit; only decided failures add a delay.
+        waits.append(_until_limit([at for at, _ in attempts], policy.lockout_attempts, window, now))
+        failed = [at for at, pending in attempts if not pending]
+        if 0 < len(attempts) < policy.lockout_attempts and failed and policy.lockout_delay > 0:
+            delay = timedelta(seconds=policy.lockout_delay * 2 ** (len(failed) - 1))
+            waits.append((failed[0] + delay - now).total_seconds())
     return max(0, math.ceil(max(waits)))
 
 

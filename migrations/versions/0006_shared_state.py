@@ -1,5 +1,6 @@
 """Shared state for several instances on one database: version counters (bumped by triggers),
-admin sign-in failures per client address, and expiring leases of dictation slots.
+admin sign-in failures per client address, voice attempts counted before they are decided
+(pending), and expiring leases of dictation slots.
 
 A later migration that rebuilds voiceprints, users or settings (an SQLite batch operation
 copies the table) drops their triggers: it must create them again (``create_triggers``).
@@ -45,12 +46,15 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('client_addr', sa.String(length=64), nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('pending', sa.Boolean(), server_default=sa.false(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_admin_signin_failures'))
     )
     op.create_index(op.f('ix_admin_signin_failures_client_addr'), 'admin_signin_failures', ['client_addr'],
                     unique=False)
     op.create_index(op.f('ix_admin_signin_failures_created_at'), 'admin_signin_failures', ['created_at'],
                     unique=False)
+    # Plain ADD COLUMN (no batch rebuild): SQLite fills the existing rows with the default.
+    op.add_column('voice_failures', sa.Column('pending', sa.Boolean(), server_default=sa.false(), nullable=False))
     op.create_table('stream_leases',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('instance', sa.String(length=64), nullable=False),
@@ -93,5 +97,7 @@ def downgrade():
     if postgres:
         op.execute("DROP FUNCTION IF EXISTS voicegate_bump_version()")
     op.drop_table('stream_leases')
+    with op.batch_alter_table('voice_failures', schema=None) as batch_op:
+        batch_op.drop_column('pending')
     op.drop_table('admin_signin_failures')
     op.drop_table('versions')

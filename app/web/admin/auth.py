@@ -13,7 +13,7 @@ import math
 from datetime import timedelta
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ...context import ADMIN_SESSION_KEY
@@ -36,12 +36,13 @@ class AddressThrottle:
     its next try; ``limit`` failures within the window refuse it until they age out.
     """
 
-    def take(self, address: str, limit: int, window: float, delay: float) -> int:
-        """Return the seconds ``address`` must wait before its next sign-in; when 0, count this one as failed now.
+    def take(self, address: str, limit: int, window: float, delay: float) -> tuple[int, int | None]:
+        """Return the seconds ``address`` must wait before its next sign-in; when 0, count this one now.
 
-        Counted before the password is checked (a right one clears the count), and checked and
-        counted one address at a time across instances (a row lock on PostgreSQL, the write
-        lock on SQLite): guesses sent at once cannot all pass before any is counted.
+        Counted before the password is checked (``settle`` keeps a wrong one, ``clear`` drops the
+        count on a right one), and checked and counted one address at a time across instances (a
+        row lock on PostgreSQL, the write lock on SQLite): guesses sent at once cannot all pass
+        before any is counted. Returns the wait and the id of the counted row.
         """
         db.session.commit()  # the lock below must be its transaction's first
         if db.session.get_bind().dialect.name != "sqlite":
@@ -50,22 +51,32 @@ class AddressThrottle:
         # A write first (SQLite takes its write lock here): every address's rows past the window go.
         db.session.execute(delete(AdminSigninFailure).where(
             AdminSigninFailure.created_at <= now - timedelta(seconds=window)))
-        times = db.session.scalars(
-            select(AdminSigninFailure.created_at)
+        rows = db.session.execute(
+            select(AdminSigninFailure.created_at, AdminSigninFailure.pending)
             .where(AdminSigninFailure.client_addr == address)
-            .order_by(AdminSigninFailure.created_at.desc()).limit(max(1, limit))
+            .order_by(AdminSigninFailure.created_at.desc())
         ).all()
-        if limit > 0 and len(times) >= limit:
-            until = times[limit - 1] + timedelta(seconds=window)
-        elif times and delay > 0:
-            until = times[0] + timedelta(seconds=delay * 2 ** (len(times) - 1))
+        failed = [at for at, pending in rows if not pending]  # sign-ins still being checked add no delay
+        if limit > 0 and len(rows) >= limit:
+            until = rows[limit - 1][0] + timedelta(seconds=window)
+        elif failed and delay > 0:
+            until = failed[0] + timedelta(seconds=delay * 2 ** (len(failed) - 1))
         else:
             until = now
         wait = max(0, math.ceil((until - now).total_seconds()))
+        counted = None
         if not wait:
-            db.session.add(AdminSigninFailure(client_addr=address, created_at=now))
+            row = AdminSigninFailure(client_addr=address, created_at=now, pending=True)
+            db.session.add(row)
+            db.session.flush()
+            counted = row.id
         db.session.commit()
-        return wait
+        return wait, counted
+
+    def settle(self, counted: int | None) -> None:
+        """Keep the sign-in counted by ``take`` as a failure."""
+        db.session.execute(update(AdminSigninFailure).where(AdminSigninFailure.id == counted).values(pending=False))
+        db.session.commit()
 
     def clear(self, address: str) -> None:
         """Forget ``address``'s failures (it signed in). The caller commits."""
@@ -92,7 +103,8 @@ def login():
     password = request.form.get("password", "")
     throttle = address_throttle()
     window = float(config["ADMIN_ADDRESS_WINDOW_SECONDS"])
-    wait = throttle.take(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window, float(config["ADMIN_SIGNIN_DELAY"]))
+    wait, counted = throttle.take(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window,
+                                  float(config["ADMIN_SIGNIN_DELAY"]))
     if wait:
         logger.warning("admin sign-in refused: too many failures from %s (retry in %d s)", address, wait)
         response = _refuse(f"Too many failed sign-ins from your address. Try again in {wait} s.", 429, username, next_url)
@@ -105,7 +117,8 @@ def login():
         succeeded = False
     else:
         succeeded = account.check_password(password)
-    if not succeeded:  # counted already, by take
+    if not succeeded:
+        throttle.settle(counted)
         logger.warning("admin sign-in failed%s from %s", f" for {username}" if account else "", address)
         return _refuse("Wrong user name or password.", 401, username, next_url)
 

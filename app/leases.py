@@ -115,6 +115,9 @@ class SharedStreamSlots:
         while True:
             threading.Event().wait(self.seconds / 3)
             with self._lock:
+                if not self._held:  # started again by the next acquire
+                    self._renewer = None
+                    return
                 by_app: dict[Flask, list[str]] = {}
                 for app, lease_id in self._held:
                     by_app.setdefault(app, []).append(lease_id)

@@ -51,3 +51,7 @@ def test_two_instances_racing_for_slots_get_exactly_the_total(tmp_path, database
         db.session.execute(update(StreamLease).values(expires_at=utcnow() - timedelta(seconds=1)))
         db.session.commit()
         assert take_lease(TOTAL, 30) is not None
+    for app, instance_slots in zip(apps, slots):  # give every slot back: nothing is left renewing
+        with app.app_context():
+            while instance_slots.open:
+                instance_slots.release()

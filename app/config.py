@@ -81,9 +81,10 @@ class Config:
     # CSRF tokens (Flask-WTF) on every form post; the JSON API authenticates otherwise.
     WTF_CSRF_TIME_LIMIT = None
 
-    # Admin sign-in throttling (counted in the database, so across instances), per client address only (never an account-wide lock): after
-    # each wrong password that address waits ADMIN_SIGNIN_DELAY s, doubling, and this many
-    # failures within the window refuse it until they age out.
+    # Admin sign-in throttling, per client address only (never an account-wide lock), counted in
+    # the database (so across instances): after each wrong password that address waits
+    # ADMIN_SIGNIN_DELAY s, doubling, and this many failures within the window refuse it until
+    # they age out.
     ADMIN_SIGNIN_DELAY = 1.0
     ADMIN_ADDRESS_ATTEMPTS = 10
     ADMIN_ADDRESS_WINDOW_SECONDS = 900

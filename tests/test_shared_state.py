@@ -1,6 +1,6 @@
-"""Dictation slots shared by the app instances on one database (SQLite and PostgreSQL): taken by many
-threads of two apps at once, exactly as many as the total are granted, and a dead instance's
-lapse; no models needed.
+"""Limits shared by the app instances on one database (SQLite and PostgreSQL), taken by many threads of
+two apps at once: exactly as many dictation slots as the total (and a dead instance's lapse),
+and no more voice attempts or admin sign-ins let through than the limit. No models needed.
 """
 from __future__ import annotations
 
@@ -55,3 +55,28 @@ def test_two_instances_racing_for_slots_get_exactly_the_total(tmp_path, database
         with app.app_context():
             while instance_slots.open:
                 instance_slots.release()
+
+
+@pytest.mark.parametrize("db_backend", BACKENDS)
+def test_attempts_sent_at_once_to_two_instances_are_let_through_no_more_than_the_limit(tmp_path, database_url):
+    from app.gate import store
+    from app.gate.policy import Policy
+    from app.web.admin.auth import AddressThrottle
+
+    apps = [make_app(tmp_path / name, DATABASE_URL=database_url) for name in ("one", "other")]
+    policy = Policy(lockout_attempts=5, lockout_delay=0)
+    voice, admin, start = [], [], threading.Barrier(12)
+
+    def attempt(app):
+        with app.app_context():
+            start.wait()
+            voice.append(store.hold_attempt("lj", "10.0.0.9", policy).wait == 0)
+            admin.append(AddressThrottle().take("10.0.0.9", 4, 900, 0)[0] == 0)
+            db.session.remove()
+
+    threads = [threading.Thread(target=attempt, args=(apps[n % 2],)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert (voice.count(True), admin.count(True)) == (5, 4)

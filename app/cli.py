@@ -197,10 +197,15 @@ def keys_check() -> None:
     """Report whether every voiceprint's key is in the keystore and opens with the secret; exit 1 if not."""
     from . import vault
 
-    key_ids = set(db.session.scalars(select(Voiceprint.key_id)))
-    report = vault.report(key_ids)
+    owners = dict(db.session.execute(
+        select(Voiceprint.key_id, User.name).join(User, User.id == Voiceprint.user_id)).all())
+    report = vault.report(set(owners))
     click.echo(f"keystore {vault.keystore().path}: {report.get('error', 'ok')}; "
                f"{report['voiceprints']} voiceprints, {report['unreadable']} without a readable key")
+    if report["ok"] and report["unreadable"]:
+        stored = vault.keystore().ids()
+        lost = sorted(name for key_id, name in owners.items() if key_id not in stored)
+        click.echo("to enroll again: " + " ".join(lost))
     if not report["ok"] or report["unreadable"]:
         click.echo("voiceprints without a key cannot be used: those users enroll again "
                    "(after a secret rotation: flask keys rewrap)", err=True)

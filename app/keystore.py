@@ -31,6 +31,7 @@ import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import quote
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -40,8 +41,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 logger = logging.getLogger(__name__)
 
 NONCE_BYTES = 12
-SCHEMA = "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped BLOB NOT NULL, " \
-         "created_at REAL NOT NULL)"
+SCHEMA = ("CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped BLOB NOT NULL, "
+          "created_at REAL NOT NULL)")
 
 
 class KeystoreError(Exception):
@@ -75,7 +76,9 @@ class Keystore:
             except FileExistsError:
                 pass
         try:
-            connection = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=15, isolation_level=None)
+            # mode=rw: reading never creates an empty keystore in place of a lost one.
+            connection = sqlite3.connect(f"file:{quote(str(self.path))}?mode=rw", uri=True, timeout=15,
+                                         isolation_level=None)
         except sqlite3.Error as error:
             raise KeystoreError(f"the keystore {self.path} cannot be opened: {error}") from None
         with closing(connection):
@@ -113,9 +116,11 @@ class Keystore:
         with self._connect() as connection:
             if len(wanted) > 500:  # most of the store (identification): one scan beats many lookups
                 wanted_set = set(wanted)
-                rows = [row for row in connection.execute("SELECT id, kek_id, wrapped FROM keys") if row[0] in wanted_set]
+                rows = [row for row in connection.execute("SELECT id, kek_id, wrapped FROM keys")
+                        if row[0] in wanted_set]
             else:
-                rows = connection.execute(f"SELECT id, kek_id, wrapped FROM keys WHERE id IN ({','.join('?' * len(wanted))})",
+                marks = ",".join("?" * len(wanted))
+                rows = connection.execute(f"SELECT id, kek_id, wrapped FROM keys WHERE id IN ({marks})",
                                           wanted).fetchall()
         for key_id, kek_id, wrapped in rows:
             if kek_id != self.kek_id:

@@ -150,7 +150,7 @@ class Voiceprint(db.Model):
         return np.frombuffer(self._open("centroid"), dtype="<f4")
 
     def clip_vectors(self) -> np.ndarray:
-        """Return the per-clip embeddings as a float32 array (clips × dim); raise VoiceprintUnavailable if its key is gone."""
+        """Return the per-clip embeddings (clips × dim float32); raise VoiceprintUnavailable if its key is gone."""
         return np.frombuffer(self._open("clip_embeddings"), dtype="<f4").reshape(self.clip_count, self.dim)
 
     def seal_recent(self, embedding: np.ndarray) -> bytes:

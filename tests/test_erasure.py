@@ -64,8 +64,8 @@ def test_a_backup_from_before_a_deletion_or_reset_gives_no_voice_back(app, clien
     backup_url = _backup(app, tmp_path, server)
     keystore = vault.keystore_path(app.config, app.instance_path)
     with app.app_context(), sqlite3.connect(keystore) as raw:
-        wrapped = [raw.execute("SELECT wrapped FROM keys WHERE id = ?", (User.by_name(name).voiceprint.key_id,)).fetchone()[0]
-                   for name in ("cy", "ada", "bob")]
+        wrapped = [raw.execute("SELECT wrapped FROM keys WHERE id = ?",
+                               (User.by_name(name).voiceprint.key_id,)).fetchone()[0] for name in ("cy", "ada", "bob")]
 
     add_admin(app)
     sign_in(client)
@@ -186,19 +186,26 @@ def test_rotating_the_secret_rewraps_every_key_and_logs_no_secret(tmp_path, capl
         assert secret not in outputs
 
 
-def test_keys_left_by_rows_deleted_outside_voicegate_are_pruned(app, runner):
+def test_keys_left_by_rows_deleted_outside_voicegate_are_pruned_and_lost_ones_named(app, runner):
     add_voiceprint(app, "ada")
     with app.app_context():
         key_id = User.by_name("ada").voiceprint.key_id
         db.session.execute(text("DELETE FROM users"))  # e.g. by hand, in SQL
         db.session.commit()
     assert runner.invoke(args=["keys", "prune", "--min-age", "0"]).output.strip() == "destroyed 1 unused keys"
+    add_voiceprint(app, "bob")
+    add_voiceprint(app, "cy")
+    with app.app_context():  # a key lost some other way: its user is named, to be invited again
+        vault.keystore().destroy(User.by_name("bob").voiceprint.key_id)
+    check = runner.invoke(args=["keys", "check"])
+    assert check.exit_code == 1 and "2 voiceprints, 1 without a readable key" in check.output
+    assert "to enroll again: bob\n" in check.output
     assert key_id not in Keystore(vault.keystore_path(app.config, app.instance_path), SECRET).ids()
 
 
 @pytest.mark.parametrize("db_backend", BACKENDS)
 def test_upgrading_seals_existing_plain_voiceprints_and_their_owner_still_logs_in(
-        tmp_path, engines, speech, database_url, lj_embeddings):
+        tmp_path, engines, speech, db_backend, database_url, lj_embeddings):
     from app import create_app
 
     config = {"TESTING": True, "SECRET_KEY": SECRET, "DATABASE_URL": database_url,
@@ -222,11 +229,15 @@ def test_upgrading_seals_existing_plain_voiceprints_and_their_owner_still_logs_i
         raw = db.session.execute(text("SELECT key_id, centroid, clip_embeddings FROM voiceprints")).one()
         recent = db.session.scalar(text("SELECT embedding FROM recent_voices"))
         assert raw.key_id in vault.keystore().ids()
-        assert centroid.tobytes() not in bytes(raw.centroid) and lj_embeddings.tobytes()[:768] not in bytes(raw.clip_embeddings)
+        assert centroid.tobytes() not in bytes(raw.centroid)
+        assert lj_embeddings.tobytes()[:768] not in bytes(raw.clip_embeddings)
         assert lj_embeddings[0].tobytes() not in bytes(recent)
         user = User.by_name("lj")
         assert np.allclose(user.voiceprint.centroid_vector(), centroid)
         assert np.allclose(store.given_voices(user, 600), np.vstack([lj_embeddings, lj_embeddings[:1]]))
+    if db_backend == "sqlite":  # nor is the plain form left in the file or its write-ahead log
+        for path in tmp_path.glob("voicegate.db*"):
+            assert lj_embeddings[1].tobytes() not in path.read_bytes(), path
     clip = speech.path("wav/ljspeech/LJ001-0004.wav").read_bytes()
     answer = app.test_client().post("/api/v1/verify?user=lj", data=clip, content_type="audio/wav")
     assert answer.json["state"] == "accept", answer.json

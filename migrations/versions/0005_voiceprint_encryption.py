@@ -67,7 +67,8 @@ def downgrade():
 
     store = vault.keystore(_app())
     connection = op.get_bind()
-    voiceprints = connection.execute(sa.text('SELECT id, user_id, key_id, clip_embeddings, centroid FROM voiceprints')).all()
+    voiceprints = connection.execute(
+        sa.text('SELECT id, user_id, key_id, clip_embeddings, centroid FROM voiceprints')).all()
     # Every key first (nothing written if one is missing), then the rows in plain form.
     keys = store.get_many(key_id for _, _, key_id, _, _ in voiceprints)
     missing = {key_id for _, _, key_id, _, _ in voiceprints} - set(keys)

@@ -32,18 +32,21 @@ class Gallery:
     names: tuple[str, ...]
     columns: np.ndarray  # dim × users, float32, unit columns
     rows: dict[str, int] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()  # each column's voiceprint key id: a voiceprint's identity (a new one, a new key)
     # Each row's enrolled-side AS-norm figures, filled in as rows are scored (app.gate.decide).
     stats: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cls, version: int | None, voices: dict[str, np.ndarray]) -> Gallery:
-        """Return the gallery of ``voices`` (centroids by name)."""
+    def build(cls, version: int | None, voices: dict[str, np.ndarray], keys: tuple[str, ...] = (),
+              unit: bool = False) -> Gallery:
+        """Return the gallery of ``voices`` (centroids by name; ``unit``: already of unit length)."""
         names = tuple(voices)
         if not names:
-            return cls(version, names, np.zeros((0, 0), dtype=np.float32))
+            return cls(version, names, np.zeros((0, 0), dtype=np.float32), keys=keys)
         columns = np.stack([voices[name] for name in names], axis=1).astype(np.float32)
-        columns /= np.linalg.norm(columns, axis=0, keepdims=True)
-        return cls(version, names, columns, {name: row for row, name in enumerate(names)})
+        if not unit:
+            columns /= np.linalg.norm(columns, axis=0, keepdims=True)
+        return cls(version, names, columns, {name: row for row, name in enumerate(names)}, keys=keys)
 
 
 def current() -> Gallery:
@@ -61,13 +64,32 @@ def current() -> Gallery:
         held = app.extensions.get(_KEY)
         if held is not None and version is not None and held.version == version:
             return held
-        voices = store.enrolled_voices()
-        gallery = Gallery.build(version, voices)
+        gallery = _load(version, held)
         if held is not None and held.stats:
             gallery.stats.update(carried_stats(held, gallery))
         app.extensions[_KEY] = gallery
         logger.info("enrolled voices loaded: %d (version %s)", len(gallery.names), version)
         return gallery
+
+
+def _load(version: int | None, held: Gallery | None) -> Gallery:
+    """Read the enrolled voices; decrypt only the voiceprints ``held`` does not have already (by key id)."""
+    rows = store.enrolled_keys()
+    known = {key_id: column for column, key_id in enumerate(held.keys)} if held is not None else {}
+    opened = store.open_centroids([key_id for _, key_id in rows if key_id not in known])
+    voices, keys = {}, []
+    for name, key_id in rows:
+        if key_id in known:
+            voices[name] = held.columns[:, known[key_id]]
+        elif key_id in opened:
+            voices[name] = opened[key_id] / np.linalg.norm(opened[key_id])
+        else:
+            continue  # its key is gone: that voice is matched nowhere
+        keys.append(key_id)
+    if len(voices) < len(rows):
+        logger.warning("%d enrolled voiceprints have no key in the keystore and cannot be matched",
+                       len(rows) - len(voices))
+    return Gallery.build(version, voices, tuple(keys), unit=True)
 
 
 # More changed voices than this between two versions: every voice's figures are worked out anew.

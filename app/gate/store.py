@@ -311,3 +311,25 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
     except Exception:
         db.session.rollback()
         raise
+
+
+def enrolled_keys() -> list[tuple[str, str]]:
+    """Return (name, key id) of every active, enrolled user's voiceprint, decrypting nothing."""
+    rows = db.session.execute(
+        select(User.name, Voiceprint.key_id).join(Voiceprint, Voiceprint.user_id == User.id).where(User.active)
+    ).all()
+    return [(name, key_id) for name, key_id in rows]
+
+
+def open_centroids(key_ids: list[str]) -> dict[str, np.ndarray]:
+    """Return the centroids of the voiceprints sealed with ``key_ids``, by key id; those whose key is gone are left out.
+
+    An unreadable keystore raises VoiceprintUnavailable.
+    """
+    if not key_ids:
+        return {}
+    keys = vault.keys(key_ids)
+    rows = db.session.execute(select(Voiceprint.key_id, Voiceprint.centroid).where(
+        Voiceprint.key_id.in_([key_id for key_id in key_ids if key_id in keys]))).all()
+    return {key_id: np.frombuffer(vault.unseal(keys[key_id], key_id, "voiceprints.centroid", centroid), dtype="<f4")
+            for key_id, centroid in rows}

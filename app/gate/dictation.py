@@ -28,7 +28,12 @@ from ..engines.speaker import cosine
 logger = logging.getLogger(__name__)
 
 # Audio kept before an utterance's first voiced window, so its first word is not clipped.
-LEAD_IN = 0.2
+# With TRAIL it stays inside the end_silence (600 ms) the VAD heard between two utterances.
+LEAD_IN = 0.3
+# Silence kept after an utterance's last voiced window: the VAD dates an end to where its
+# confidence first drops, which can clip a soft last syllable (faster-whisper pads its own
+# VAD segments likewise). It is silence to the VAD, so it holds no other voice's words.
+TRAIL = 0.3
 # A check needs this much speech in its window; windows with less are left to their neighbours.
 MIN_WINDOW_SPEECH = 1.0
 # At a boundary with another voice, an accepted stretch is cut at a pause up to this far
@@ -82,6 +87,7 @@ class DictateSession:
         self._partial: tuple[int, Future] | None = None  # (span begin, transcription)
         self._last_partial = 0
         self._accepted_until: int | None = None  # end of the user's last accepted speech (context for short phrases)
+        self._verified_until: int | None = None  # end of the last window that verified calibrated (context for windows)
         self._tally = {"accepted": 0, "rejected": 0, "unverified": 0}
         self.segments: list[dict] = []  # every final, for callers that answer once (HTTP)
         # Last, so that nothing after it can fail and leave the slot taken.
@@ -166,6 +172,9 @@ class DictateSession:
         utterance = self._utterance
         if utterance is None:
             return []
+        trail = at + int(TRAIL * SAMPLE_RATE)
+        if trail <= self._endpointer.position and self._endpointer.speech_seconds_between(at, trail) == 0:
+            at = trail  # ended by silence (not cut for length, not the end of the stream)
         self._run_checks(at)
         utterance.end = at
         messages = self._finish(utterance)
@@ -198,7 +207,15 @@ class DictateSession:
         if threshold is None:  # the calibrated decision every surface shares (docs/threshold.md)
             quality = calibration.measure_quality(audio, speech)
             match = decide.verify(embedding, self._enrolled, self.user, self.ctx.policy, quality)
-            utterance.checks.append(Check(begin, end, match.score, match.state == "accept"))
+            passed = match.state == "accept"
+            if passed:
+                self._verified_until = end
+            elif self._in_context(begin):
+                # The voice verified moments ago in this dictation: a window that misses the calibrated
+                # bar (short windows often do) is held to the short-phrase bar instead, which another
+                # voice's window does not reach either (docs/threshold.md, short phrases).
+                passed = match.score >= self.ctx.policy.short_threshold
+            utterance.checks.append(Check(begin, end, match.score, passed))
             return
         score = cosine(embedding, self._enrolled)
         utterance.checks.append(Check(begin, end, score, score >= threshold))
@@ -222,6 +239,12 @@ class DictateSession:
         policy = self.ctx.policy
         return (policy.short_context_seconds > 0 and self._accepted_until is not None
                 and utterance.start - self._accepted_until <= policy.short_context_seconds * SAMPLE_RATE)
+
+    def _in_context(self, begin: int) -> bool:
+        """Return True when a window starts at most short_context_seconds after a window that verified calibrated."""
+        policy = self.ctx.policy
+        return (policy.short_context_seconds > 0 and self._verified_until is not None
+                and begin - self._verified_until <= policy.short_context_seconds * SAMPLE_RATE)
 
     def _settle(self, utterance: _Utterance | None = None) -> list[dict]:
         """Send the finals of every stretch of the utterance that nothing can change any more."""

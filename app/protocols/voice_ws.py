@@ -83,7 +83,7 @@ class Channel:
         if message.get("type") != "start":
             raise SessionError("not_started", "the first message must be {\"type\": \"start\", ...}")
         self.format = _audio_format(message.get("format"))
-        if message.get("mode") == "dictate" and self.format.encoding == "container":
+        if message.get("mode") in ("dictate", "meeting") and self.format.encoding == "container":
             raise SessionError("bad_format", "dictation streams raw audio: use pcm_s16le or pcm_f32le")
         self.session = open_session(self.ctx, message, admin=self.admin)
         self._new_clip()

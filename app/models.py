@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, delete, select, update
+from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, delete, false, select, update
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -352,6 +352,9 @@ class VoiceFailure(db.Model):
     claim: Mapped[str | None] = mapped_column(String(64))
     client_addr: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # An attempt being decided, counted in advance (app.gate.store.hold_attempt): it counts
+    # towards the limits, but only failures decided make the next attempt wait.
+    pending: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class RecentVoice(db.Model):
@@ -380,3 +383,43 @@ class LoginChallenge(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None]
+
+
+class Version(db.Model):
+    """A counter that database triggers bump whenever what it follows changes (voiceprints, settings).
+
+    Each instance keeps a copy of what the counter follows (the matrix of voiceprints, the
+    Whisper model in use) and refreshes it when the counter moved; ``streams`` is the row
+    that serialises the taking of dictation slots.
+    """
+
+    __tablename__ = "versions"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class AdminSigninFailure(db.Model):
+    """One failed admin sign-in from a client address; every instance counts the same rows."""
+
+    __tablename__ = "admin_signin_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_addr: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # A sign-in whose password is being checked, counted in advance (as VoiceFailure.pending).
+    pending: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class StreamLease(db.Model):
+    """A dictation slot held by one instance until ``expires_at``; the instance renews it while it lives.
+
+    An instance killed outright stops renewing, so its slots free themselves when their leases run out.
+    """
+
+    __tablename__ = "stream_leases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -9,11 +9,12 @@ from datetime import timedelta
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics, vault
 from ..db import db
-from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, VoiceFailure, Voiceprint,
-                      utcnow)
+from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, Version, VoiceFailure,
+                      Voiceprint, utcnow)
 from .challenge import Challenge, new_challenge
 from .policy import Policy
 
@@ -90,20 +91,79 @@ def find_account(public_id: str) -> User | None:
     return User.by_public_id(public_id)
 
 
+@dataclass
+class Hold:
+    """A voice attempt let through the client's limits: its failure is counted before it is decided.
+
+    ``record_attempt`` settles it (a failure keeps the row, an accept clears the count); any
+    other end (no speech, an expired challenge, an error) lets it go (``let_go``).
+    """
+
+    wait: int = 0  # seconds the client must wait instead (nothing held then)
+    failure_id: int | None = None
+    settled: bool = False
+
+
+def hold_attempt(claim: str | None, client_addr: str | None, policy: Policy) -> Hold:
+    """Return the client's wait for ``claim`` (None: 1:N); when there is none, count a failure for this attempt now.
+
+    The check and the count are one transaction, taken one at a time (a row lock on PostgreSQL,
+    the write lock on SQLite): attempts sent at once, to one instance or to several, cannot all
+    pass the check before any of them is counted.
+    """
+    address = client_addr or "?"
+    db.session.commit()  # the lock below must be its transaction's first
+    if db.session.get_bind().dialect.name != "sqlite":
+        db.session.execute(select(Version.value).where(Version.name == "attempts").with_for_update())
+    now = utcnow()
+    # A write first (SQLite takes its write lock here); rows past every window count for nothing.
+    db.session.execute(delete(VoiceFailure).where(VoiceFailure.created_at < now - timedelta(days=1)))
+    wait = _wait(claim, address, policy, now)
+    if wait:
+        db.session.commit()
+        return Hold(wait)
+    failure = VoiceFailure(claim=claim, client_addr=address, created_at=now, pending=True)
+    db.session.add(failure)
+    db.session.flush()
+    hold = Hold(0, failure.id)
+    db.session.commit()
+    return hold
+
+
+def let_go(hold: Hold | None) -> None:
+    """Uncount a held attempt that ended without a decision on the voice (it was not a failure)."""
+    if hold is None or hold.failure_id is None or hold.settled:
+        return
+    hold.settled = True
+    try:
+        db.session.rollback()  # whatever an error left half done
+        db.session.execute(delete(VoiceFailure).where(VoiceFailure.id == hold.failure_id))
+        db.session.commit()
+    except SQLAlchemyError:  # it then counts as a failure until it ages out: the safe side
+        db.session.rollback()
+        logger.exception("could not uncount a voice attempt")
+
+
 def record_attempt(user_name: str | None, accepted: bool, attempts: int, lock_seconds: int, audit: Audit,
-                   *, counted: bool = True) -> bool:
+                   *, counted: bool = True, hold: Hold | None = None) -> bool:
     """Write a voice attempt's audit row and count it against its client address, together.
 
-    A failure adds to the (claimed user, client address) count (``user_name`` None: 1:N);
-    an accept clears that count. ``counted=False`` (the audio of someone already signed in)
-    writes the audit row only. Return True when that client is now refused for this user.
+    A failure adds to the (claimed user, client address) count (``user_name`` None: 1:N), or
+    keeps the one ``hold`` counted in advance; an accept clears that count. ``counted=False``
+    (the audio of someone already signed in) writes the audit row only. Return True when that
+    client is now refused for this user.
     """
     address = audit.client_addr or "?"
     now = utcnow()
     window_start = now - timedelta(seconds=lock_seconds)
+    held = hold is not None and hold.failure_id is not None
+    if hold is not None:
+        hold.settled = True
     if counted and accepted:
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.client_addr == address,
                                                       _same_claim(user_name)))
+    elif counted and held:
+        db.session.execute(update(VoiceFailure).where(VoiceFailure.id == hold.failure_id).values(pending=False))
     elif counted:
         # Rows past the window count for nothing; dropping them here keeps the table small.
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.created_at < now - timedelta(days=1)))
@@ -137,25 +197,30 @@ def client_wait(claim: str | None, client_addr: str | None, policy: Policy) -> i
     across all claims refuse everything. A 1:N attempt could match any user, so it waits
     for the longest of every claim's waits from that address.
     """
-    address = client_addr or "?"
-    now = utcnow()
+    wait = _wait(claim, client_addr or "?", policy, utcnow())
+    db.session.commit()  # ends the read: no connection held afterwards
+    return wait
+
+
+def _wait(claim: str | None, address: str, policy: Policy, now) -> int:
     window = timedelta(seconds=policy.lockout_seconds)
     rows = db.session.execute(
-        select(VoiceFailure.claim, VoiceFailure.created_at)
+        select(VoiceFailure.claim, VoiceFailure.created_at, VoiceFailure.pending)
         .where(VoiceFailure.client_addr == address, VoiceFailure.created_at > now - window)
         .order_by(VoiceFailure.created_at.desc())
     ).all()
-    db.session.commit()  # ends the read: no connection held afterwards
     by_claim: dict[str | None, list] = {}
-    for row_claim, at in rows:
-        by_claim.setdefault(row_claim, []).append(at)
-    waits = [_until_limit([at for _, at in rows], policy.lockout_client_attempts, window, now)]
+    for row_claim, at, pending in rows:
+        by_claim.setdefault(row_claim, []).append((at, pending))
+    waits = [_until_limit([at for _, at, _ in rows], policy.lockout_client_attempts, window, now)]
     claims = by_claim if claim is None else {claim: by_claim.get(claim, [])}
-    for times in claims.values():
-        waits.append(_until_limit(times, policy.lockout_attempts, window, now))
-        if times and 0 < len(times) < policy.lockout_attempts and policy.lockout_delay > 0:
-            delay = timedelta(seconds=policy.lockout_delay * 2 ** (len(times) - 1))
-            waits.append((times[0] + delay - now).total_seconds())
+    for attempts in claims.values():
+        # Attempts still being decided count towards the limit; only decided failures add a delay.
+        waits.append(_until_limit([at for at, _ in attempts], policy.lockout_attempts, window, now))
+        failed = [at for at, pending in attempts if not pending]
+        if 0 < len(attempts) < policy.lockout_attempts and failed and policy.lockout_delay > 0:
+            delay = timedelta(seconds=policy.lockout_delay * 2 ** (len(failed) - 1))
+            waits.append((failed[0] + delay - now).total_seconds())
     return max(0, math.ceil(max(waits)))
 
 
@@ -246,3 +311,25 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
     except Exception:
         db.session.rollback()
         raise
+
+
+def enrolled_keys() -> list[tuple[str, str]]:
+    """Return (name, key id) of every active, enrolled user's voiceprint, decrypting nothing."""
+    rows = db.session.execute(
+        select(User.name, Voiceprint.key_id).join(Voiceprint, Voiceprint.user_id == User.id).where(User.active)
+    ).all()
+    return [(name, key_id) for name, key_id in rows]
+
+
+def open_centroids(key_ids: list[str]) -> dict[str, np.ndarray]:
+    """Return the centroids of the voiceprints sealed with ``key_ids``, by key id; those whose key is gone are left out.
+
+    An unreadable keystore raises VoiceprintUnavailable.
+    """
+    if not key_ids:
+        return {}
+    keys = vault.keys(key_ids)
+    rows = db.session.execute(select(Voiceprint.key_id, Voiceprint.centroid).where(
+        Voiceprint.key_id.in_([key_id for key_id in key_ids if key_id in keys]))).all()
+    return {key_id: np.frombuffer(vault.unseal(keys[key_id], key_id, "voiceprints.centroid", centroid), dtype="<f4")
+            for key_id, centroid in rows}

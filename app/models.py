@@ -107,16 +107,24 @@ class Voiceprint(db.Model):
     centroid: Mapped[bytes] = mapped_column(LargeBinary)
     speech_seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Centroids of the clips' embeddings through other channels (app/audio/augment.py), comma-
+    # separated names and float32 rows in that order; NULL on voiceprints enrolled before them.
+    channels: Mapped[str | None] = mapped_column(String(64))
+    channel_centroids: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     user: Mapped[User] = relationship(back_populates="voiceprint")
 
     @classmethod
-    def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float) -> Voiceprint:
-        """Build a voiceprint from unit-length clip embeddings (shape clips × dim)."""
+    def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float,
+                        channels: dict[str, np.ndarray] | None = None) -> Voiceprint:
+        """Build a voiceprint from unit-length clip embeddings (shape clips × dim), and per channel the clips' copies."""
         clips = np.asarray(clips, dtype="<f4")
         mean = clips.mean(axis=0)
         centroid = mean / np.linalg.norm(mean)
+        rows = [np.asarray(v, dtype=np.float64).mean(axis=0) for v in (channels or {}).values()]
         return cls(
+            channels=",".join(channels) if channels else None,
+            channel_centroids=np.stack([r / np.linalg.norm(r) for r in rows]).astype("<f4").tobytes() if rows else None,
             model_id=model_id,
             dim=clips.shape[1],
             clip_count=clips.shape[0],
@@ -132,6 +140,14 @@ class Voiceprint(db.Model):
     def clip_vectors(self) -> np.ndarray:
         """Return the per-clip embeddings as a float32 array (clips × dim)."""
         return np.frombuffer(self.clip_embeddings, dtype="<f4").reshape(self.clip_count, self.dim)
+
+    def channel_vectors(self) -> dict[str, np.ndarray]:
+        """Return the centroid of each channel's copies of the clips, by channel name (empty on older voiceprints)."""
+        if not self.channels or not self.channel_centroids:
+            return {}
+        names = self.channels.split(",")
+        rows = np.frombuffer(self.channel_centroids, dtype="<f4").reshape(len(names), self.dim)
+        return dict(zip(names, rows))
 
 
 class AuditEvent(db.Model):

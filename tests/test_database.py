@@ -53,6 +53,15 @@ def test_voiceprint_round_trips_as_float32_bytes(app):
         assert voiceprint.clip_vectors().shape == (3, 192)
         assert np.isclose(np.linalg.norm(voiceprint.centroid_vector()), 1.0)
         assert len(voiceprint.centroid) == 192 * 4
+        # Enrolled before channel copies existed: no channels, scored against the centroid as before.
+        assert voiceprint.channels is None and voiceprint.channel_vectors() == {}
+        phone = np.roll(np.eye(3, 192, dtype=np.float32), 1, axis=1)
+        user = User(name="bo", display_name="bo")
+        user.voiceprint = Voiceprint.from_embeddings(np.eye(3, 192), "test-model", 12.5, {"phone": phone})
+        db.session.add(user)
+        db.session.commit()
+        stored = User.by_name("bo").voiceprint.channel_vectors()
+        assert set(stored) == {"phone"} and np.allclose(stored["phone"], phone.mean(axis=0) / np.linalg.norm(phone.mean(axis=0)))
 
 
 def test_deleting_a_user_deletes_the_voiceprint_in_the_file(app, tmp_path):

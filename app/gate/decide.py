@@ -5,6 +5,7 @@ Takes numpy arrays and embeddings, returns plain values; no models, no database.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 import numpy as np
 
@@ -92,14 +93,21 @@ class Match:
 
 
 def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Policy, quality: Quality,
-           others: list[np.ndarray] | tuple = (), cohort: Cohort | None = None) -> Match:
+           others: list[np.ndarray] | tuple = (), cohort: Cohort | None = None, *,
+           channels: Mapping[str, np.ndarray] | None = None) -> Match:
     """Compare an embedding with one user's centroid (1:1), calibrated for the test audio's quality.
 
     Accepts when the calibrated score reaches the policy's target false-accept rate and the raw
     cosine reaches the policy's floor. ``others`` are other enrolled users' voices, added to the
-    shipped cohort for AS-norm. A missing or altered cohort raises CalibrationError: nothing is accepted.
+    shipped cohort for AS-norm. ``channels`` are the voiceprint's channel centroids
+    (``Voiceprint.channel_vectors``): telephone-band audio is compared with the ``phone`` one
+    when given. A missing or altered cohort raises CalibrationError: nothing is accepted.
     """
     cohort = cohort or load_cohort()
+    if quality.narrow and channels and "phone" in channels:
+        # The voice as a phone line carries it: a wide-band centroid would hold the user to
+        # frequencies the line cut off (docs/threshold.md).
+        enrolled = channels["phone"]
     score = cosine(embedding, enrolled)
     # A voice this close to the claimed one is most likely the same person under another name:
     # normalising against it would hold them to their own voice.

@@ -82,9 +82,10 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
                              counted=limit)
         return _shown(ctx, {**result, "state": "reject"})
     if claimed:
-        enrolled = store.find_user(claimed).voiceprint.centroid_vector()
+        voiceprint = store.find_user(claimed).voiceprint
         others = [v for name, v in store.enrolled_voices().items() if name != claimed]
-        match = decide.verify(embedding, enrolled, claimed, policy, quality, others)
+        match = decide.verify(embedding, voiceprint.centroid_vector(), claimed, policy, quality, others,
+                              channels=voiceprint.channel_vectors())
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
     else:

@@ -48,6 +48,15 @@ class Joined:
         return f"{self.owner.label}+{self.other.label}/{self.order}/{self.pause:g}s"
 
     @property
+    def owner_span(self) -> tuple[float, float]:
+        """Return where the owner speaks in the recording, in seconds."""
+        length = self.owner.audio.size / SAMPLE_RATE
+        if self.order == "owner_first":
+            return 0.0, length
+        begin = self.other.audio.size / SAMPLE_RATE + self.pause
+        return begin, begin + length
+
+    @property
     def audio(self) -> np.ndarray:
         """Return the joined 16 kHz float32 audio."""
         gap = np.zeros(int(self.pause * SAMPLE_RATE), np.float32)
@@ -72,16 +81,35 @@ def words(text: str | None) -> list[str]:
     return EnglishTextNormalizer()(text or "").split()
 
 
-def leaks(joined: Joined, texts: list[str | None], owner_heard: str | None = None) -> list[str]:
+Text = str | None | tuple[str | None, float, float]
+
+
+def leaks(joined: Joined, texts: list[Text], owner_heard: str | None = None) -> list[str]:
     """Return the words of ``texts`` that only the other voice said.
 
     A word counts when the other voice's transcript has it and the owner's does not, nor what
     plain Whisper heard in the owner's part alone (``owner_heard``): on hard speech Whisper
-    mishears the owner too ("the" for "her"), and such a word is no leak.
+    mishears the owner too ("the" for "her"), and such a word is no leak. A text may come with
+    its segment's times, ``(text, start, end)``: a segment that lies wholly inside the owner's
+    part holds none of the other voice's audio, so what Whisper invents there ("Thank you for
+    watching" on a mumble) is no leak either. Texts without times are always counted.
     """
     own = set(words(joined.owner.text)) | set(words(owner_heard))
     theirs = set(words(joined.other.text)) - own
-    return [word for text in texts for word in words(text) if word in theirs]
+    low, high = joined.owner_span
+    found = []
+    for text in texts:
+        if isinstance(text, tuple):
+            text, start, end = text
+            if start >= low - 1e-3 and end <= high + 1e-3:
+                continue
+        found += [word for word in words(text) if word in theirs]
+    return found
+
+
+def text_of(text: Text) -> str | None:
+    """Return the text of a ``leaks`` item, with or without times."""
+    return text[0] if isinstance(text, tuple) else text
 
 
 def recall(reference: str, text: str | None) -> float:

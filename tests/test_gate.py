@@ -101,6 +101,31 @@ def test_the_engine_never_hands_whisper_another_voice_in_a_partial_or_a_final(ga
         assert partials  # partials were made (the last recording's, at least)
 
 
+def test_every_framing_cuts_the_same_segments(gate, engines):
+    # Browser frames (20 ms), Kõnele's (250 ms) and a whole upload must give one verdict: the
+    # start of an utterance, found after some speech and dated back, keeps its whole lead-in.
+    live, joined_recordings, _ = gate
+    joined = _some(joined_recordings, (0.25,))[0]
+    audio = np.concatenate([np.zeros(S, np.float32), joined.audio])  # speech starts mid-stream
+    with live.app.app_context():
+        ctx = Context(engines, current_policy(), "test-secret", "test")
+        cuts = []
+        for block in (S // 50, S // 4, audio.size):
+            session = DictateSession(ctx, "lj", live=False)
+            try:
+                messages = []
+                for begin in range(0, audio.size, block):
+                    messages += session.audio(audio[begin:begin + block])
+                messages += session.stop()
+            finally:
+                session.close()
+            cuts.append([(m["state"], m["start"], m["end"]) for m in messages if m["type"] == "final"])
+    first = cuts[0]
+    for other in cuts[1:]:
+        assert [c[0] for c in other] == [c[0] for c in first], cuts
+        assert all(abs(a[1] - b[1]) <= 0.01 and abs(a[2] - b[2]) <= 0.01 for a, b in zip(first, other)), cuts
+
+
 # --------------------------------------------------------------------------- every surface
 
 def test_http_transcribe_answers_per_segment_and_only_the_owners_words(gate):

@@ -99,6 +99,11 @@ class Endpointer:
         return len(self.probabilities) * WINDOW
 
     @property
+    def start_lag(self) -> int:
+        """Return how far back (in samples) a start is dated from the position where it is found."""
+        return self._min_speech_windows * WINDOW
+
+    @property
     def utterance_speech_seconds(self) -> float:
         """Return the seconds of speech in the current utterance."""
         return self.speech_windows * WINDOW / SAMPLE_RATE

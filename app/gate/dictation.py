@@ -108,7 +108,9 @@ class DictateSession:
             messages += self._settle()
             self._start_partial()
         else:
-            self._trim(self._endpointer.position - int(LEAD_IN * SAMPLE_RATE))
+            # A start is found only after some speech, and dated back: keep enough for its lead-in
+            # whatever the framing, so that every surface cuts the same utterance.
+            self._trim(self._endpointer.position - self._endpointer.start_lag - int(LEAD_IN * SAMPLE_RATE))
         return messages + self.poll()
 
     def stop(self) -> list[dict]:

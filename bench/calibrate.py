@@ -1,13 +1,18 @@
 """Fit the shipped cohort and calibration on held-out speakers, and measure it per condition on the rest.
 
-    python -m bench.degrade ../shared/data/speech-more            # once: the hard variant
-    python -m bench.calibrate [--data DIR] [--hard DIR] [--write-cohort] [--out bench/results/calibration.json]
+    python -m bench.degrade ../shared/data/speech-more            # once: the hard variants
+    python -m bench.degrade ../shared/data/speech-dev
+    python -m bench.calibrate [--data DIR] [--hard DIR] [--heldout ../shared/data/speech-dev] [--write-cohort]
+                              [--out bench/results/calibration.json]
 
 Speakers are split in two: ``COHORT_SPEAKERS`` (held out: their embeddings become the shipped
 cohort, and the calibration is fitted on their trials among each other) and the rest, on which
 everything is measured, per degradation condition, with the trials of the set's trials.tsv and,
 for false-accept rates fine enough to see 1 in 1000, every enrollment list against every other
-evaluation speaker's files. Embeddings are computed in this process and cached (bench/embedcache.py).
+evaluation speaker's files. ``--heldout`` sets are measured with that fit, all their speakers.
+Telephone-band test files are scored against the enrollment's telephone copies, as the service
+does (app/audio/augment.py); the clean centroid alone is measured beside it. Embeddings are
+computed in this process and cached (bench/embedcache.py).
 """
 from __future__ import annotations
 

@@ -104,14 +104,14 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
     when given. A missing or altered cohort raises CalibrationError: nothing is accepted.
     """
     cohort = cohort or load_cohort()
+    # A voice this close to the claimed one is most likely the same person under another name:
+    # normalising against it would hold them to their own voice.
+    others = [other for other in others if cosine(other, enrolled) < SAME_PERSON]
     if quality.narrow and channels and "phone" in channels:
         # The voice as a phone line carries it: a wide-band centroid would hold the user to
         # frequencies the line cut off (docs/threshold.md).
         enrolled = channels["phone"]
     score = cosine(embedding, enrolled)
-    # A voice this close to the claimed one is most likely the same person under another name:
-    # normalising against it would hold them to their own voice.
-    others = [other for other in others if cosine(other, enrolled) < SAME_PERSON]
     normed = asnorm(score, enrolled, embedding, cohort.with_others(others), cohort.calibration.top_k)
     calibrated = cohort.calibration.calibrate(normed, quality)
     needed = cohort.calibration.threshold(policy.target_far)

@@ -70,6 +70,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     # Behind nginx, the per-client limits must count the real client (docs/deployment.md).
     app.wsgi_app = trust_proxies(app.wsgi_app, app.config["TRUSTED_PROXIES"])
 
+    from .versions import follow_settings
+
+    # Another instance on the same database may have switched the Whisper model (app/versions.py).
+    app.before_request(lambda: follow_settings(app))
+
     if engines is not None:
         set_engines(app, engines)
     elif app.config["PRELOAD_MODELS"]:

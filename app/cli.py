@@ -1,4 +1,4 @@
-"""Command line: ``flask users``, ``flask admin`` and ``flask models``."""
+"""Command line: ``flask users``, ``flask admin``, ``flask models`` and ``flask keys``."""
 from __future__ import annotations
 
 import os
@@ -13,16 +13,17 @@ from sqlalchemy import select
 
 from .engines import modelstore
 from .db import db
-from .models import AdminAccount, EnrollmentInvite, User
+from .models import AdminAccount, EnrollmentInvite, User, Voiceprint
 
 users = AppGroup("users", help="Manage the people who can enroll a voice.")
 admin = AppGroup("admin", help="Manage admin accounts.")
 models = AppGroup("models", help="Fetch and check the model weights.")
+keys = AppGroup("keys", help="Check the voiceprint keystore, re-wrap its keys after a secret rotation.")
 
 
 def register(app: Flask) -> None:
     """Attach the command groups to ``app``."""
-    for group in (users, admin, models):
+    for group in (users, admin, models, keys):
         app.cli.add_command(group)
 
 
@@ -189,3 +190,56 @@ def models_check() -> None:
 def _configured_models() -> tuple[str, ...]:
     whisper = current_app.config["WHISPER_MODEL"]
     return ("ecapa", whisper) if whisper in modelstore.WHISPER_MODELS else ("ecapa",)
+
+
+@keys.command("check")
+def keys_check() -> None:
+    """Report whether every voiceprint's key is in the keystore and opens with the secret; exit 1 if not."""
+    from . import vault
+
+    owners = dict(db.session.execute(
+        select(Voiceprint.key_id, User.name).join(User, User.id == Voiceprint.user_id)).all())
+    report = vault.report(set(owners))
+    click.echo(f"keystore {vault.keystore().path}: {report.get('error', 'ok')}; "
+               f"{report['voiceprints']} voiceprints, {report['unreadable']} without a readable key")
+    if report["ok"] and report["unreadable"]:
+        stored = vault.keystore().ids()
+        lost = sorted(name for key_id, name in owners.items() if key_id not in stored)
+        click.echo("to enroll again: " + " ".join(lost))
+    if not report["ok"] or report["unreadable"]:
+        click.echo("voiceprints without a key cannot be used: those users enroll again "
+                   "(after a secret rotation: flask keys rewrap)", err=True)
+        sys.exit(1)
+
+
+@keys.command("rewrap")
+@click.option("--old-secret-file", type=click.File("r"), default=None,
+              help="A file holding the previous secret key (default: asked, not echoed).")
+def keys_rewrap(old_secret_file) -> None:
+    """Re-wrap every voiceprint key wrapped with the previous secret under the current one (docs: README)."""
+    from .keystore import KeystoreError
+    from . import vault
+
+    old = old_secret_file.read().strip() if old_secret_file else click.prompt("previous secret key", hide_input=True)
+    if not old:
+        raise click.ClickException("the previous secret key is empty")
+    try:
+        done, current = vault.keystore().rewrap(old)
+    except KeystoreError as error:
+        raise click.ClickException(f"{error}; nothing was changed") from None
+    click.echo(f"re-wrapped {done} keys under the current secret ({current} were already)")
+
+
+@keys.command("prune")
+@click.option("--min-age", type=float, default=3600.0, show_default=True,
+              help="Seconds a key must have existed (spares enrollments being saved right now).")
+def keys_prune(min_age: float) -> None:
+    """Destroy keys that no voiceprint uses any more (left by rows deleted outside VoiceGate)."""
+    from . import vault
+
+    store = vault.keystore()
+    used = set(db.session.scalars(select(Voiceprint.key_id)))
+    orphans = store.ids(older_than=min_age) - used
+    for key_id in orphans:
+        store.destroy(key_id)
+    click.echo(f"destroyed {len(orphans)} unused keys")

@@ -18,8 +18,11 @@ class Config:
 
     # Any SQLAlchemy URL; None means an SQLite file in the instance folder.
     DATABASE_URL: str | None = None
-    # None means: generated once and kept in the instance folder.
+    # None means: generated once and kept in the instance folder. It also wraps the voiceprint keys.
     SECRET_KEY: str | None = None
+    # The voiceprint keys, outside the database and its backups (app/keystore.py says why);
+    # None means keystore.db in the instance folder. Server processes on one host share it.
+    KEYSTORE_PATH: str | None = None
 
     MODELS_DIR = str(ROOT / "pretrained_models")
     # "tiny.en" or "base" (verified local copies), a CTranslate2 directory, or a hub name.
@@ -34,6 +37,11 @@ class Config:
     # Live dictations at once; the next is told "busy" at its start instead of every
     # stream falling behind. None means two per inference worker.
     MAX_STREAMS: int | None = None
+    # Several instances on one database: live dictations at once across all of them (each also
+    # keeps its own MAX_STREAMS), counted as lease rows that a killed instance stops renewing,
+    # so its slots free themselves after STREAM_LEASE_SECONDS. None: each instance counts alone.
+    MAX_STREAMS_TOTAL: int | None = None
+    STREAM_LEASE_SECONDS = 30.0
     # Threads inside one model call (see runtime.load_engines for why one).
     INFERENCE_THREADS = 1
     # ECAPA's arithmetic: "auto" is bfloat16 on CPUs that compute it natively, else float32.
@@ -73,9 +81,10 @@ class Config:
     # CSRF tokens (Flask-WTF) on every form post; the JSON API authenticates otherwise.
     WTF_CSRF_TIME_LIMIT = None
 
-    # Admin sign-in throttling, per client address only (never an account-wide lock): after
-    # each wrong password that address waits ADMIN_SIGNIN_DELAY s, doubling, and this many
-    # failures within the window refuse it until they age out.
+    # Admin sign-in throttling, per client address only (never an account-wide lock), counted in
+    # the database (so across instances): after each wrong password that address waits
+    # ADMIN_SIGNIN_DELAY s, doubling, and this many failures within the window refuse it until
+    # they age out.
     ADMIN_SIGNIN_DELAY = 1.0
     ADMIN_ADDRESS_ATTEMPTS = 10
     ADMIN_ADDRESS_WINDOW_SECONDS = 900

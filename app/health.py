@@ -1,14 +1,16 @@
-"""GET /healthz: is the database reachable, are the models present, loaded, or failing."""
+"""GET /healthz: the database reachable, the voiceprint keys readable, the models present, loaded or failing."""
 from __future__ import annotations
 
 import logging
 
 from flask import Blueprint, current_app, jsonify
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import vault
 from .engines import modelstore
 from .db import db
+from .models import Voiceprint
 from .engines.runtime import engines_error, engines_loaded, get_engines, whisper_status
 
 logger = logging.getLogger(__name__)
@@ -43,5 +45,19 @@ def healthz():
     error = engines_error(current_app)
     if error:
         models["error"] = error
-    ok = database["ok"] and models["speaker"]["present"] and models["whisper"]["present"] is not False and not error
-    return jsonify(status="ok" if ok else "unavailable", database=database, models=models), 200 if ok else 503
+    keys = _keystore() if database["ok"] else {"ok": False, "error": "database"}
+    ok = (database["ok"] and keys["ok"] and models["speaker"]["present"] and models["whisper"]["present"] is not False
+          and not error)
+    return (jsonify(status="ok" if ok else "unavailable", database=database, keystore=keys, models=models),
+            200 if ok else 503)
+
+
+def _keystore() -> dict:
+    """Report whether the voiceprints' keys can be read (app/vault.py): without them nothing is accepted."""
+    try:
+        key_ids = set(db.session.scalars(select(Voiceprint.key_id)))
+        db.session.commit()
+    except SQLAlchemyError as error:
+        logger.warning("health check: voiceprints unreadable: %s", error)
+        return {"ok": False, "error": "database"}
+    return vault.report(key_ids)

@@ -1,6 +1,7 @@
 """The database rows: users, voiceprints, the audit log, admin accounts, invites, settings.
 
-No audio is ever stored: a voiceprint is a handful of embeddings (float32 bytes).
+No audio is ever stored: a voiceprint is a handful of embeddings (float32 bytes), and those are
+stored only sealed with the voiceprint's own key, which lives outside the database (app/vault.py).
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, delete, select, update
+from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, delete, false, select, update
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from . import vault
 from .db import db
 
 
@@ -83,18 +85,32 @@ class User(db.Model):
         """Return the user whose public id is ``public_id``, or None."""
         return db.session.scalar(select(cls).where(cls.public_id == public_id)) if public_id else None
 
+    def forget_voice(self) -> None:
+        """Erase the user's voiceprint and remembered voices: destroy their key, then delete the rows.
+
+        The key goes first and at once, so that no copy of the rows (a backup, the WAL) can be read
+        even if this transaction never commits. The caller commits.
+        """
+        key_ids = db.session.scalars(select(Voiceprint.key_id).where(Voiceprint.user_id == self.id)).all()
+        for key_id in key_ids:
+            vault.destroy(key_id)
+        db.session.execute(delete(RecentVoice).where(RecentVoice.user_id == self.id))
+        db.session.execute(delete(Voiceprint).where(Voiceprint.user_id == self.id))
+        db.session.expire(self, ["voiceprint"])
+
     def erase(self) -> None:
         """Delete the user and their voiceprint, and remove their name from the audit log.
 
         The audit events stay, anonymised. The caller commits.
         """
+        self.forget_voice()
         for column in (AuditEvent.claimed_user, AuditEvent.matched_user):
             db.session.execute(update(AuditEvent).where(column == self.name).values({column: None}))
         db.session.delete(self)
 
 
 class Voiceprint(db.Model):
-    """A user's enrolled voice: per-clip embeddings and their centroid, as float32 bytes."""
+    """A user's enrolled voice: per-clip embeddings and their centroid, float32, sealed with the key ``key_id``."""
 
     __tablename__ = "voiceprints"
 
@@ -107,8 +123,11 @@ class Voiceprint(db.Model):
     centroid: Mapped[bytes] = mapped_column(LargeBinary)
     speech_seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # Centroids of the clips' embeddings through other channels (app/audio/augment.py), comma-
-    # separated names and float32 rows in that order; NULL on voiceprints enrolled before them.
+    # The keystore's id of the key that seals the embeddings (never the key).
+    key_id: Mapped[str] = mapped_column(String(32))
+    # Centroids of the clips' embeddings through other channels (app/audio/augment.py): comma-
+    # separated names, and float32 rows in that order sealed like the rest; NULL on voiceprints
+    # enrolled before them (migration 0007).
     channels: Mapped[str | None] = mapped_column(String(64))
     channel_centroids: Mapped[bytes | None] = mapped_column(LargeBinary)
 
@@ -117,41 +136,58 @@ class Voiceprint(db.Model):
     @classmethod
     def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float,
                         channels: dict[str, np.ndarray] | None = None) -> Voiceprint:
-        """Build a voiceprint from unit-length clip embeddings (shape clips × dim), and per channel the clips' copies."""
+        """Build a voiceprint from unit-length clip embeddings (clips × dim) and per channel the clips' copies, sealed with a new key."""
         clips = np.asarray(clips, dtype="<f4")
         mean = clips.mean(axis=0)
         centroid = mean / np.linalg.norm(mean)
+        key_id, key = vault.new_key()
         rows = [np.asarray(v, dtype=np.float64).mean(axis=0) for v in (channels or {}).values()]
+        copies = np.stack([r / np.linalg.norm(r) for r in rows]).astype("<f4").tobytes() if rows else None
         return cls(
             channels=",".join(channels) if channels else None,
-            channel_centroids=np.stack([r / np.linalg.norm(r) for r in rows]).astype("<f4").tobytes() if rows else None,
+            channel_centroids=vault.seal(key, key_id, "voiceprints.channel_centroids", copies) if copies else None,
             model_id=model_id,
             dim=clips.shape[1],
             clip_count=clips.shape[0],
-            clip_embeddings=clips.tobytes(),
-            centroid=centroid.astype("<f4").tobytes(),
+            clip_embeddings=vault.seal(key, key_id, "voiceprints.clip_embeddings", clips.tobytes()),
+            centroid=vault.seal(key, key_id, "voiceprints.centroid", centroid.astype("<f4").tobytes()),
             speech_seconds=float(speech_seconds),
+            key_id=key_id,
         )
 
     def centroid_vector(self) -> np.ndarray:
-        """Return the centroid as a float32 vector."""
-        return np.frombuffer(self.centroid, dtype="<f4")
+        """Return the centroid as a float32 vector; raise VoiceprintUnavailable if its key is gone."""
+        return np.frombuffer(self._open("centroid"), dtype="<f4")
 
     def clip_vectors(self) -> np.ndarray:
-        """Return the per-clip embeddings as a float32 array (clips × dim)."""
-        return np.frombuffer(self.clip_embeddings, dtype="<f4").reshape(self.clip_count, self.dim)
+        """Return the per-clip embeddings (clips × dim float32); raise VoiceprintUnavailable if its key is gone."""
+        return np.frombuffer(self._open("clip_embeddings"), dtype="<f4").reshape(self.clip_count, self.dim)
 
     def channel_vectors(self) -> dict[str, np.ndarray]:
-        """Return the centroid of each channel's copies of the clips, by channel name (empty on older voiceprints)."""
+        """Return the centroid of each channel's copies of the clips, by name (empty on older voiceprints)."""
         if not self.channels or not self.channel_centroids:
             return {}
         names = self.channels.split(",")
-        rows = np.frombuffer(self.channel_centroids, dtype="<f4").reshape(len(names), self.dim)
+        rows = np.frombuffer(self._open("channel_centroids"), dtype="<f4").reshape(len(names), self.dim)
         return dict(zip(names, rows))
+
+    def seal_recent(self, embedding: np.ndarray) -> bytes:
+        """Return an accepted attempt's embedding sealed with this voiceprint's key (for RecentVoice)."""
+        return vault.seal(vault.key(self.key_id), self.key_id, "recent_voices.embedding",
+                          np.asarray(embedding, dtype="<f4").tobytes())
+
+    def open_recent(self, sealed: list[bytes]) -> list[np.ndarray]:
+        """Return the embeddings of RecentVoice rows sealed by ``seal_recent``."""
+        key = vault.key(self.key_id) if sealed else b""
+        return [np.frombuffer(vault.unseal(key, self.key_id, "recent_voices.embedding", row), dtype="<f4")
+                for row in sealed]
+
+    def _open(self, column: str) -> bytes:
+        return vault.unseal(vault.key(self.key_id), self.key_id, f"voiceprints.{column}", getattr(self, column))
 
 
 class AuditEvent(db.Model):
-    """One decision the service made. Append-only (enforced by triggers in SQLite).
+    """One decision the service made. Append-only (enforced by triggers on SQLite and PostgreSQL).
 
     Never holds audio or transcript text. The only change allowed after insertion is
     clearing a user's name when that user is deleted.
@@ -334,10 +370,16 @@ class VoiceFailure(db.Model):
     claim: Mapped[str | None] = mapped_column(String(64))
     client_addr: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # An attempt being decided, counted in advance (app.gate.store.hold_attempt): it counts
+    # towards the limits, but only failures decided make the next attempt wait.
+    pending: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class RecentVoice(db.Model):
-    """The embedding of a recently accepted attempt, kept for a while to refuse its replay (never audio)."""
+    """The embedding of a recently accepted attempt, kept for a while to refuse its replay (never audio).
+
+    Sealed with the key of the user's voiceprint (Voiceprint.seal_recent), so it is erased with it.
+    """
 
     __tablename__ = "recent_voices"
 
@@ -359,3 +401,43 @@ class LoginChallenge(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None]
+
+
+class Version(db.Model):
+    """A counter that database triggers bump whenever what it follows changes (voiceprints, settings).
+
+    Each instance keeps a copy of what the counter follows (the matrix of voiceprints, the
+    Whisper model in use) and refreshes it when the counter moved; ``streams`` is the row
+    that serialises the taking of dictation slots.
+    """
+
+    __tablename__ = "versions"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class AdminSigninFailure(db.Model):
+    """One failed admin sign-in from a client address; every instance counts the same rows."""
+
+    __tablename__ = "admin_signin_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_addr: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # A sign-in whose password is being checked, counted in advance (as VoiceFailure.pending).
+    pending: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class StreamLease(db.Model):
+    """A dictation slot held by one instance until ``expires_at``; the instance renews it while it lives.
+
+    An instance killed outright stops renewing, so its slots free themselves when their leases run out.
+    """
+
+    __tablename__ = "stream_leases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

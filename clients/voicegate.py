@@ -4,9 +4,13 @@
     python -m clients.voicegate verify  CLIP.wav [--user NAME]
     python -m clients.voicegate dictate SPEECH.wav --user NAME [--realtime]
     python -m clients.voicegate transcribe RECORDING.wav (--user NAME | --token TOKEN)
+    python -m clients.voicegate meeting RECORDING.wav --roster A,B,C --token TOKEN [--export vtt|srt|json --out FILE]
 
 transcribe uploads one recording to POST /api/v1/transcribe and prints its answer: a
-segment per utterance, with the text of those verified as the user's.
+segment per utterance, with the text of those verified as the user's. meeting streams a
+recording as a meeting of the roster (the token's user among them; an admin's cookie is not
+available here) and prints every line; ``--export`` writes the transcript as a file too,
+made by POST /api/v1/transcripts/export from the lines this client holds.
 
 Every server message is printed as one JSON line; the last line is the server's final
 reply. When the server asks a voice login for a spoken challenge, its digits are also printed
@@ -87,7 +91,8 @@ class Conversation(Connection):
 
 
 def run(mode: str, files: list[Path], url: str, user: str | None = None, invite: str | None = None,
-        token: str | None = None, realtime: bool = False, echo=print, respond=None) -> dict:
+        token: str | None = None, realtime: bool = False, echo=print, respond=None,
+        roster: list[str] | None = None) -> dict:
     """Run one session and return the server's final reply.
 
     ``respond(text)``, when given, returns the files to send instead of ``files`` once the
@@ -98,7 +103,7 @@ def run(mode: str, files: list[Path], url: str, user: str | None = None, invite:
     if mode != "enroll" and len(formats) > 1:
         raise SystemExit("verify and dictate send one stream: the files must share one format")
     start = {"type": "start", "mode": mode, "format": clips[0][0]}
-    for key, value in (("user", user), ("invite", invite), ("token", token)):
+    for key, value in (("user", user), ("invite", invite), ("token", token), ("roster", roster)):
         if value:
             start[key] = value
     conversation = Conversation(url, start, echo)
@@ -134,7 +139,7 @@ def run(mode: str, files: list[Path], url: str, user: str | None = None, invite:
 
 def transcribe(path: Path, url: str, user: str | None = None, token: str | None = None) -> dict:
     """Upload a recording to ``POST /api/v1/transcribe`` (the HTTP twin of ``url``); return the answer."""
-    base = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/ws/")[0]
+    base = _http_base(url)
     query = urllib.parse.urlencode({"user": user} if user else {})
     request = urllib.request.Request(f"{base}/api/v1/transcribe?{query}", data=path.read_bytes(), method="POST",
                                      headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -145,17 +150,63 @@ def transcribe(path: Path, url: str, user: str | None = None, token: str | None 
         return {"type": "error", **json.load(error)}
 
 
+def export(lines: list[dict], url: str, fmt: str, roster: list | None = None) -> str:
+    """Return a meeting's ``lines`` as a ``fmt`` file (vtt, srt, json), made by the server's export endpoint."""
+    body = json.dumps({"lines": lines, "roster": roster or []}).encode()
+    request = urllib.request.Request(f"{_http_base(url)}/api/v1/transcripts/export?format={urllib.parse.quote(fmt)}",
+                                     data=body, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.read().decode("utf-8")
+
+
+def _http_base(url: str) -> str:
+    return url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/ws/")[0]
+
+
+def meeting(path: Path, url: str, roster: list[str], token: str | None, realtime: bool = False,
+            echo=print) -> tuple[dict, list[dict]]:
+    """Stream a recording as a meeting of ``roster``; return the final reply and every line."""
+    lines: list[dict] = []
+
+    def keep(text: str) -> None:
+        message = json.loads(text)
+        if message.get("type") == "line":
+            lines.append(message)
+        echo(text)
+
+    final = run("meeting", [path], url, token=token, realtime=realtime, echo=keep, roster=roster)
+    return final, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the session, and return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m clients.voicegate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("enroll", "verify", "dictate", "transcribe"))
+    parser.add_argument("mode", choices=("enroll", "verify", "dictate", "transcribe", "meeting"))
     parser.add_argument("files", nargs="+", type=Path, help="WAV files (16-bit PCM is streamed raw; others as containers)")
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--user", help="the user to enroll, verify as, or dictate as")
     parser.add_argument("--invite", help="enrollment invite token (from 'flask users invite NAME')")
     parser.add_argument("--token", help="session token from an accepted verification")
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
+    parser.add_argument("--roster", help="meeting: 2 to 10 enrolled user names, comma-separated")
+    parser.add_argument("--export", choices=("vtt", "srt", "json"), help="meeting: also write the transcript as this")
+    parser.add_argument("--out", type=Path, help="meeting: where --export writes (default: RECORDING.<format>)")
     args = parser.parse_args(argv)
+    if args.mode == "meeting":
+        if not args.roster:
+            parser.error("meeting needs --roster")
+        roster = [name.strip() for name in args.roster.split(",") if name.strip()]
+        final, lines = meeting(args.files[0], args.url, roster, args.token, args.realtime,
+                               echo=lambda line: print(line, flush=True))
+        if final.get("type") != "result":
+            if final.get("type") == "closed":
+                print(json.dumps(final))
+            return 2
+        if args.export:
+            out = args.out or args.files[0].with_suffix(f".{args.export}")
+            out.write_text(export(lines, args.url, args.export, final.get("roster")), encoding="utf-8")
+            print(f"wrote {out}", file=sys.stderr)
+        return 0
     if args.mode == "transcribe":
         answer = transcribe(args.files[0], args.url, args.user, args.token)
         print(json.dumps(answer, ensure_ascii=False))

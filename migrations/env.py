@@ -106,6 +106,11 @@ def run_migrations_online():
 
         with context.begin_transaction():
             context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            # What a migration rewrote (0005 sealed the voiceprints in place) must not stay readable
+            # in the write-ahead log; secure_delete (app/db.py) has zeroed it in the file itself.
+            connection.commit()
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 if context.is_offline_mode():

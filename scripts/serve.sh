@@ -10,6 +10,10 @@ export VOICEGATE_PRELOAD_MODELS=${VOICEGATE_PRELOAD_MODELS:-true}
 # glibc gives every thread that allocates its own heap arena (up to 8 per core); with hundreds
 # of threads that is memory held for nothing (docs/deployment.md, "Memory").
 export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
+# numpy's BLAS (identification's matrix products) on one thread per call, as the models are: on
+# a busy machine a call that waits for its own second thread takes several times as long
+# (docs/benchmarks.md, "Identification against many voices").
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 log_config=()
 if [ "${VOICEGATE_LOG_FORMAT:-text}" = json ]; then
   # gunicorn's own lines as JSON too, from its first one (app/logs.py does the app's).

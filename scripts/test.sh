@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh test
-apt_install ffmpeg espeak-ng sox chromium chromium-driver nginx
+apt_install ffmpeg espeak-ng sox chromium chromium-driver nginx postgresql
 started=$(date +%s)
 status=0
 .venv/bin/python -m pytest -n "${VOICEGATE_TEST_WORKERS:-4}" --dist loadfile "$@" || status=$?

@@ -15,6 +15,8 @@ from werkzeug.serving import make_server
 
 from app import create_app
 
+from .postgres import postgres_database, postgres_server  # noqa: F401  (fixtures)
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH_DEV = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
 MODELS_DIR = Path(os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models"))
@@ -102,10 +104,41 @@ def make_app(tmp_path: Path, engines=None, **overrides):
     return app
 
 
+# Tests (or modules, through pytestmark) that must hold on every database parametrize this:
+# @pytest.mark.parametrize("db_backend", BACKENDS). Everything else runs on SQLite only.
+BACKENDS = ["sqlite", "postgresql"]
+
+
 @pytest.fixture
-def app(tmp_path, engines):
-    """An app on a fresh SQLite file, sharing the session's real models."""
-    return make_app(tmp_path, engines)
+def db_backend() -> str:
+    """The database the test's ``app`` runs on: "sqlite" unless the test parametrizes it."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(db_backend, tmp_path, request) -> str:
+    """The URL of a fresh database of the ``db_backend`` kind, for this test alone."""
+    if db_backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'voicegate.db'}"
+    assert db_backend == "postgresql", db_backend
+    # Looked up only here, so an SQLite-only run never starts PostgreSQL.
+    return request.getfixturevalue("postgres_database")
+
+
+def module_database_url(request, folder: Path) -> str:
+    """Return a fresh database URL for a module-scoped fixture parametrized by backend ("sqlite"/"postgresql")."""
+    if request.param == "sqlite":
+        return f"sqlite:///{folder / 'voicegate.db'}"
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return url
+
+
+@pytest.fixture
+def app(tmp_path, engines, database_url):
+    """An app on a fresh database (SQLite unless ``db_backend`` says otherwise), sharing the real models."""
+    return make_app(tmp_path, engines, DATABASE_URL=database_url)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from app.engines.runtime import _wanted_whisper, whisper_status
 from app.models import AdminAccount, AuditEvent, EnrollmentInvite, Setting, User, Voiceprint, utcnow
 from app.settings import SettingsUnavailable, current_policy
 
-from .conftest import make_app
+from .conftest import BACKENDS, make_app
 
 PASSWORD = "correct horse battery"
 PAGES = ["/admin/", "/admin/users", "/admin/users/1", "/admin/users/1/delete", "/admin/audit", "/admin/settings"]
@@ -142,6 +142,7 @@ def test_one_address_failing_many_times_is_refused_even_with_a_right_password(tm
                       data={"username": "root", "password": PASSWORD, "csrf_token": csrf_token(other)}).status_code == 302
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_create_user_shows_a_one_time_invite_link_once(app, signed_in):
     response = post(signed_in, "/admin/users", name="ada", display_name="Ada Lovelace")
     page = signed_in.get(response.headers["Location"])
@@ -157,6 +158,7 @@ def test_create_user_shows_a_one_time_invite_link_once(app, signed_in):
     assert "without spaces" in signed_in.get(post(signed_in, "/admin/users", name="a b").headers["Location"]).text
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_user_list_search_and_state(app, signed_in):
     add_voiceprint(app, "ada_l")
     post(signed_in, "/admin/users", name="bob")
@@ -176,6 +178,7 @@ def test_user_list_search_and_state(app, signed_in):
     assert "ada_l" in enrolled and ">bob<" not in enrolled
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_disable_enable_unlock_reset_and_revoke(app, signed_in):
     add_voiceprint(app, "ada")
     with app.app_context():
@@ -245,6 +248,7 @@ def _events(app, count: int, **fields) -> None:
         db.session.commit()
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_audit_log_filters_paginates_and_exports_csv(app, signed_in):
     _events(app, 60, claimed_user="ada", decision="accept", matched_user="ada", score=0.71, threshold=0.4)
     _events(app, 5, claimed_user="=cmd|' /C calc'!A0", score=-0.05, threshold=0.4)
@@ -270,6 +274,7 @@ def test_audit_log_filters_paginates_and_exports_csv(app, signed_in):
     assert len(list(csv.DictReader(io.StringIO(signed_in.get("/admin/api/audit.csv").text)))) == 68
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_settings_are_validated_stored_and_in_force_without_restart(app, signed_in):
     response = post(signed_in, "/admin/settings", threshold="1.5", enroll_min_clips="2.5", min_verify_speech="2")
     assert response.status_code == 400
@@ -377,6 +382,7 @@ def test_settings_chart_shows_accepted_and_rejected_scores_and_a_proposed_thresh
     assert signed_in.get("/admin/api/scores").json == {"accepted": [0.62] * 4, "rejected": [0.12] * 3, "threshold": 0.25}
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_dashboard_counts_todays_attempts(app, signed_in):
     add_voiceprint(app, "ada")
     post(signed_in, "/admin/users", name="bob")

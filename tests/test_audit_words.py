@@ -5,10 +5,13 @@ import csv
 import io
 import re
 
+import pytest
+
 from app.db import db
 from app.models import AuditEvent, User
 from app.web import labels
 
+from .conftest import BACKENDS
 from .test_admin import add_admin, post, sign_in
 
 
@@ -48,6 +51,7 @@ def test_every_decision_has_words_and_a_reason():
     assert labels.describe(_event(score=0.8)).score_label == "voice match"
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_deleting_a_user_says_which_account_and_the_csv_is_newest_first(app, client):
     add_admin(app)
     sign_in(client)

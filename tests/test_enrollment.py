@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from clients.voicegate import Conversation
 from app.db import db
 from app.models import User
 
-from .conftest import PCM16K, pcm
+from .conftest import BACKENDS, PCM16K, pcm
 
 
 def _enroll(live, name: str, clips: list[np.ndarray]) -> list[dict]:
@@ -51,6 +52,7 @@ def test_clips_are_refused_with_a_reason_and_progress_counts_only_good_ones(live
     assert replies[-1]["type"] == "result" and replies[-1]["state"] == "enrolled" and replies[-1]["clips"] == 3
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_nothing_is_stored_until_enrollment_completes(live, speech):
     clips = [speech.load("wav/ljspeech/LJ001-0001.wav")]
     replies = _enroll(live, "bea", clips)
@@ -59,6 +61,7 @@ def test_nothing_is_stored_until_enrollment_completes(live, speech):
         assert User.by_name("bea").voiceprint is None
 
 
+@pytest.mark.parametrize("db_backend", BACKENDS)
 def test_re_enrollment_replaces_the_voiceprint(live, speech):
     first = [speech.load(f"wav/ljspeech/LJ001-000{i}.wav") for i in (1, 3, 5)]
     second = [speech.load(f"wav/ljspeech/LJ001-000{i}.wav") for i in (3, 5, 7)]

@@ -50,6 +50,6 @@ def test_the_api_answers_as_described_and_never_fails_with_a_500(server, tmp_pat
 
 def test_the_description_and_its_page_are_served(server):
     spec = requests.get(f"{server.url}/api/v1/openapi.json", timeout=10).json()
-    assert spec["openapi"].startswith("3.") and set(spec["paths"]) == {"/challenge", "/verify", "/transcribe", "/users/{name}/enrollment"}
+    assert spec["openapi"].startswith("3.") and set(spec["paths"]) == {"/challenge", "/verify", "/transcribe", "/transcripts/export", "/users/{name}/enrollment"}
     page = requests.get(f"{server.url}/api/v1/docs", timeout=10)
     assert page.status_code == 200 and "/api/v1/verify" in page.text and "openapi.json" in page.text

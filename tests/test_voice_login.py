@@ -1,15 +1,15 @@
 """Enrollment and voice login against a real server: the dev trials over WebSocket and HTTP."""
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 import pytest
 import requests
+from sqlalchemy import inspect, text
 
+from app.db import db
 from clients import voicegate as client
 
-from .conftest import make_app, serve
+from .conftest import BACKENDS, make_app, module_database_url, serve
 
 QUIET = {"echo": lambda _line: None}
 
@@ -85,11 +85,11 @@ ENROLLABLE = {  # the dev speakers with enough speech for the default policy (3 
 }
 
 
-@pytest.fixture(scope="module")
-def default_server(tmp_path_factory, engines, speech):
-    """A server with the default policy and three dev speakers enrolled over the WebSocket."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def default_server(request, tmp_path_factory, engines, speech):
+    """A server with the default policy and three dev speakers enrolled over the WebSocket, on each database."""
     folder = tmp_path_factory.mktemp("default")
-    app = make_app(folder, engines)
+    app = make_app(folder, engines, DATABASE_URL=module_database_url(request, folder))
     server, stop = serve(app)
     progress = {}
     for name, files in ENROLLABLE.items():
@@ -98,30 +98,37 @@ def default_server(tmp_path_factory, engines, speech):
                            echo=replies.append)
         assert final["state"] == "enrolled", final
         progress[name] = [r for r in map(__import__("json").loads, replies) if r["type"] == "progress"]
-    yield server, folder / "voicegate.db", progress
+    yield server, progress
     stop()
 
 
+def _rows(server, sql: str) -> list[tuple]:
+    """Return the rows of a query on the server's database."""
+    with server.app.app_context():
+        return [tuple(row) for row in db.session.execute(text(sql))]
+
+
 def test_enrollment_reports_progress_and_stores_only_embeddings(default_server):
-    server, database, progress = default_server
+    server, progress = default_server
     for name, steps in progress.items():
         percents = [step["percent"] for step in steps]
         assert percents == sorted(percents) and percents[-1] == 100
         assert all(step["clip"]["accepted"] for step in steps)
-    rows = sqlite3.connect(database).execute(
+    rows = _rows(server,
         "SELECT u.name, v.clip_count, v.dim, length(v.centroid), length(v.clip_embeddings), v.speech_seconds "
-        "FROM users u JOIN voiceprints v ON v.user_id = u.id ORDER BY u.name").fetchall()
+        "FROM users u JOIN voiceprints v ON v.user_id = u.id ORDER BY u.name")
     assert [r[0] for r in rows] == ["librivox", "ljspeech", "vctk"]
     for _, clips, dim, centroid_bytes, clip_bytes, speech_seconds in rows:
-        assert dim == 192 and centroid_bytes == 192 * 4 and clip_bytes == clips * 192 * 4
+        # float32 embeddings, sealed (app/vault.py: a version byte, a nonce and a tag around them).
+        sealed = 1 + 12 + 16
+        assert dim == 192 and centroid_bytes == 192 * 4 + sealed and clip_bytes == clips * 192 * 4 + sealed
         assert speech_seconds >= 15.0
     # An invite is good for one enrollment only.
-    used = sqlite3.connect(database).execute("SELECT COUNT(*) FROM enrollment_invites WHERE used_at IS NULL").fetchone()
-    assert used == (0,)
+    assert _rows(server, "SELECT COUNT(*) FROM enrollment_invites WHERE used_at IS NULL") == [(0,)]
 
 
 def test_identification_names_the_speaker_or_nobody(default_server, speech):
-    server, _, _ = default_server
+    server, _ = default_server
     known = client.run("verify", [speech.path("wav/ljspeech/LJ001-0004.wav")], server.ws_url, **QUIET)
     assert (known["state"], known["user"]) == ("accept", "ljspeech")
     assert known["score"] - known["runner_up_score"] >= 0.10
@@ -130,7 +137,7 @@ def test_identification_names_the_speaker_or_nobody(default_server, speech):
 
 
 def test_states_for_silence_short_speech_and_unenrolled_users(default_server, speech):
-    server, _, _ = default_server
+    server, _ = default_server
     silence = np.zeros(16000 * 3, dtype=np.int16).tobytes()
     reply = requests.post(f"{server.url}/api/v1/verify?user=ljspeech&encoding=pcm_s16le&sample_rate=16000",
                           data=silence, timeout=30).json()
@@ -151,7 +158,7 @@ def test_states_for_silence_short_speech_and_unenrolled_users(default_server, sp
 
 
 def test_a_token_from_voice_login_lets_the_user_transcribe_their_own_voice_only(default_server, speech):
-    server, _, _ = default_server
+    server, _ = default_server
     login = client.run("verify", [speech.path("wav/vctk-p287/p287_002.wav")], server.ws_url, user="vctk", **QUIET)
     assert login["state"] == "accept"
     headers = {"Authorization": f"Bearer {login['token']}"}
@@ -170,20 +177,20 @@ def test_a_token_from_voice_login_lets_the_user_transcribe_their_own_voice_only(
 
 
 def test_every_decision_is_audited_without_audio_or_text(default_server):
-    server, database, _ = default_server
-    connection = sqlite3.connect(database)
-    columns = [row[1] for row in connection.execute("PRAGMA table_info(audit_events)")]
+    server, _ = default_server
+    with server.app.app_context():
+        columns = [column["name"] for column in inspect(db.engine).get_columns("audit_events")]
     assert not {"audio", "text", "transcript"} & set(columns)
-    kinds = dict(connection.execute("SELECT kind, COUNT(*) FROM audit_events GROUP BY kind").fetchall())
+    kinds = dict(_rows(server, "SELECT kind, COUNT(*) FROM audit_events GROUP BY kind"))
     assert kinds.get("enroll", 0) >= 11 and kinds.get("verify", 0) >= 1 and kinds.get("identify", 0) >= 2
-    decisions = {row[0] for row in connection.execute("SELECT decision FROM audit_events")}
+    decisions = {row[0] for row in _rows(server, "SELECT decision FROM audit_events")}
     assert {"clip_accepted", "enrolled", "accept", "reject"} <= decisions
 
 
 def test_several_sessions_at_once_each_get_their_own_answer(default_server, speech):
     from concurrent.futures import ThreadPoolExecutor
 
-    server, _, _ = default_server
+    server, _ = default_server
     cases = [("ljspeech", "wav/ljspeech/LJ001-0004.wav", "accept"), ("vctk", "wav/vctk-p287/p287_002.wav", "accept"),
              ("librivox", "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0880.wav", "accept"),
              ("ljspeech", "wav/vctk-p287/p287_002.wav", "reject"), ("vctk", "wav/ljspeech/LJ001-0006.wav", "reject"),

@@ -135,6 +135,9 @@ def get_engines(app: Flask | None = None) -> Engines:
                 # Kept for /healthz; the caller still gets the exception.
                 app.extensions[_ERROR_KEY] = f"{error.__class__.__name__}: {error}"
                 raise
+            from ..leases import shared_slots
+
+            engines.streams = shared_slots(app, engines.streams)
             app.extensions.pop(_ERROR_KEY, None)
             app.extensions[_ENGINES_KEY] = engines
     return engines

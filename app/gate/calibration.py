@@ -105,10 +105,17 @@ def asnorm(raw: float, enrolled: np.ndarray, test: np.ndarray, cohort: np.ndarra
     """Return the adaptive symmetric normalisation of ``raw`` against the ``top_k`` closest cohort embeddings."""
     if cohort.shape[0] < 2:
         raise CalibrationError("AS-norm needs a cohort of at least two embeddings")
-    k = min(top_k, cohort.shape[0])
+    return asnorm_scores(raw, cohort @ (enrolled / np.linalg.norm(enrolled)), cohort @ (test / np.linalg.norm(test)),
+                         top_k)
+
+
+def asnorm_scores(raw: float, enrolled_scores: np.ndarray, test_scores: np.ndarray, top_k: int) -> float:
+    """Return AS-norm of ``raw`` from the cohort's cosines to the enrolled voice and to the test audio."""
+    if enrolled_scores.size < 2 or test_scores.size < 2:
+        raise CalibrationError("AS-norm needs a cohort of at least two embeddings")
     total = 0.0
-    for side in (enrolled, test):
-        scores = cohort @ (side / np.linalg.norm(side))
+    for scores in (enrolled_scores, test_scores):
+        k = min(top_k, scores.size)
         top = np.partition(scores, -k)[-k:]
         total += (raw - float(top.mean())) / max(float(top.std()), 1e-3)
     return total / 2

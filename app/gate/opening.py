@@ -6,9 +6,10 @@ from . import store
 from .base import PROBLEM_MESSAGES, Context, SessionError, new_request_id, user_problem
 from .dictation import DictateSession
 from .enrollment import EnrollSession
+from .meeting import open_meeting
 from .verification import VerifySession
 
-MODES = ("enroll", "verify", "dictate")
+MODES = ("enroll", "verify", "dictate", "meeting")
 
 
 def open_session(ctx: Context, start: dict, admin: bool = False):
@@ -16,7 +17,8 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
 
     ``start`` holds ``mode``; ``user`` (a claim; optional for verify, which then
     identifies); ``invite`` (enroll without an admin session); ``token`` (a session
-    token from an accepted verification, naming the user for dictation).
+    token from an accepted verification, naming the user for dictation or a meeting);
+    ``roster`` (a meeting's users: see meeting.open_meeting for who may choose one).
     """
     mode = start.get("mode")
     if mode not in MODES:
@@ -30,6 +32,9 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
     if start.get("token"):
         user = token_user(ctx, start["token"], user)
         signed_in = True
+    if mode == "meeting":
+        # The caller: the token's user, or the sign-in cookie's on a same-origin socket (the /meeting page).
+        return open_meeting(ctx, start.get("roster"), user if signed_in else ctx.signed_in_user, admin=admin)
     if mode == "dictate":
         if not user:
             raise SessionError("user_required", "dictation needs a user (or a session token)")

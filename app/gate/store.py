@@ -9,11 +9,12 @@ from datetime import timedelta
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from .. import metrics
+from .. import metrics, vault
 from ..db import db
-from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, VoiceFailure, Voiceprint,
-                      utcnow)
+from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, Version, VoiceFailure,
+                      Voiceprint, utcnow)
 from .challenge import Challenge, new_challenge
 from .policy import Policy
 
@@ -67,11 +68,22 @@ def find_user(name: str) -> User | None:
 
 
 def enrolled_voices() -> dict[str, np.ndarray]:
-    """Return the centroid of every active, enrolled user, by name (for identification)."""
+    """Return the centroid of every active, enrolled user, by name (for identification).
+
+    A voiceprint whose key is gone is left out (that voice is accepted nowhere); an unreadable
+    keystore raises VoiceprintUnavailable, so that nobody is identified.
+    """
     rows = db.session.execute(
-        select(User.name, Voiceprint.centroid).join(Voiceprint, Voiceprint.user_id == User.id).where(User.active)
-    )
-    return {name: np.frombuffer(centroid, dtype="<f4") for name, centroid in rows}
+        select(User.name, Voiceprint.key_id, Voiceprint.centroid)
+        .join(Voiceprint, Voiceprint.user_id == User.id).where(User.active)
+    ).all()
+    keys = vault.keys(key_id for _, key_id, _ in rows)
+    voices = {name: np.frombuffer(vault.unseal(keys[key_id], key_id, "voiceprints.centroid", centroid), dtype="<f4")
+              for name, key_id, centroid in rows if key_id in keys}
+    if len(voices) < len(rows):
+        logger.warning("%d enrolled voiceprints have no key in the keystore and cannot be matched",
+                       len(rows) - len(voices))
+    return voices
 
 
 def find_account(public_id: str) -> User | None:
@@ -79,20 +91,79 @@ def find_account(public_id: str) -> User | None:
     return User.by_public_id(public_id)
 
 
+@dataclass
+class Hold:
+    """A voice attempt let through the client's limits: its failure is counted before it is decided.
+
+    ``record_attempt`` settles it (a failure keeps the row, an accept clears the count); any
+    other end (no speech, an expired challenge, an error) lets it go (``let_go``).
+    """
+
+    wait: int = 0  # seconds the client must wait instead (nothing held then)
+    failure_id: int | None = None
+    settled: bool = False
+
+
+def hold_attempt(claim: str | None, client_addr: str | None, policy: Policy) -> Hold:
+    """Return the client's wait for ``claim`` (None: 1:N); when there is none, count a failure for this attempt now.
+
+    The check and the count are one transaction, taken one at a time (a row lock on PostgreSQL,
+    the write lock on SQLite): attempts sent at once, to one instance or to several, cannot all
+    pass the check before any of them is counted.
+    """
+    address = client_addr or "?"
+    db.session.commit()  # the lock below must be its transaction's first
+    if db.session.get_bind().dialect.name != "sqlite":
+        db.session.execute(select(Version.value).where(Version.name == "attempts").with_for_update())
+    now = utcnow()
+    # A write first (SQLite takes its write lock here); rows past every window count for nothing.
+    db.session.execute(delete(VoiceFailure).where(VoiceFailure.created_at < now - timedelta(days=1)))
+    wait = _wait(claim, address, policy, now)
+    if wait:
+        db.session.commit()
+        return Hold(wait)
+    failure = VoiceFailure(claim=claim, client_addr=address, created_at=now, pending=True)
+    db.session.add(failure)
+    db.session.flush()
+    hold = Hold(0, failure.id)
+    db.session.commit()
+    return hold
+
+
+def let_go(hold: Hold | None) -> None:
+    """Uncount a held attempt that ended without a decision on the voice (it was not a failure)."""
+    if hold is None or hold.failure_id is None or hold.settled:
+        return
+    hold.settled = True
+    try:
+        db.session.rollback()  # whatever an error left half done
+        db.session.execute(delete(VoiceFailure).where(VoiceFailure.id == hold.failure_id))
+        db.session.commit()
+    except SQLAlchemyError:  # it then counts as a failure until it ages out: the safe side
+        db.session.rollback()
+        logger.exception("could not uncount a voice attempt")
+
+
 def record_attempt(user_name: str | None, accepted: bool, attempts: int, lock_seconds: int, audit: Audit,
-                   *, counted: bool = True) -> bool:
+                   *, counted: bool = True, hold: Hold | None = None) -> bool:
     """Write a voice attempt's audit row and count it against its client address, together.
 
-    A failure adds to the (claimed user, client address) count (``user_name`` None: 1:N);
-    an accept clears that count. ``counted=False`` (the audio of someone already signed in)
-    writes the audit row only. Return True when that client is now refused for this user.
+    A failure adds to the (claimed user, client address) count (``user_name`` None: 1:N), or
+    keeps the one ``hold`` counted in advance; an accept clears that count. ``counted=False``
+    (the audio of someone already signed in) writes the audit row only. Return True when that
+    client is now refused for this user.
     """
     address = audit.client_addr or "?"
     now = utcnow()
     window_start = now - timedelta(seconds=lock_seconds)
+    held = hold is not None and hold.failure_id is not None
+    if hold is not None:
+        hold.settled = True
     if counted and accepted:
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.client_addr == address,
                                                       _same_claim(user_name)))
+    elif counted and held:
+        db.session.execute(update(VoiceFailure).where(VoiceFailure.id == hold.failure_id).values(pending=False))
     elif counted:
         # Rows past the window count for nothing; dropping them here keeps the table small.
         db.session.execute(delete(VoiceFailure).where(VoiceFailure.created_at < now - timedelta(days=1)))
@@ -126,25 +197,30 @@ def client_wait(claim: str | None, client_addr: str | None, policy: Policy) -> i
     across all claims refuse everything. A 1:N attempt could match any user, so it waits
     for the longest of every claim's waits from that address.
     """
-    address = client_addr or "?"
-    now = utcnow()
+    wait = _wait(claim, client_addr or "?", policy, utcnow())
+    db.session.commit()  # ends the read: no connection held afterwards
+    return wait
+
+
+def _wait(claim: str | None, address: str, policy: Policy, now) -> int:
     window = timedelta(seconds=policy.lockout_seconds)
     rows = db.session.execute(
-        select(VoiceFailure.claim, VoiceFailure.created_at)
+        select(VoiceFailure.claim, VoiceFailure.created_at, VoiceFailure.pending)
         .where(VoiceFailure.client_addr == address, VoiceFailure.created_at > now - window)
         .order_by(VoiceFailure.created_at.desc())
     ).all()
-    db.session.commit()  # ends the read: no connection held afterwards
     by_claim: dict[str | None, list] = {}
-    for row_claim, at in rows:
-        by_claim.setdefault(row_claim, []).append(at)
-    waits = [_until_limit([at for _, at in rows], policy.lockout_client_attempts, window, now)]
+    for row_claim, at, pending in rows:
+        by_claim.setdefault(row_claim, []).append((at, pending))
+    waits = [_until_limit([at for _, at, _ in rows], policy.lockout_client_attempts, window, now)]
     claims = by_claim if claim is None else {claim: by_claim.get(claim, [])}
-    for times in claims.values():
-        waits.append(_until_limit(times, policy.lockout_attempts, window, now))
-        if times and 0 < len(times) < policy.lockout_attempts and policy.lockout_delay > 0:
-            delay = timedelta(seconds=policy.lockout_delay * 2 ** (len(times) - 1))
-            waits.append((times[0] + delay - now).total_seconds())
+    for attempts in claims.values():
+        # Attempts still being decided count towards the limit; only decided failures add a delay.
+        waits.append(_until_limit([at for at, _ in attempts], policy.lockout_attempts, window, now))
+        failed = [at for at, pending in attempts if not pending]
+        if 0 < len(attempts) < policy.lockout_attempts and failed and policy.lockout_delay > 0:
+            delay = timedelta(seconds=policy.lockout_delay * 2 ** (len(failed) - 1))
+            waits.append((failed[0] + delay - now).total_seconds())
     return max(0, math.ceil(max(waits)))
 
 
@@ -169,7 +245,7 @@ def given_voices(user: User, keep_seconds: int) -> np.ndarray:
     db.session.commit()
     if not recent:
         return clips
-    return np.vstack([clips, np.stack([np.frombuffer(row, dtype="<f4") for row in recent])])
+    return np.vstack([clips, np.stack(user.voiceprint.open_recent(recent))])
 
 
 def remember_voice(user_id: int, embedding: np.ndarray, keep_seconds: int) -> None:
@@ -179,7 +255,9 @@ def remember_voice(user_id: int, embedding: np.ndarray, keep_seconds: int) -> No
     stale = select(RecentVoice.id).where(RecentVoice.user_id == user_id).order_by(
         RecentVoice.created_at.desc()).offset(MAX_RECENT_VOICES - 1)
     db.session.execute(delete(RecentVoice).where(RecentVoice.id.in_(stale)))
-    db.session.add(RecentVoice(user_id=user_id, embedding=np.asarray(embedding, dtype="<f4").tobytes()))
+    voiceprint = db.session.scalar(select(Voiceprint).where(Voiceprint.user_id == user_id))
+    if voiceprint is not None:  # erased meanwhile: nothing of this voice is kept
+        db.session.add(RecentVoice(user_id=user_id, embedding=voiceprint.seal_recent(embedding)))
     db.session.commit()
 
 
@@ -222,7 +300,8 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
             )
             if used.rowcount != 1:
                 raise InviteUsed("this enrollment invite has been used or has expired")
-        db.session.execute(delete(Voiceprint).where(Voiceprint.user_id == user_id))
+        # The old voiceprint's key is destroyed, so the replaced voice is gone from old backups too.
+        db.session.get(User, user_id).forget_voice()
         voiceprint = Voiceprint.from_embeddings(clips, model_id, speech_seconds, channels)
         voiceprint.user_id = user_id
         db.session.add(voiceprint)
@@ -232,3 +311,25 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
     except Exception:
         db.session.rollback()
         raise
+
+
+def enrolled_keys() -> list[tuple[str, str]]:
+    """Return (name, key id) of every active, enrolled user's voiceprint, decrypting nothing."""
+    rows = db.session.execute(
+        select(User.name, Voiceprint.key_id).join(Voiceprint, Voiceprint.user_id == User.id).where(User.active)
+    ).all()
+    return [(name, key_id) for name, key_id in rows]
+
+
+def open_centroids(key_ids: list[str]) -> dict[str, np.ndarray]:
+    """Return the centroids of the voiceprints sealed with ``key_ids``, by key id; those whose key is gone are left out.
+
+    An unreadable keystore raises VoiceprintUnavailable.
+    """
+    if not key_ids:
+        return {}
+    keys = vault.keys(key_ids)
+    rows = db.session.execute(select(Voiceprint.key_id, Voiceprint.centroid).where(
+        Voiceprint.key_id.in_([key_id for key_id in key_ids if key_id in keys]))).all()
+    return {key_id: np.frombuffer(vault.unseal(keys[key_id], key_id, "voiceprints.centroid", centroid), dtype="<f4")
+            for key_id, centroid in rows}

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import calibration, decide, store
+from . import calibration, decide, gallery, store
 from .. import tokens
 from .base import PROBLEM_MESSAGES, ClipBuffer, Context, SessionError, new_request_id, run_model, seconds, standing
 from .challenge import Challenge, answered, new_challenge
@@ -50,11 +50,21 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     # beside the raw floor alone would read as the wrong reason.
     audit = ctx.audit(request_id, kind, "", claimed_user=claimed, threshold=None,
                       audio_seconds=result["audio_seconds"])
-    wait = store.client_wait(claimed, ctx.client_addr, policy) if limit else 0
-    if wait:
+    hold = store.hold_attempt(claimed, ctx.client_addr, policy) if limit else None
+    if hold is not None and hold.wait:
         store.record(replace(audit, decision="locked", reason="client_limited"))
-        return _shown(ctx, {**result, "state": "locked", "retry_after": wait,
-                            "message": f"{PROBLEM_MESSAGES['locked']} (in {wait} s)"})
+        return _shown(ctx, {**result, "state": "locked", "retry_after": hold.wait,
+                            "message": f"{PROBLEM_MESSAGES['locked']} (in {hold.wait} s)"})
+    try:
+        return _decide(ctx, audio, claimed, login, limit, challenge, result, audit, hold)
+    finally:
+        store.let_go(hold)  # ended without a decision on the voice (no speech, an error): no failure
+
+
+def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, limit: bool,
+            challenge: Challenge | None, result: dict, audit: store.Audit, hold: store.Hold | None) -> dict:
+    """Decide a voice attempt let through the client's limits (``hold`` counts it as a failure until decided)."""
+    policy = ctx.policy
     if login and challenge is not None and challenge.expired():
         store.record(replace(audit, decision="challenge_expired", reason="challenge_expired"))
         return _shown(ctx, {**result, "state": "challenge_expired",
@@ -79,17 +89,18 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
         store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
                              replace(audit, decision="reject", reason=problem,
                                      claimed_user=None if problem == "unknown_user" else claimed),
-                             counted=limit)
+                             counted=limit, hold=hold)
         return _shown(ctx, {**result, "state": "reject"})
+    voices = gallery.current()
     if claimed:
         voiceprint = store.find_user(claimed).voiceprint
-        others = [v for name, v in store.enrolled_voices().items() if name != claimed]
-        match = decide.verify(embedding, voiceprint.centroid_vector(), claimed, policy, quality, others,
-                              channels=voiceprint.channel_vectors())
+        match = decide.verify_among(embedding, voiceprint.centroid_vector(), claimed, voices.names, voices.columns,
+                                    policy, quality, row=voices.rows.get(claimed), stats=voices.stats,
+                                    channels=voiceprint.channel_vectors())
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
     else:
-        match = decide.identify(embedding, store.enrolled_voices(), policy, quality)
+        match = decide.identify_among(embedding, voices.names, voices.columns, policy, quality, stats=voices.stats)
         audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user,
                         reason=None if match.state == "accept" else "unknown_speaker")
     account = store.find_user(match.user) if match.state == "accept" else None
@@ -99,7 +110,7 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
             # A near-copy of audio the user already gave: a recording of it, not the person.
             store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
                                  replace(audit, decision="replay", matched_user=None, reason=f"replay {copy:.3f}"),
-                                 counted=limit)
+                                 counted=limit, hold=hold)
             return _shown(ctx, {**result, "state": "replay", "score": round(match.score, 4),
                                 "message": "this sounds like a recording of an earlier sign-in; speak live"})
         if login and challenge is not None and not answered(
@@ -107,13 +118,13 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
             # The right voice saying other words: a recording made before the challenge existed.
             store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
                                  replace(audit, decision="challenge_failed", matched_user=None,
-                                         reason="challenge_failed"), counted=limit)
+                                         reason="challenge_failed"), counted=limit, hold=hold)
             return _shown(ctx, {**result, "state": "challenge_failed", "score": round(match.score, 4),
                                 "message": "the voice matched but the digits said were not the ones shown"})
         if policy.replay_seconds > 0:
             store.remember_voice(account.id, embedding, policy.replay_seconds)
     store.record_attempt(claimed, match.state == "accept", policy.lockout_attempts, policy.lockout_seconds, audit,
-                         counted=limit)
+                         counted=limit, hold=hold)
     result.update(state=match.state, user=match.user if match.state == "accept" else claimed,
                   score=None if match.score is None else round(match.score, 4),
                   calibrated_score=None if match.calibrated is None else round(match.calibrated, 3),
@@ -122,7 +133,7 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     if match.runner_up is not None:
         result["runner_up_score"] = round(match.runner_up, 4)
     if match.state == "accept" and (login or not challenge_required(ctx)):
-        result["token"] = tokens.issue(ctx.secret_key, account.public_id, account.name, request_id)
+        result["token"] = tokens.issue(ctx.secret_key, account.public_id, account.name, result["request_id"])
         result["token_expires_in"] = policy.token_seconds
     return _shown(ctx, result)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import tokens
@@ -14,7 +14,9 @@ from ..context import is_admin, session_context
 from ..models import EnrollmentInvite
 from ..settings import current_policy
 from ..gate.base import SessionError
+from ..gate import transcript_export
 from ..gate.dictation import summary_state, transcribe_recording
+from ..gate.meeting import open_meeting, transcribe_meeting
 from ..gate.opening import open_dictation
 from ..gate.verification import challenge_required, verify_audio
 from ..serving import uploads
@@ -23,7 +25,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 _STATUS = {"busy": 503, "unknown_user": 404, "not_allowed": 401, "bad_token": 401, "token_expired": 401,
-           "too_large": 413, "forbidden": 403}
+           "too_large": 413, "forbidden": 403, "voiceprint_unavailable": 503}
 
 
 class ApiError(VoiceGateError):
@@ -110,6 +112,10 @@ def transcribe():
     A session token names the user; the voice in the clip is verified all the same,
     so that no one else's speech is ever transcribed.
     """
+    if _fields().get("format", "json") not in transcript_export.FORMATS:
+        raise ApiError("bad_format", f"format must be one of {', '.join(transcript_export.FORMATS)}")
+    if _fields().get("roster"):
+        return _meeting()
     user = _claimed_user()
     if not user:
         raise ApiError("user_required", "give a session token (Authorization: Bearer ...) or a user")
@@ -134,6 +140,47 @@ def transcribe():
     return jsonify(mode="transcribe", user=user, request_id=session.request_id, state=summary_state(segments),
                    audio_seconds=round(audio.size / 16000, 3), text=" ".join(accepted) if accepted else None,
                    segments=segments, **figures)
+
+
+def _meeting():
+    """Transcribe an uploaded meeting recording for a roster: every line named for who said it.
+
+    ``format`` (json, the default; vtt; srt) chooses the answer: the lines as JSON, or the
+    transcript as a file. Nothing of it is kept once answered.
+    """
+    fmt = _fields().get("format", "json")
+    caller = _token_user()
+    ctx = session_context("http")
+    session = open_meeting(ctx, _fields().get("roster"), caller or ctx.signed_in_user, admin=ctx.admin, live=False)
+    try:
+        audio = _uploaded_audio(current_policy().max_dictation_seconds)
+        transcribe_meeting(session, audio)
+    finally:
+        session.close()
+    if fmt != "json":
+        body = transcript_export.export(session.lines, fmt)
+        return Response(body, mimetype=transcript_export.FORMATS[fmt].split(";")[0],
+                        headers={"Content-Disposition": f'attachment; filename="meeting.{fmt}"'})
+    return jsonify(mode="meeting", request_id=session.request_id, roster=session.roster_names(),
+                   audio_seconds=round(audio.size / 16000, 3), lines=session.lines)
+
+
+@bp.post("/transcripts/export")
+def export_transcript():
+    """Turn a meeting's lines (JSON ``{"lines": [...], "roster": [...]}``) into ``format``: vtt, srt or json.
+
+    For clients of the WebSocket, which hold the lines: the server keeps none and stores nothing here.
+    """
+    fmt = request.args.get("format", "vtt")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError("bad_request", "send a JSON object {\"lines\": [...]}")
+    try:
+        text = transcript_export.export(body.get("lines"), fmt, body.get("roster"))
+    except transcript_export.ExportError as error:
+        raise ApiError("bad_format" if "format" in str(error) else "bad_request", str(error)) from None
+    return Response(text, mimetype=transcript_export.FORMATS[fmt].split(";")[0],
+                    headers={"Content-Disposition": f'attachment; filename="meeting.{fmt}"'})
 
 
 @bp.get("/users/<name>/enrollment")
@@ -200,8 +247,8 @@ def _claimed_user() -> str | None:
     return token_user or claimed
 
 
-def _uploaded_audio():
-    """Return the clip (multipart field ``audio``, or the raw body) as 16 kHz float32.
+def _uploaded_audio(max_seconds: float | None = None):
+    """Return the clip (multipart field ``audio``, or the raw body) as 16 kHz float32, of at most ``max_seconds``.
 
     Either is read into memory only (app/serving/uploads.py): no audio in a temporary file.
     """
@@ -222,5 +269,5 @@ def _uploaded_audio():
             if isinstance(error, AudioError):
                 raise
             raise ApiError("bad_format", "sample_rate and channels must be integers") from None
-    max_seconds = current_policy().max_clip_seconds
+    max_seconds = max_seconds or current_policy().max_clip_seconds
     return decode(data, fmt, AudioLimits(max_bytes=int(current_app.config["MAX_AUDIO_BYTES"]), max_seconds=max_seconds))

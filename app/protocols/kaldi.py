@@ -19,6 +19,7 @@ from flask import Blueprint, current_app, jsonify, request
 from simple_websocket import ConnectionClosed
 
 from ..audio.decode import AudioError, AudioLimits
+from ..errors import VoiceGateError
 from ..audio.vad import SAMPLE_RATE
 from ..context import release_db, session_context
 from ..engines.runtime import engines_loaded, get_engines
@@ -204,6 +205,8 @@ class SpeechChannel:
         except SessionError as error:
             self._refuse(_STATUS.get(error.code, ABORTED), error.message)
         except AudioError as error:
+            self._refuse(ABORTED, error.message)
+        except VoiceGateError as error:  # e.g. a voiceprint whose key is gone (app/vault.py): transcribe nothing
             self._refuse(ABORTED, error.message)
         except ConnectionClosed:
             # The client went away: its open utterance is dropped; finished ones are audited already.

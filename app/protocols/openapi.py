@@ -46,13 +46,20 @@ _AUDIO_BODY = {
     },
 }
 
+_EXPORTS = {
+    "text/vtt": {"schema": {"type": "string"}},
+    "application/x-subrip": {"schema": {"type": "string"}},
+    "application/json": {"schema": {"type": "object", "required": ["roster", "lines"]}},
+}
+
 _COMMON_ERRORS = {
     "400": _error("Bad input: undecodable audio (`bad_audio`, `bad_format`, `truncated`, ...), too long (`too_long`), "
                   "or a missing field"),
     "401": _error("A session token that is invalid (`bad_token`), expired (`token_expired`) or another user's"),
     "404": _error("No user by that name (`unknown_user`)"),
     "413": _error("The upload is larger than the server accepts (`too_large`)"),
-    "503": _error("The server is at capacity (`busy`); try again after `Retry-After` seconds"),
+    "503": _error("The server is at capacity (`busy`); try again after `Retry-After` seconds. Or the enrolled "
+                  "voices cannot be decrypted (`voiceprint_unavailable`): the keystore or a key is missing"),
 }
 
 SPEC: dict = {
@@ -128,6 +135,36 @@ SPEC: dict = {
                                        "text": {"type": "string", "nullable": True}}}},
                 },
             },
+            "Line": {
+                "type": "object", "required": ["start", "end"],
+                "description": "One line of a meeting: who said it (null: an unverified speaker, never with text), "
+                               "when (seconds from the recording's start), and what. A meeting's lines also carry "
+                               "`line` (their number), `type` (`line`) and, for an admin, `score` (the best raw "
+                               "score); an export ignores them.",
+                "properties": {
+                    "start": {"type": "number", "minimum": 0, "maximum": 10000000},
+                    "end": {"type": "number", "minimum": 0, "maximum": 10000000},
+                    "speaker": {"type": "string", "nullable": True, "maxLength": 4000,
+                                "description": "The roster member's user name; null for an unverified speaker."},
+                    "name": {"type": "string", "nullable": True, "maxLength": 4000,
+                             "description": "The name to show (the user's display name, or `unverified speaker`)."},
+                    "text": {"type": "string", "nullable": True, "maxLength": 4000},
+                    "state": {"type": "string", "nullable": True,
+                              "description": "accept (named), reject (unverified speaker) or not_enough_speech."},
+                },
+            },
+            "Meeting": {
+                "type": "object", "required": ["mode", "request_id", "roster", "audio_seconds", "lines"],
+                "properties": {
+                    "mode": {"type": "string", "enum": ["meeting"]},
+                    "request_id": {"type": "string", "description": "The audit log's id of this meeting."},
+                    "roster": {"type": "array", "items": {"type": "object", "required": ["user", "name"],
+                                                          "properties": {"user": {"type": "string"},
+                                                                         "name": {"type": "string"}}}},
+                    "audio_seconds": {"type": "number"},
+                    "lines": {"type": "array", "items": {"$ref": "#/components/schemas/Line"}},
+                },
+            },
             "Enrollment": {
                 "type": "object",
                 "required": ["user", "active", "enrolled", "clips", "speech_seconds", "enrolled_at"],
@@ -180,15 +217,47 @@ SPEC: dict = {
         }},
         "/transcribe": {"post": {
             "operationId": "transcribe",
-            "summary": "Transcribe a recording, only the parts that verify as the token's or the claimed user",
+            "summary": "Transcribe a recording, only the parts that verify as the token's or the claimed user; "
+                       "or a meeting's, every line named for who said it",
             "description": "The recording is split into segments at pauses; each is verified (even with a session "
-                           "token), and only verified segments are transcribed, so no one else's speech ever is.",
-            "parameters": _AUDIO_PARAMETERS,
+                           "token), and only verified segments are transcribed, so no one else's speech ever is. "
+                           "With `roster`, a meeting (up to the policy's longest dictation): every stretch is "
+                           "identified among the roster, and an unverified speaker's lines carry no text. "
+                           "A roster is chosen by an admin, or by a signed-in user (session token) who is on it.",
+            "parameters": _AUDIO_PARAMETERS + [
+                {"name": "roster", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 1000},
+                 "description": "A meeting: 2 to 10 enrolled user names, comma-separated."},
+                {"name": "format", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["json", "vtt", "srt"]},
+                 "description": "A meeting's answer: its lines as JSON (default), or the transcript as WebVTT or SRT."}],
             "requestBody": _AUDIO_BODY,
             "security": [{"session": []}, {}],
-            "responses": {"200": {"description": "The decision, and the text when accepted",
-                                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Transcription"}}}},
-                          **_COMMON_ERRORS},
+            "responses": {"200": {"description": "The decision, and the text when accepted; or a meeting's lines",
+                                  "content": {"application/json": {"schema": {"oneOf": [
+                                      {"$ref": "#/components/schemas/Transcription"},
+                                      {"$ref": "#/components/schemas/Meeting"}]}},
+                                      "text/vtt": _EXPORTS["text/vtt"],
+                                      "application/x-subrip": _EXPORTS["application/x-subrip"]}},
+                          **_COMMON_ERRORS,
+                          "400": _error(_COMMON_ERRORS["400"]["description"] + "; a roster that is not 2 to 10 "
+                                        "enrolled users (`bad_roster`)"),
+                          "401": _error(_COMMON_ERRORS["401"]["description"] + "; a roster chosen by someone who "
+                                        "may not (`not_allowed`)")},
+        }},
+        "/transcripts/export": {"post": {
+            "operationId": "exportTranscript",
+            "summary": "Turn a meeting's lines into a WebVTT (with `<v Name>` voice tags), SRT or JSON file",
+            "description": "For WebSocket clients, which hold a meeting's lines: the server keeps none. Nothing is "
+                           "stored or audited; the answer is the file.",
+            "parameters": [{"name": "format", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["vtt", "srt", "json"]}, "description": "Default vtt."}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["lines"],
+                "properties": {"lines": {"type": "array", "maxItems": 10000, "items": {"$ref": "#/components/schemas/Line"}},
+                               "roster": {"type": "array", "nullable": True}}}}}},
+            "security": [{}],
+            "responses": {"200": {"description": "The transcript file", "content": _EXPORTS},
+                          "400": _error("Lines that cannot be exported (`bad_request`), or an unknown format (`bad_format`)")},
         }},
         "/users/{name}/enrollment": {"get": {
             "operationId": "enrollment",

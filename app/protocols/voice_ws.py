@@ -7,6 +7,7 @@ import logging
 from simple_websocket import ConnectionClosed
 
 from ..audio.decode import AudioError, AudioFormat, AudioLimits, PcmStream, decode
+from ..errors import VoiceGateError
 from ..context import release_db, session_context
 from ..extensions import sock
 from ..gate.base import Context, SessionError
@@ -61,6 +62,8 @@ class Channel:
             self._fail(error.code, error.message)
         except AudioError as error:
             self._fail(error.code, error.message)
+        except VoiceGateError as error:  # e.g. a voiceprint whose key is gone (app/vault.py): decide nothing
+            self._fail(error.code, error.message)
         except ConnectionClosed:
             # The client went away: whatever it sent is dropped; an unfinished enrollment stores nothing.
             logger.info("client closed %s session", self.session.mode if self.session else "a")
@@ -80,7 +83,7 @@ class Channel:
         if message.get("type") != "start":
             raise SessionError("not_started", "the first message must be {\"type\": \"start\", ...}")
         self.format = _audio_format(message.get("format"))
-        if message.get("mode") == "dictate" and self.format.encoding == "container":
+        if message.get("mode") in ("dictate", "meeting") and self.format.encoding == "container":
             raise SessionError("bad_format", "dictation streams raw audio: use pcm_s16le or pcm_f32le")
         self.session = open_session(self.ctx, message, admin=self.admin)
         self._new_clip()

@@ -8,6 +8,7 @@ KINDS = {
     "verify": "Voice login",
     "identify": "Voice login (who is it?)",
     "transcribe": "Dictation",
+    "meeting": "Meeting line",
     "admin": "Admin action",
     "self": "Own account",
 }
@@ -116,6 +117,8 @@ def reason_text(event) -> str:
             return "enough good clips: voiceprint stored"
         if reason == "inconsistent_voice":
             return _join(REASONS[reason], numbers)
+    if kind == "meeting" and reason in (None, "unknown_speaker"):
+        return "a roster member's voice" if decision == "accept" else "nobody on the roster: not transcribed"
     if decision == "accept":
         if reason in REASONS:
             return REASONS[reason]

@@ -16,11 +16,12 @@ from markupsafe import Markup
 from sqlalchemy import or_, select
 
 from .. import tokens
-from ..context import USER_SESSION_KEY, current_user
+from ..context import USER_SESSION_KEY, current_user, is_admin
 from ..db import db
 from ..gate.base import new_request_id
+from ..gate.meeting import MAX_ROSTER, MIN_ROSTER
 from ..gate.store import Audit, record
-from ..models import AuditEvent, AuthSession, EnrollmentInvite, User, utcnow
+from ..models import AuditEvent, AuthSession, EnrollmentInvite, User, Voiceprint, utcnow
 from ..protocols import dictation_keys
 from ..protocols.dictation_keys import personal_url
 from ..settings import current_policy
@@ -217,6 +218,23 @@ def dictate():
         flash("Log in with your voice to dictate.", "info")
         return redirect(url_for("pages.login"))
     return render_template("pages/dictate.html")
+
+
+@bp.get("/meeting")
+def meeting():
+    """Show the meeting page: choose a roster, then a live transcript with names, times and exports.
+
+    For a signed-in user (who is on every roster they choose) or an admin (any roster). The
+    users offered are the active, enrolled ones: those a meeting can name.
+    """
+    admin = is_admin()
+    if g.user is None and not admin:
+        flash("Log in with your voice to hold a meeting.", "info")
+        return redirect(url_for("pages.login"))
+    users = db.session.scalars(select(User).join(Voiceprint, Voiceprint.user_id == User.id)
+                               .where(User.active).order_by(User.name)).all()
+    return render_template("pages/meeting.html", users=users, me=g.user.name if g.user else None, admin=admin,
+                           min_roster=MIN_ROSTER, max_roster=MAX_ROSTER)
 
 
 @bp.context_processor

@@ -3,23 +3,22 @@
 Sign-in starts a server-side session (app.models.AuthSession) whose token the cookie
 holds: signing out deletes it, and a password change deletes the admin's other ones.
 Failures are counted per client address only, never per account, so that nobody can
-lock an admin out by guessing at their name (behind a proxy, list it in TRUSTED_PROXIES).
+lock an admin out by guessing at their name (behind a proxy, list it in TRUSTED_PROXIES);
+they are rows in the database, so that every instance on it counts the same ones.
 """
 from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
-from collections import deque
+from datetime import timedelta
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ...context import ADMIN_SESSION_KEY
 from ...db import db
-from ...models import AdminAccount, AuthSession
+from ...models import AdminAccount, AdminSigninFailure, AuthSession, Version, utcnow
 from . import bp
 from .common import current_admin, note, safe_next
 
@@ -31,58 +30,62 @@ MIN_PASSWORD = 8
 
 
 class AddressThrottle:
-    """Count failed sign-ins per client address in a sliding window (this process only).
+    """Count failed sign-ins per client address in a sliding window, in the database (every instance's).
 
     After each failure the address waits ``delay`` seconds, doubling per failure, before
     its next try; ``limit`` failures within the window refuse it until they age out.
     """
 
-    MAX_ADDRESSES = 10_000
+    def take(self, address: str, limit: int, window: float, delay: float) -> tuple[int, int | None]:
+        """Return the seconds ``address`` must wait before its next sign-in; when 0, count this one now.
 
-    def __init__(self):
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+        Counted before the password is checked (``settle`` keeps a wrong one, ``clear`` drops the
+        count on a right one), and checked and counted one address at a time across instances (a
+        row lock on PostgreSQL, the write lock on SQLite): guesses sent at once cannot all pass
+        before any is counted. Returns the wait and the id of the counted row.
+        """
+        db.session.commit()  # the lock below must be its transaction's first
+        if db.session.get_bind().dialect.name != "sqlite":
+            db.session.execute(select(Version.value).where(Version.name == "attempts").with_for_update())
+        now = utcnow()
+        # A write first (SQLite takes its write lock here): every address's rows past the window go.
+        db.session.execute(delete(AdminSigninFailure).where(
+            AdminSigninFailure.created_at <= now - timedelta(seconds=window)))
+        rows = db.session.execute(
+            select(AdminSigninFailure.created_at, AdminSigninFailure.pending)
+            .where(AdminSigninFailure.client_addr == address)
+            .order_by(AdminSigninFailure.created_at.desc())
+        ).all()
+        failed = [at for at, pending in rows if not pending]  # sign-ins still being checked add no delay
+        if limit > 0 and len(rows) >= limit:
+            until = rows[limit - 1][0] + timedelta(seconds=window)
+        elif failed and delay > 0:
+            until = failed[0] + timedelta(seconds=delay * 2 ** (len(failed) - 1))
+        else:
+            until = now
+        wait = max(0, math.ceil((until - now).total_seconds()))
+        counted = None
+        if not wait:
+            row = AdminSigninFailure(client_addr=address, created_at=now, pending=True)
+            db.session.add(row)
+            db.session.flush()
+            counted = row.id
+        db.session.commit()
+        return wait, counted
 
-    def _recent(self, address: str, window: float) -> deque[float]:
-        failures = self._failures.get(address, deque())
-        cutoff = time.monotonic() - window
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        return failures
-
-    def wait(self, address: str, limit: int, window: float, delay: float) -> int:
-        """Return the seconds ``address`` must wait before its next sign-in, 0 when it may try now."""
-        with self._lock:
-            failures = self._recent(address, window)
-            now = time.monotonic()
-            if len(failures) >= limit:
-                until = failures[-limit] + window
-            elif failures and delay > 0:
-                until = failures[-1] + delay * 2 ** (len(failures) - 1)
-            else:
-                return 0
-            return max(0, math.ceil(until - now))
-
-    def fail(self, address: str, window: float) -> None:
-        """Count one failed sign-in from ``address``."""
-        with self._lock:
-            if address not in self._failures and len(self._failures) >= self.MAX_ADDRESSES:
-                # Forget the addresses whose failures are all outside the window.
-                for stale in [a for a in self._failures if not self._recent(a, window)]:
-                    del self._failures[stale]
-            failures = self._recent(address, window)
-            failures.append(time.monotonic())
-            self._failures[address] = failures
+    def settle(self, counted: int | None) -> None:
+        """Keep the sign-in counted by ``take`` as a failure."""
+        db.session.execute(update(AdminSigninFailure).where(AdminSigninFailure.id == counted).values(pending=False))
+        db.session.commit()
 
     def clear(self, address: str) -> None:
-        """Forget ``address``'s failures (it signed in)."""
-        with self._lock:
-            self._failures.pop(address, None)
+        """Forget ``address``'s failures (it signed in). The caller commits."""
+        db.session.execute(delete(AdminSigninFailure).where(AdminSigninFailure.client_addr == address))
 
 
 def address_throttle() -> AddressThrottle:
-    """Return this app's per-address throttle."""
-    return current_app.extensions.setdefault("voicegate.admin_throttle", AddressThrottle())
+    """Return the per-address throttle (its counts live in the database)."""
+    return AddressThrottle()
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -100,7 +103,8 @@ def login():
     password = request.form.get("password", "")
     throttle = address_throttle()
     window = float(config["ADMIN_ADDRESS_WINDOW_SECONDS"])
-    wait = throttle.wait(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window, float(config["ADMIN_SIGNIN_DELAY"]))
+    wait, counted = throttle.take(address, int(config["ADMIN_ADDRESS_ATTEMPTS"]), window,
+                                  float(config["ADMIN_SIGNIN_DELAY"]))
     if wait:
         logger.warning("admin sign-in refused: too many failures from %s (retry in %d s)", address, wait)
         response = _refuse(f"Too many failed sign-ins from your address. Try again in {wait} s.", 429, username, next_url)
@@ -114,7 +118,7 @@ def login():
     else:
         succeeded = account.check_password(password)
     if not succeeded:
-        throttle.fail(address, window)
+        throttle.settle(counted)
         logger.warning("admin sign-in failed%s from %s", f" for {username}" if account else "", address)
         return _refuse("Wrong user name or password.", 401, username, next_url)
 

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 from urllib.parse import urljoin
 
 from flask import abort, current_app, flash, redirect, render_template, request, session, url_for
-from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy import func, or_, select, text
 
 from ...protocols import dictation_keys
 from ...db import db
-from ...models import AuditEvent, EnrollmentInvite, User, Voiceprint, utcnow
+from ...models import AuditEvent, EnrollmentInvite, User, utcnow
 from ...gate import store
 from . import bp
 from .common import note
@@ -214,7 +214,7 @@ def confirm(user_id: int, action: str):
         return render_template("admin/confirm.html", user=user, title=title, text=text.format(name=user.name),
                                button=button, action=action)
     if action == "reset":
-        db.session.execute(delete(Voiceprint).where(Voiceprint.user_id == user.id))
+        user.forget_voice()  # its key first: no backup can give the voice back
         user.failed_attempts, user.locked_until = 0, None
         db.session.commit()
         _scrub()

@@ -1,17 +1,18 @@
 """Voiceprints keep embeddings of their clips through other channels (a telephone line), never audio.
 
 Existing voiceprints keep NULL here and are scored as before: against their clean centroid.
+The centroids are sealed with the voiceprint's key like its other embeddings (0005).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0007
+Revises: 0006_shared_state
 Create Date: 2026-12-01
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0004'
-down_revision = '0003'
+revision = '0007'
+down_revision = '0006_shared_state'
 branch_labels = None
 depends_on = None
 
@@ -23,6 +24,6 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table('voiceprints') as batch_op:
-        batch_op.drop_column('channel_centroids')
-        batch_op.drop_column('channels')
+    # Plain DROP COLUMN (SQLite 3.35+, PostgreSQL): a batch rebuild would drop the table's triggers.
+    op.execute('ALTER TABLE voiceprints DROP COLUMN channel_centroids')
+    op.execute('ALTER TABLE voiceprints DROP COLUMN channels')

@@ -1,0 +1,328 @@
+"""What dictation and meetings share: a stream cut into utterances, checked on a grid, settled by the release rule.
+
+``GatedStream`` takes audio as it arrives, finds utterances with the VAD, checks each one
+on the grid of windows of ``release.py`` while it is spoken, and hands Whisper only the
+stretches the release rule settles. What a check decides (one user's voice, or who of a
+roster), how settled stretches are split, and what is sent for each is the subclass's:
+``dictation.DictateSession`` and ``meeting.MeetingSession``.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from .base import Context, SessionError, new_request_id, run_model
+from .release import ACCEPT, STEP_SAMPLES, WINDOW_SAMPLES, horizon
+from ..audio.vad import SAMPLE_RATE
+from ..engines.pool import Busy
+
+# Audio kept before an utterance's first voiced window, so its first word is not clipped.
+# With TRAIL it stays inside the end_silence (600 ms) the VAD heard between two utterances.
+LEAD_IN = 0.3
+# Silence kept after an utterance's last voiced window: the VAD dates an end to where its
+# confidence first drops, which can clip a soft last syllable (faster-whisper pads its own
+# VAD segments likewise). It is silence to the VAD, so it holds no other voice's words.
+TRAIL = 0.3
+# A check needs this much speech in its window; windows with less are left to their neighbours.
+MIN_WINDOW_SPEECH = 1.0
+# At a boundary with another voice, an accepted stretch is cut at a pause up to this far
+# inside it, if there is one, so that Whisper is not handed half a word (inward never leaks).
+SNAP_SECONDS = 0.3
+# Accepted stretches shorter than this hold no word worth transcribing.
+MIN_TEXT_SECONDS = 0.3
+# Audio is handed to an engine in blocks this long, as a live stream would arrive.
+BLOCK = SAMPLE_RATE // 4
+
+
+@dataclass
+class Utterance:
+    """One stretch of speech in the stream, in stream samples, with the checks made on it so far."""
+
+    start: int
+    end: int | None = None
+    checks: list = field(default_factory=list)
+    emitted_until: int = 0  # messages have been sent for everything before this sample
+    partial_sent: bool = False
+
+    def __post_init__(self):
+        self.emitted_until = self.start
+
+
+class GatedStream:
+    """The utterance machinery of a gated stream (see the module docstring); subclasses decide.
+
+    A subclass implements ``_check`` (one window, or a short phrase), ``_parts`` (the settled
+    stretches of an utterance), ``_emit`` (one stretch's message), ``_result``,
+    ``_partial_message`` and ``_record`` (one audit row).
+    """
+
+    mode = ""
+    noun = "stream"
+
+    def __init__(self, ctx: Context, live: bool):
+        self.ctx = ctx
+        self.request_id = new_request_id()
+        self.done = False
+        policy = ctx.policy
+        self.partials = live and policy.partial_interval != float("inf")
+        self._endpointer = ctx.engines.vad.endpointer(policy.end_silence_ms, policy.max_utterance_seconds)
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._offset = 0  # stream sample of self._audio[0]
+        self._received = 0
+        self._utterance: Utterance | None = None
+        self._next_check = 0
+        self._partial: tuple[int, str | None, Future] | None = None  # (span begin, whose, transcription)
+        self._shown: str | None = None  # whose partial text the client has been shown in the open utterance
+        self._last_partial = 0
+        self._accepted_until: int | None = None  # end of the last accepted speech (context for short phrases)
+        self._slot = False
+
+    def _take_slot(self) -> None:
+        """Hold one of the server's dictation slots; call it last, so nothing after it can fail and leave it taken."""
+        self._slot = self.ctx.engines.streams.acquire()
+        if not self._slot:
+            raise SessionError("busy", f"the server is taking all the dictations it can keep up with "
+                                       f"({self.ctx.engines.streams.limit}); try again in a moment")
+
+    # -- adapter interface
+
+    def audio(self, samples: np.ndarray) -> list[dict]:
+        """Take more of the stream; return the partials and settled messages that are ready."""
+        self._received += samples.size
+        limit = self.ctx.policy.max_dictation_seconds
+        if self._received > limit * SAMPLE_RATE:
+            raise SessionError("too_long", f"a {self.noun} may last at most {limit:g} s")
+        self._audio = np.concatenate([self._audio, samples])
+        messages = []
+        for kind, at in self._endpointer.feed(samples):
+            messages += self._event(kind, at)
+        if self._utterance is not None:
+            self._run_checks(self._endpointer.position)
+            messages += self._settle()
+            self._start_partial()
+        else:
+            # A start is found only after some speech, and dated back: keep enough for its lead-in
+            # whatever the framing, so that every surface cuts the same utterance.
+            self._trim(self._endpointer.position - self._endpointer.start_lag - int(LEAD_IN * SAMPLE_RATE))
+        return messages + self.poll()
+
+    def stop(self) -> list[dict]:
+        """End the stream: finish the open utterance and report the totals."""
+        messages = []
+        for kind, at in self._endpointer.flush():
+            messages += self._event(kind, at)
+        self.done = True
+        return messages + [self._result()]
+
+    def close(self) -> None:
+        """Give back the slot, and audit text a vanished client was shown; adapters always call this."""
+        utterance = self._utterance
+        try:
+            if not self.done and utterance is not None and utterance.partial_sent:
+                # The client left mid-utterance after seeing partial text: that text needs its row too.
+                utterance.partial_sent = False
+                self._record(ACCEPT, self._shown, utterance.emitted_until, self._endpointer.position, None,
+                             reason="client_left")
+        finally:
+            if self._slot:
+                self._slot = False
+                self.ctx.engines.streams.release()
+
+    def partial_in_flight(self) -> bool:
+        """Return True while a partial transcript is being computed (``poll`` returns it when done)."""
+        return self._partial is not None and not self._partial[2].done()
+
+    def poll(self) -> list[dict]:
+        """Return a partial transcript that has finished computing, if it still stands."""
+        if self._partial is None or not self._partial[2].done():
+            return []
+        begin, whose, future = self._partial
+        self._partial = None
+        utterance = self._utterance
+        if utterance is None or utterance.emitted_until != begin:
+            return []  # that stretch has been settled meanwhile
+        text = future.result().text
+        if not text:
+            return []
+        utterance.partial_sent, self._shown = True, whose
+        return [self._partial_message(begin, whose, text)]
+
+    # -- utterances and checks
+
+    def _event(self, kind: str, at: int) -> list[dict]:
+        if kind == "start":
+            start = max(self._offset, at - int(LEAD_IN * SAMPLE_RATE))
+            self._utterance = Utterance(start)
+            self._next_check = start + WINDOW_SAMPLES
+            self._last_partial = start
+            return []
+        utterance = self._utterance
+        if utterance is None:
+            return []
+        trail = at + int(TRAIL * SAMPLE_RATE)
+        if trail <= self._endpointer.position and self._endpointer.speech_seconds_between(at, trail) == 0:
+            at = trail  # ended by silence (not cut for length, not the end of the stream)
+        self._run_checks(at)
+        utterance.end = at
+        messages = self._finish(utterance)
+        self._utterance = None
+        self._trim(at)
+        return messages
+
+    def _run_checks(self, until: int) -> None:
+        """Make the periodic checks of the open utterance that end by ``until``.
+
+        They end on a fixed grid from the utterance's start, so every surface decides
+        alike whatever its framing (50 ms browser frames, Kõnele's 200 ms, a whole upload).
+        """
+        while self._next_check <= until:
+            self._check(self._utterance, self._next_check - WINDOW_SAMPLES, self._next_check)
+            self._next_check += STEP_SAMPLES
+
+    def _window(self, utterance: Utterance, begin: int, end: int, short: bool) -> tuple[int, float] | None:
+        """Return where a check of [begin, end) starts and its seconds of speech, or None when it has too little."""
+        begin = max(begin, utterance.start)
+        speech = self._endpointer.speech_seconds_between(begin, end)
+        if speech < min(MIN_WINDOW_SPEECH, self.ctx.policy.min_verify_speech) and not short:
+            return None
+        return begin, speech
+
+    def _embed(self, audio: np.ndarray) -> np.ndarray:
+        return run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
+
+    def _finish(self, utterance: Utterance) -> list[dict]:
+        """Check an ended utterance to its end and settle all of it."""
+        end = utterance.end
+        if not utterance.checks:
+            speech = self._endpointer.speech_seconds_between(utterance.start, end)
+            if speech >= self.ctx.policy.min_verify_speech:
+                self._check(utterance, end - WINDOW_SAMPLES, end)
+            elif self._short_phrase_allowed(utterance):
+                # A short phrase right after accepted speech: decided on its own, stricter.
+                self._check(utterance, utterance.start, end, short=True)
+        elif max(check.end for check in utterance.checks) < end:
+            self._check(utterance, end - WINDOW_SAMPLES, end)
+        return self._settle(utterance)
+
+    def _short_phrase_allowed(self, utterance: Utterance) -> bool:
+        """Return True when a phrase too short to verify alone follows accepted speech closely."""
+        policy = self.ctx.policy
+        return (policy.short_context_seconds > 0 and self._accepted_until is not None
+                and utterance.start - self._accepted_until <= policy.short_context_seconds * SAMPLE_RATE)
+
+    def _settle(self, utterance: Utterance | None = None) -> list[dict]:
+        """Send the messages of every stretch of the utterance that nothing can change any more."""
+        utterance = utterance or self._utterance
+        ended = utterance.end is not None
+        end = utterance.end if ended else self._endpointer.position
+        settled = horizon(utterance.checks, utterance.end)
+        if settled is None or settled <= utterance.emitted_until:
+            return []
+        parts = self._parts(utterance.start, end, utterance.checks, settled)
+        # While the utterance is open, the stretch reaching the horizon may still grow: it waits.
+        ready = [p for p in parts if p.end > utterance.emitted_until and (ended or p.end < settled)]
+        messages = []
+        for part in ready:
+            index = parts.index(part)
+            before = parts[index - 1] if index else None
+            after = parts[index + 1] if index + 1 < len(parts) else None
+            begin = max(part.begin, utterance.emitted_until)
+            utterance.emitted_until = part.end
+            if part.state != ACCEPT and part.end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
+                continue  # a sliver between checks: too short to hold a word
+            utterance.partial_sent, self._shown = False, None
+            messages += self._emit(part, begin, before, after)
+        return messages
+
+    def _cut(self, part, begin: int, before, after) -> tuple[int, int]:
+        """Return where to cut an accepted stretch for Whisper: pulled inward to a pause at a change of voice."""
+        cut_begin = self._snap(begin, +1) if self._changes(part, before) else begin
+        cut_end = self._snap(part.end, -1) if self._changes(part, after) else part.end
+        return cut_begin, cut_end
+
+    @staticmethod
+    def _changes(part, neighbour) -> bool:
+        """Return True when ``neighbour`` is not the same voice's accepted speech as ``part``."""
+        return neighbour is not None and (neighbour.state != ACCEPT or _whose(neighbour) != _whose(part))
+
+    def _snap(self, at: int, direction: int) -> int:
+        """Move a cut at ``at`` into the accepted side (``direction``) to a pause within SNAP_SECONDS, if there is one."""
+        reach = int(SNAP_SECONDS * SAMPLE_RATE)
+        low, high = (at, at + reach) if direction > 0 else (at - reach, at)
+        pause = self._endpointer.pause_in(max(low, self._offset), high)
+        return at if pause is None else pause
+
+    def _transcribe(self, begin: int, end: int) -> str:
+        if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
+            return ""
+        return run_model(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(begin, end)).text
+
+    def _start_partial(self) -> None:
+        """Transcribe the accepted stretch that is still growing, when a worker is free and enough is new."""
+        utterance = self._utterance
+        pool = self.ctx.engines.pool
+        if not self.partials or self._partial is not None or pool.pending >= pool.workers:
+            return  # partials are a courtesy: never queue them behind decisions
+        settled = horizon(utterance.checks, None)
+        if settled is None or settled - self._last_partial < self.ctx.policy.partial_interval * SAMPLE_RATE:
+            return
+        parts = self._parts(utterance.start, settled, utterance.checks, settled)
+        growing = parts[-1] if parts else None
+        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until:
+            return
+        self._last_partial = settled
+        try:
+            future = pool.submit(partial(self.ctx.engines.transcriber.transcribe, draft=True),
+                                 self._slice(growing.begin, settled))
+            self._partial = (growing.begin, _whose(growing), future)
+        except Busy:
+            self._partial = None
+
+    def _slice(self, begin: int, end: int) -> np.ndarray:
+        return self._audio[max(0, begin - self._offset): max(0, end - self._offset)]
+
+    def _trim(self, keep_from: int) -> None:
+        """Drop audio before ``keep_from`` that no open utterance needs (it is never stored)."""
+        if self._utterance is not None:
+            keep_from = min(keep_from, self._utterance.start)
+        drop = keep_from - self._offset
+        if drop > 0:
+            self._audio = self._audio[drop:]
+            self._offset = keep_from
+
+    # -- what subclasses decide
+
+    def _check(self, utterance: Utterance, begin: int, end: int, short: bool = False) -> None:
+        raise NotImplementedError
+
+    def _parts(self, start: int, end: int, checks: list, settled: int) -> list:
+        raise NotImplementedError
+
+    def _emit(self, part, begin: int, before, after) -> list[dict]:
+        raise NotImplementedError
+
+    def _result(self) -> dict:
+        raise NotImplementedError
+
+    def _partial_message(self, begin: int, whose: str | None, text: str) -> dict:
+        raise NotImplementedError
+
+    def _record(self, state: str, whose: str | None, begin: int, end: int, score: float | None,
+                reason: str | None = None) -> None:
+        raise NotImplementedError
+
+
+def _whose(part) -> str | None:
+    """Return whose voice an accepted stretch is (a meeting's speaker; None in a one-user dictation)."""
+    return getattr(part, "speaker", None)
+
+
+def run_recording(session: GatedStream, audio: np.ndarray) -> list[dict]:
+    """Run a whole recording through a gated stream; return every message, the closing ``result`` last."""
+    messages = []
+    for start in range(0, audio.size, BLOCK):
+        messages += session.audio(audio[start:start + BLOCK])
+    return messages + session.stop()

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import calibration, decide, store
 from .base import Context, seconds
-from .release import ACCEPT, PENDING, REJECT, Check, Span, spans
+from .release import Check, Span, spans
 from .stream import GatedStream, Utterance, run_recording
 from ..audio.vad import SAMPLE_RATE
 from ..engines.speaker import cosine
@@ -100,11 +100,7 @@ class DictateSession(GatedStream):
 
     def _emit(self, span: Span, begin: int, before: Span | None, after: Span | None) -> list[dict]:
         """Decide one settled stretch: transcribe it if accepted; audit it; return its final."""
-        state = {ACCEPT: "accept", REJECT: "reject", PENDING: "not_enough_speech"}[span.state]
-        text = None
-        if state == "accept":
-            text = self._transcribe(*self._cut(span, begin, before, after))
-            self._accepted_until = span.end
+        state, text = self._outcome(span, begin, before, after)
         self._finals += 1
         self._tally[{"accept": "accepted", "reject": "rejected"}.get(state, "unverified")] += 1
         self._record(state, None, begin, span.end, span.score)

@@ -159,11 +159,7 @@ class MeetingSession(GatedStream):
 
     def _emit(self, part: Part, begin: int, before: Part | None, after: Part | None) -> list[dict]:
         """Decide one settled stretch: transcribe it if attributed; audit it; return its line."""
-        state = {ACCEPT: "accept", REJECT: "reject", PENDING: "not_enough_speech"}[part.state]
-        text = None
-        if state == "accept":
-            text = self._transcribe(*self._cut(part, begin, before, after))
-            self._accepted_until = part.end
+        state, text = self._outcome(part, begin, before, after)
         self._lines += 1
         self._tally[{"accept": "attributed", "reject": "unverified"}.get(state, "too_short")] += 1
         self._record(state, part.speaker, begin, part.end, part.score)

@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 
 from .base import Context, SessionError, new_request_id, run_model
-from .release import ACCEPT, STEP_SAMPLES, WINDOW_SAMPLES, horizon
+from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, horizon
 from ..audio.vad import SAMPLE_RATE
 from ..engines.pool import Busy
 
@@ -236,6 +236,14 @@ class GatedStream:
             utterance.partial_sent, self._shown = False, None
             messages += self._emit(part, begin, before, after)
         return messages
+
+    def _outcome(self, part, begin: int, before, after) -> tuple[str, str | None]:
+        """Return a settled stretch's state (accept, reject, not_enough_speech) and, when accepted, its text."""
+        state = {ACCEPT: "accept", REJECT: "reject", PENDING: "not_enough_speech"}[part.state]
+        if state != "accept":
+            return state, None
+        self._accepted_until = part.end
+        return state, self._transcribe(*self._cut(part, begin, before, after))
 
     def _cut(self, part, begin: int, before, after) -> tuple[int, int]:
         """Return where to cut an accepted stretch for Whisper: pulled inward to a pause at a change of voice."""

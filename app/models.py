@@ -125,17 +125,27 @@ class Voiceprint(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The keystore's id of the key that seals the embeddings (never the key).
     key_id: Mapped[str] = mapped_column(String(32))
+    # Centroids of the clips' embeddings through other channels (app/audio/augment.py): comma-
+    # separated names, and float32 rows in that order sealed like the rest; NULL on voiceprints
+    # enrolled before them (migration 0007).
+    channels: Mapped[str | None] = mapped_column(String(64))
+    channel_centroids: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     user: Mapped[User] = relationship(back_populates="voiceprint")
 
     @classmethod
-    def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float) -> Voiceprint:
-        """Build a voiceprint from unit-length clip embeddings (shape clips × dim), sealed with a new key."""
+    def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float,
+                        channels: dict[str, np.ndarray] | None = None) -> Voiceprint:
+        """Build a voiceprint from unit-length clip embeddings (clips × dim) and per channel the clips' copies, sealed with a new key."""
         clips = np.asarray(clips, dtype="<f4")
         mean = clips.mean(axis=0)
         centroid = mean / np.linalg.norm(mean)
         key_id, key = vault.new_key()
+        rows = [np.asarray(v, dtype=np.float64).mean(axis=0) for v in (channels or {}).values()]
+        copies = np.stack([r / np.linalg.norm(r) for r in rows]).astype("<f4").tobytes() if rows else None
         return cls(
+            channels=",".join(channels) if channels else None,
+            channel_centroids=vault.seal(key, key_id, "voiceprints.channel_centroids", copies) if copies else None,
             model_id=model_id,
             dim=clips.shape[1],
             clip_count=clips.shape[0],
@@ -152,6 +162,14 @@ class Voiceprint(db.Model):
     def clip_vectors(self) -> np.ndarray:
         """Return the per-clip embeddings (clips × dim float32); raise VoiceprintUnavailable if its key is gone."""
         return np.frombuffer(self._open("clip_embeddings"), dtype="<f4").reshape(self.clip_count, self.dim)
+
+    def channel_vectors(self) -> dict[str, np.ndarray]:
+        """Return the centroid of each channel's copies of the clips, by name (empty on older voiceprints)."""
+        if not self.channels or not self.channel_centroids:
+            return {}
+        names = self.channels.split(",")
+        rows = np.frombuffer(self._open("channel_centroids"), dtype="<f4").reshape(len(names), self.dim)
+        return dict(zip(names, rows))
 
     def seal_recent(self, embedding: np.ndarray) -> bytes:
         """Return an accepted attempt's embedding sealed with this voiceprint's key (for RecentVoice)."""

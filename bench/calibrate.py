@@ -1,13 +1,18 @@
 """Fit the shipped cohort and calibration on held-out speakers, and measure it per condition on the rest.
 
-    python -m bench.degrade ../shared/data/speech-more            # once: the hard variant
-    python -m bench.calibrate [--data DIR] [--hard DIR] [--write-cohort] [--out bench/results/calibration.json]
+    python -m bench.degrade ../shared/data/speech-more            # once: the hard variants
+    python -m bench.degrade ../shared/data/speech-dev
+    python -m bench.calibrate [--data DIR] [--hard DIR] [--heldout ../shared/data/speech-dev] [--write-cohort]
+                              [--out bench/results/calibration.json]
 
 Speakers are split in two: ``COHORT_SPEAKERS`` (held out: their embeddings become the shipped
 cohort, and the calibration is fitted on their trials among each other) and the rest, on which
 everything is measured, per degradation condition, with the trials of the set's trials.tsv and,
 for false-accept rates fine enough to see 1 in 1000, every enrollment list against every other
-evaluation speaker's files. Embeddings are computed in this process and cached (bench/embedcache.py).
+evaluation speaker's files. ``--heldout`` sets are measured with that fit, all their speakers.
+Telephone-band test files are scored against the enrollment's telephone copies, as the service
+does (app/audio/augment.py); the clean centroid alone is measured beside it. Embeddings are
+computed in this process and cached (bench/embedcache.py).
 """
 from __future__ import annotations
 
@@ -21,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from app.gate.calibration import COHORT_PATH, COHORT_SHA256, Calibration, Quality, save_cohort
+from app.gate.calibration import COHORT_PATH, COHORT_SHA256, NARROW_EDGE_DB, Calibration, Quality, save_cohort
 from app.gate.policy import DEFAULT_TARGET_FAR
 
 from . import metrics
 from .data import SpeechSet
 from .degrade import condition_of, default_out
-from .embedcache import Measured, measure_set
+from .embedcache import Measured, channel_set, edge_set, measure_set
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ TARGET_FARS = (0.01, 0.005, 0.002, 0.001, 0.0005)
 MIN_SPEECH = (0.5, 0.8, 1.0, 1.5)
 
 DEFAULT_MIN_SPEECH = 0.8
+DEFAULT_FLOOR = 0.25
 # Raw cosine floors tried under the calibrated decision.
 FLOORS = (0.0, 0.15, 0.20, 0.25, 0.30, 0.40)
 
@@ -64,25 +70,32 @@ class Trial:
 
 
 class Scorer:
-    """Scores trials from cached embeddings: plain cosine, AS-norm, calibrated."""
+    """Scores trials from cached embeddings: plain cosine, AS-norm, calibrated.
+
+    ``phone`` (clean file label -> embedding of its telephone copy, app/audio/augment.py) makes
+    telephone-band tests (``edges`` below NARROW_EDGE_DB) score against the enrollment's
+    telephone centroid, as the service does; None scores every test against the clean centroid.
+    """
 
     def __init__(self, clean: dict[str, Measured], hard: dict[str, Measured], speaker_of: dict[str, str],
-                 cohort_keys: list[str], top_k: int):
+                 cohort: np.ndarray, cohort_speaker: np.ndarray, top_k: int,
+                 phone: dict[str, np.ndarray] | None = None, edges: dict[str, float] | None = None):
         self.clean, self.hard, self.speaker_of, self.top_k = clean, hard, speaker_of, top_k
-        self.cohort = np.stack([self._vector(k) for k in cohort_keys])
-        self.cohort_speaker = np.array([self.speaker(k) for k in cohort_keys])
+        self.cohort, self.cohort_speaker = cohort, cohort_speaker
+        self.phone, self.edges = phone, edges or {}
         self._stats: dict = {}
-
-    def _vector(self, key: str) -> np.ndarray:
-        return (self.hard[key] if key in self.hard else self.clean[key]).embedding
 
     def speaker(self, key: str) -> str:
         """Return the speaker of a clean or degraded file's label."""
         return self.speaker_of[key.split("/", 1)[1] if key.split("/", 1)[0] in CONDITION_NAMES else key]
 
-    def enrolled(self, enroll: tuple[str, ...]) -> np.ndarray:
-        """Return the centroid of an enrollment list."""
-        mean = np.mean([self.clean[p].embedding for p in enroll], axis=0)
+    def narrow(self, test: str) -> bool:
+        """Return True when the test file is telephone-band audio (and the phone channel is in use)."""
+        return self.phone is not None and self.edges.get(test, 0.0) < NARROW_EDGE_DB
+
+    def enrolled(self, enroll: tuple[str, ...], narrow: bool = False) -> np.ndarray:
+        """Return the centroid of an enrollment list (of its telephone copies when ``narrow``)."""
+        mean = np.mean([self.phone[p] if narrow else self.clean[p].embedding for p in enroll], axis=0)
         return mean / np.linalg.norm(mean)
 
     def stats(self, name, vector: np.ndarray, exclude: tuple[str, ...]) -> tuple[float, float]:
@@ -101,13 +114,14 @@ class Scorer:
         out = defaultdict(list)
         centroids = {}
         for t in trials:
-            if t.enroll not in centroids:
-                centroids[t.enroll] = self.enrolled(t.enroll)
-            e, m = centroids[t.enroll], self.hard[t.test]
+            narrow = self.narrow(t.test)
+            if (t.enroll, narrow) not in centroids:
+                centroids[t.enroll, narrow] = self.enrolled(t.enroll, narrow)
+            e, m = centroids[t.enroll, narrow], self.hard[t.test]
             raw = float(e @ m.embedding)
             clips = np.array([self.clean[p].embedding @ m.embedding for p in t.enroll])
             exclude = tuple(sorted({t.claimed, t.speaker})) if exclude_speakers else ()
-            me, se = self.stats(t.enroll, e, exclude)
+            me, se = self.stats((t.enroll, narrow), e, exclude)
             mt, st = self.stats(t.test, m.embedding, exclude)
             out["raw"].append(raw)
             out["clip_mean"].append(float(clips.mean()))
@@ -115,6 +129,7 @@ class Scorer:
             out["asnorm"].append(0.5 * ((raw - me) / max(se, 1e-3) + (raw - mt) / max(st, 1e-3)))
             out["features"].append(Quality(m.speech_seconds, m.snr_db, m.band).features())
             out["speech"].append(m.speech_seconds)
+            out["narrow"].append(narrow)
         return {k: np.array(v) for k, v in out.items()}
 
 
@@ -193,11 +208,155 @@ def plot(per: dict, path: Path, calibration: Calibration, default_far: float) ->
     plt.close(figure)
 
 
+@dataclass
+class Loaded:
+    """A speech set, its hard variant, and every measurement the scoring needs."""
+
+    speech: SpeechSet
+    hard_set: SpeechSet
+    clean: dict[str, Measured]
+    hard: dict[str, Measured]
+    speaker_of: dict[str, str]
+    conditions: list[str]
+    phone: dict[str, np.ndarray]
+    edges: dict[str, float]
+    lists: dict[str, set]
+    files: dict[str, list[str]]
+
+    def all_pairs(self, speakers: set[str]) -> list[Trial]:
+        """Return every enrollment list of ``speakers`` against every other file of theirs, in every condition."""
+        trials = []
+        for claimed in sorted(speakers):
+            for enroll in sorted(self.lists[claimed]):
+                for spoken in sorted(speakers):
+                    for f in self.files[spoken]:
+                        if f in enroll:
+                            continue
+                        for c in self.conditions:
+                            trials.append(Trial(enroll, f"{c}/{f}", claimed == spoken, c, claimed, spoken))
+        return trials
+
+    def listed(self, speakers: set[str]) -> list[Trial]:
+        """Return the hard variant's own trials between ``speakers``."""
+        trials = [Trial(tuple(self.speech.label(p) for p in t.enroll), self.hard_set.label(t.test), t.target,
+                        condition_of(self.hard_set.label(t.test)), self.speaker_of[self.speech.label(t.enroll[0])],
+                        self.speaker_of[self.hard_set.label(t.test).split("/", 1)[1]]) for t in self.hard_set.trials]
+        return [t for t in trials if t.claimed in speakers and t.speaker in speakers]
+
+
+def load(data: Path, hard_dir: Path | None, only: str | None = None) -> Loaded:
+    """Measure a set and its hard variant (cached): embeddings, telephone copies, band edges."""
+    speech = SpeechSet(data.resolve())
+    hard_set = SpeechSet((hard_dir or default_out(speech.root)).resolve())
+    if only:
+        wanted = set(only.split(","))
+        hard_set.trials = [t for t in hard_set.trials if condition_of(hard_set.label(t.test)) in wanted]
+    paths = [u.path for u in speech.utterances]
+    clean = {speech.label(k): v for k, v in measure_set(speech, paths).items()}
+    phone = {speech.label(k): v[0] for k, v in channel_set(speech, paths, ("phone",)).items()}
+    tests = sorted({t.test for t in hard_set.trials})
+    hard = {hard_set.label(k): v for k, v in measure_set(hard_set, tests).items()}
+    edges = {hard_set.label(k): v for k, v in edge_set(hard_set, tests).items()}
+    conditions = list(dict.fromkeys(condition_of(hard_set.label(t.test)) for t in hard_set.trials))
+    CONDITION_NAMES.update(conditions)
+    speaker_of = {speech.label(u.path): u.speaker for u in speech.utterances}
+    lists = defaultdict(set)
+    for t in speech.trials:
+        lists[speaker_of[speech.label(t.enroll[0])]].add(tuple(speech.label(p) for p in t.enroll))
+    files = defaultdict(list)
+    for u in speech.utterances:
+        files[u.speaker].append(speech.label(u.path))
+    return Loaded(speech, hard_set, clean, hard, speaker_of, conditions, phone, edges, lists, files)
+
+
+def evaluate(scorers: dict[str, Scorer], trials: list[Trial], calibrations: dict[str, Calibration],
+             conditions: list[str], default_far: float) -> dict:
+    """Score ``trials`` with each system (``phone``: the service; ``centroid``: clean centroid only), per condition."""
+    target = np.array([t.target for t in trials])
+    condition = np.array([t.condition for t in trials])
+    nclips = np.array([len(t.enroll) for t in trials])
+    scored = {}
+    for name, scorer in scorers.items():
+        scores = scorer.score(trials, exclude_speakers=False)
+        scores["calibrated"] = calibrated(calibrations[name], scores)
+        scored[name] = scores
+    scores = scored["phone"]
+    base = scored["centroid"]
+    calibration = calibrations["phone"]
+    per = {}
+    for c in conditions + ["all"]:
+        sel = np.ones_like(target) if c == "all" else condition == c
+        row = {"targets": int((sel & target).sum()), "nontargets": int((sel & ~target).sum()),
+               "narrow_share": round(float(scores["narrow"][sel].mean()), 4)}
+        # "raw" is plain ECAPA cosine to the clean centroid (the baseline the goal compares with);
+        # "raw_phone" the cosine the service reports (to the telephone centroid on telephone audio).
+        for system in ("raw", "clip_mean", "clip_max", "asnorm", "calibrated"):
+            source = base if system in ("raw", "clip_mean", "clip_max") else scores
+            g, i = source[system][sel & target], source[system][sel & ~target]
+            row[system] = figures(g, i) if system in ("raw", "calibrated") else {"eer": round(metrics.eer(g, i), 4)}
+        row["raw_phone"] = {"eer": round(metrics.eer(scores["raw"][sel & target], scores["raw"][sel & ~target]), 4)}
+        # The clean centroid alone (no telephone copies), calibrated on its own: what the channel adds.
+        row["calibrated_centroid_only"] = {"eer": round(metrics.eer(base["calibrated"][sel & target],
+                                                                    base["calibrated"][sel & ~target]), 4)}
+        for n in (1, 3):
+            s2 = sel & (nclips == n)
+            if (s2 & target).any() and (s2 & ~target).any():
+                row[f"eer_{n}clip"] = {s: round(metrics.eer(base[s][s2 & target], base[s][s2 & ~target]), 4)
+                                       for s in ("raw", "clip_mean", "clip_max", "calibrated")}
+        decisions = {}
+        for far in TARGET_FARS:
+            t_z = calibration.threshold(far)
+            for minimum in MIN_SPEECH:
+                enough = scores["speech"] >= minimum
+                accept = enough & (scores["calibrated"] >= t_z) & (scores["raw"] >= DEFAULT_FLOOR)
+                decisions[f"far{far:g}_min{minimum:g}"] = {
+                    "threshold": round(t_z, 3),
+                    "far": round(float(accept[sel & ~target].mean()), 5),
+                    "frr": round(float(1 - accept[sel & target].mean()), 5),
+                    "not_enough_speech": round(float(1 - enough[sel & target].mean()), 5)}
+        t_z = calibration.threshold(default_far)
+        for floor in FLOORS:
+            accept = (scores["speech"] >= DEFAULT_MIN_SPEECH) & (scores["calibrated"] >= t_z) & (scores["raw"] >= floor)
+            decisions[f"default_floor{floor:.2f}"] = {"far": round(float(accept[sel & ~target].mean()), 5),
+                                                      "frr": round(float(1 - accept[sel & target].mean()), 5)}
+        b_z = calibrations["centroid"].threshold(default_far)
+        accept = (base["speech"] >= DEFAULT_MIN_SPEECH) & (base["calibrated"] >= b_z) & (base["raw"] >= DEFAULT_FLOOR)
+        decisions["default_centroid_only"] = {"far": round(float(accept[sel & ~target].mean()), 5),
+                                              "frr": round(float(1 - accept[sel & target].mean()), 5)}
+        for cos in (0.30, 0.40):
+            accept = (scores["speech"] >= 1.5) & (base["raw"] >= cos)
+            decisions[f"cosine{cos:.2f}_min1.5"] = {"far": round(float(accept[sel & ~target].mean()), 5),
+                                                    "frr": round(float(1 - accept[sel & target].mean()), 5)}
+        # What the decision would need per condition: the FRR where this condition's own FAR is 0.5%.
+        g, i = scores["calibrated"][sel & target], scores["calibrated"][sel & ~target]
+        if i.size >= 1000:
+            at = float(np.quantile(i, 0.995))
+            row["frr_at_far0.005_oracle"] = round(float((g < at).mean()), 5)
+        row["decisions"] = decisions
+        row["speech_seconds_p10"] = round(float(np.percentile(scores["speech"][sel], 10)), 2)
+        per[c] = row
+    return per
+
+
+def show(name: str, per: dict, default_far: float) -> None:
+    """Print one set's figures per condition."""
+    print(f"\n{name}: EER raw / asnorm / calibrated (centroid only) | at target {default_far:g}, min {DEFAULT_MIN_SPEECH:g} s: "
+          "FAR FRR (not_enough_speech) | centroid only: FAR FRR")
+    for c, row in per.items():
+        d = row["decisions"][f"far{default_far:g}_min{DEFAULT_MIN_SPEECH:g}"]
+        b = row["decisions"]["default_centroid_only"]
+        print(f"  {c:<15} n={row['targets']:>5}/{row['nontargets']:<6} {row['raw']['eer']:6.2%} {row['asnorm']['eer']:6.2%} "
+              f"{row['calibrated']['eer']:6.2%} ({row['calibrated_centroid_only']['eer']:6.2%}) | "
+              f"FAR {d['far']:.3%} FRR {d['frr']:6.2%} ({d['not_enough_speech']:.1%}) | {b['far']:.3%} {b['frr']:6.2%}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Fit, measure, print and write."""
     parser = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=MORE)
     parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
+    parser.add_argument("--heldout", type=Path, action="append", default=[],
+                        help="another set (with its hard variant where bench.degrade writes it) measured with the fit, all its speakers")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.json")
     parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)}")
     parser.add_argument("--top-k", type=int, default=TOP_K)
@@ -206,118 +365,55 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--conditions", help="measure only these conditions of the hard variant (comma-separated)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    speech = SpeechSet(args.data.resolve())
-    hard_set = SpeechSet((args.hard or default_out(speech.root)).resolve())
-    if args.conditions:
-        wanted = set(args.conditions.split(","))
-        hard_set.trials = [t for t in hard_set.trials if condition_of(hard_set.label(t.test)) in wanted]
-    clean = {speech.label(k): v for k, v in measure_set(speech, [u.path for u in speech.utterances]).items()}
-    tests = sorted({t.test for t in hard_set.trials})
-    hard = {hard_set.label(k): v for k, v in measure_set(hard_set, tests).items()}
-    conditions = list(dict.fromkeys(condition_of(hard_set.label(t.test)) for t in hard_set.trials))
-    CONDITION_NAMES.update(conditions)
-    speaker_of = {speech.label(u.path): u.speaker for u in speech.utterances}
+    more = load(args.data, args.hard, args.conditions)
     held = set(COHORT_SPEAKERS)
-    cohort_conditions = [c for c in args.cohort_conditions.split(",") if c in conditions]
-    cohort_keys = [f"{c}/{speech.label(u.path)}" for c in cohort_conditions for u in speech.utterances
+    cohort_conditions = [c for c in args.cohort_conditions.split(",") if c in more.conditions]
+    cohort_keys = [f"{c}/{more.speech.label(u.path)}" for c in cohort_conditions for u in more.speech.utterances
                    if u.speaker in held]
-    scorer = Scorer(clean, hard, speaker_of, cohort_keys, args.top_k)
+    cohort = np.stack([more.hard[k].embedding for k in cohort_keys])
+    # As shipped (float16), so that fitting and measuring see the cohort the service loads.
+    cohort = cohort.astype("<f2").astype(np.float32)
+    cohort_speaker = np.array([more.speaker_of[k.split("/", 1)[1]] for k in cohort_keys])
 
-    # Every enrollment list of the trials, and every file, by speaker.
-    lists = defaultdict(set)
-    for t in speech.trials:
-        lists[speaker_of[speech.label(t.enroll[0])]].add(tuple(speech.label(p) for p in t.enroll))
-    files = defaultdict(list)
-    for u in speech.utterances:
-        files[u.speaker].append(speech.label(u.path))
-
-    def all_pairs(speakers: set[str]) -> list[Trial]:
-        trials = []
-        for claimed in sorted(speakers):
-            for enroll in sorted(lists[claimed]):
-                for spoken in sorted(speakers):
-                    for f in files[spoken]:
-                        if f in enroll:
-                            continue
-                        for c in conditions:
-                            trials.append(Trial(enroll, f"{c}/{f}", claimed == spoken, c, claimed, spoken))
-        return trials
+    def scorers(loaded: Loaded) -> dict[str, Scorer]:
+        return {"phone": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k,
+                                loaded.phone, loaded.edges),
+                "centroid": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k)}
 
     # Fitting: impostor trials among the held-out speakers, each cohort without the two speakers.
-    fit_trials = all_pairs(held)
-    fit_scores = scorer.score(fit_trials, exclude_speakers=True)
+    fit_trials = more.all_pairs(held)
     impostor = ~np.array([t.target for t in fit_trials])
-    calibration = fit(fit_scores["asnorm"][impostor], fit_scores["features"][impostor], args.top_k)
+    calibrations = {}
+    for name, scorer in scorers(more).items():
+        fit_scores = scorer.score(fit_trials, exclude_speakers=True)
+        calibrations[name] = fit(fit_scores["asnorm"][impostor], fit_scores["features"][impostor], args.top_k)
+    calibration = calibrations["phone"]
     logger.info("fitted on %d impostor trials of %d held-out speakers: %s", impostor.sum(), len(held), calibration)
 
-    # Evaluation: the rest, with trials.tsv's trials, and every pair.
-    rest = {u.speaker for u in speech.utterances} - held
-    listed = [Trial(tuple(speech.label(p) for p in t.enroll), hard_set.label(t.test), t.target,
-                    condition_of(hard_set.label(t.test)), speaker_of[speech.label(t.enroll[0])],
-                    scorer.speaker(hard_set.label(t.test))) for t in hard_set.trials]
-    listed = [t for t in listed if t.claimed in rest and t.speaker in rest]
-    pairs = all_pairs(rest)
+    rest = {u.speaker for u in more.speech.utterances} - held
     results = {"cohort_speakers": sorted(held), "evaluation_speakers": sorted(rest), "top_k": args.top_k,
                "cohort_conditions": cohort_conditions, "cohort_size": len(cohort_keys),
+               "narrow_edge_db": NARROW_EDGE_DB,
                "calibration": {"centre": calibration.centre, "spread": calibration.spread, "tail": calibration.tail,
                                "fitting_impostor_trials": int(impostor.sum())},
                "sets": {}}
-    for set_name, trials in (("trials", listed), ("all_pairs", pairs)):
-        scores = scorer.score(trials, exclude_speakers=False)
-        scores["calibrated"] = calibrated(calibration, scores)
-        target = np.array([t.target for t in trials])
-        condition = np.array([t.condition for t in trials])
-        nclips = np.array([len(t.enroll) for t in trials])
-        per = {}
-        for c in conditions + ["all"]:
-            sel = np.ones_like(target) if c == "all" else condition == c
-            row = {"targets": int((sel & target).sum()), "nontargets": int((sel & ~target).sum())}
-            for system in ("raw", "clip_mean", "clip_max", "asnorm", "calibrated"):
-                g, i = scores[system][sel & target], scores[system][sel & ~target]
-                row[system] = figures(g, i) if system in ("raw", "calibrated") else {"eer": round(metrics.eer(g, i), 4)}
-            for n in (1, 3):
-                s2 = sel & (nclips == n)
-                if (s2 & target).any() and (s2 & ~target).any():
-                    row[f"eer_{n}clip"] = {s: round(metrics.eer(scores[s][s2 & target], scores[s][s2 & ~target]), 4)
-                                           for s in ("raw", "clip_mean", "clip_max", "calibrated")}
-            decisions = {}
-            for far in TARGET_FARS:
-                t_z = calibration.threshold(far)
-                for minimum in MIN_SPEECH:
-                    enough = scores["speech"] >= minimum
-                    accept = enough & (scores["calibrated"] >= t_z)
-                    decisions[f"far{far:g}_min{minimum:g}"] = {
-                        "threshold": round(t_z, 3),
-                        "far": round(float(accept[sel & ~target].mean()), 5),
-                        "frr": round(float(1 - accept[sel & target].mean()), 5),
-                        "not_enough_speech": round(float(1 - enough[sel & target].mean()), 5)}
-            t_z = calibration.threshold(args.default_far)
-            for floor in FLOORS:
-                accept = (scores["speech"] >= DEFAULT_MIN_SPEECH) & (scores["calibrated"] >= t_z) & (scores["raw"] >= floor)
-                decisions[f"default_floor{floor:.2f}"] = {"far": round(float(accept[sel & ~target].mean()), 5),
-                                                          "frr": round(float(1 - accept[sel & target].mean()), 5)}
-            for cos in (0.30, 0.40):
-                accept = (scores["speech"] >= 1.5) & (scores["raw"] >= cos)
-                decisions[f"cosine{cos:.2f}_min1.5"] = {"far": round(float(accept[sel & ~target].mean()), 5),
-                                                        "frr": round(float(1 - accept[sel & target].mean()), 5)}
-            row["decisions"] = decisions
-            row["speech_seconds_p10"] = round(float(np.percentile(scores["speech"][sel], 10)), 2)
-            per[c] = row
+    runs = [("trials", more, more.listed(rest)), ("all_pairs", more, more.all_pairs(rest))]
+    for path in args.heldout:
+        other = load(path, None, args.conditions)
+        everyone = {u.speaker for u in other.speech.utterances}
+        runs.append((f"{other.speech.root.name}_all_pairs", other, other.all_pairs(everyone)))
+    for set_name, loaded, trials in runs:
+        per = evaluate(scorers(loaded), trials, calibrations, loaded.conditions, args.default_far)
         results["sets"][set_name] = per
-        print(f"\n{set_name}: EER raw / clip_mean / clip_max / asnorm / calibrated, and FAR/FRR at {args.default_far:g}, min {DEFAULT_MIN_SPEECH:g} s")
-        for c, row in per.items():
-            d = row["decisions"][f"far{args.default_far:g}_min{DEFAULT_MIN_SPEECH:g}"]
-            print(f"  {c:<15} n={row['targets']:>5}/{row['nontargets']:<6} " + "  ".join(
-                f"{row[s]['eer']:6.2%}" for s in ("raw", "clip_mean", "clip_max", "asnorm", "calibrated"))
-                + f"   FAR {d['far']:.3%} FRR {d['frr']:.2%} (nes {d['not_enough_speech']:.1%})")
+        show(set_name, per, args.default_far)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     plot(results["sets"]["all_pairs"], args.out.with_name(args.out.stem + "-det.png"), calibration, args.default_far)
     if args.write_cohort:
         about = {"made_by": "python -m bench.calibrate --write-cohort", "speakers": sorted(held),
                  "conditions": cohort_conditions, "source": "speech-more (held-out speakers)"}
-        digest = save_cohort(COHORT_PATH, scorer.cohort, calibration, about)
-        print(f"wrote {COHORT_PATH} ({scorer.cohort.shape[0]} embeddings) sha256 {digest}")
+        digest = save_cohort(COHORT_PATH, cohort, calibration, about)
+        print(f"wrote {COHORT_PATH} ({cohort.shape[0]} embeddings) sha256 {digest}")
         if digest != COHORT_SHA256:
             print("the server refuses this file until COHORT_SHA256 in app/gate/calibration.py is set to it")
         results["cohort_sha256"] = digest

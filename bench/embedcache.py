@@ -79,3 +79,65 @@ def _save(path: Path, cached: dict[str, Measured]) -> None:
     np.savez(tmp, labels=np.array(labels), embeddings=np.stack([cached[k].embedding for k in labels]),
              meta=np.array([[cached[k].speech_seconds, cached[k].snr_db, cached[k].band] for k in labels]))
     tmp.replace(path)
+
+
+def channel_set(speech: SpeechSet, files: list[Path], channels: tuple[str, ...] | None = None,
+                encoder=None) -> dict[Path, np.ndarray]:
+    """Return every file's embeddings through enrollment's channels (app/audio/augment.py), rows in channel order."""
+    from app.audio.augment import CHANNELS, channel
+
+    key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
+    rows: dict[str, list[np.ndarray]] = {speech.label(p): [] for p in files}
+    for name in channels or CHANNELS:
+        path = cache_dir() / f"channel-{name}-{speech.root.name}-{key}.npz"
+        cached: dict[str, np.ndarray] = {}
+        if path.is_file():
+            with np.load(path) as data:
+                cached = {str(label): row for label, row in zip(data["labels"], data["embeddings"])}
+        missing = [p for p in files if speech.label(p) not in cached]
+        if missing:
+            encoder = encoder or _encoder()
+            logger.info("embedding %d files of %s through %s (%d cached)", len(missing), speech.root, name, len(cached))
+            for index, file in enumerate(missing):
+                cached[speech.label(file)] = encoder.embed(channel(name, speech.audio(file)))
+                if (index + 1) % 50 == 0 or index + 1 == len(missing):
+                    logger.info("embedded %d/%d", index + 1, len(missing))
+                    labels = sorted(cached)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp.npz")
+                    np.savez(tmp, labels=np.array(labels), embeddings=np.stack([cached[k] for k in labels]))
+                    tmp.replace(path)
+        for p in files:
+            rows[speech.label(p)].append(cached[speech.label(p)])
+    return {p: np.stack(rows[speech.label(p)]) for p in files}
+
+
+def _encoder():
+    from app.engines import modelstore
+    from app.engines.speaker import SpeakerEncoder
+
+    models = os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models")
+    return SpeakerEncoder(modelstore.model_dir(models, "ecapa"), threads=2, precision="float32")
+
+
+def edge_set(speech: SpeechSet, files: list[Path]) -> dict[Path, float]:
+    """Return every file's band edge (app.gate.calibration.band_edge, dB), cached like the embeddings."""
+    from app.gate.calibration import band_edge
+
+    key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
+    path = cache_dir() / f"edges-{speech.root.name}-{key}.npz"
+    cached: dict[str, float] = {}
+    if path.is_file():
+        with np.load(path) as data:
+            cached = {str(label): float(value) for label, value in zip(data["labels"], data["edges"])}
+    missing = [p for p in files if speech.label(p) not in cached]
+    for file in missing:
+        cached[speech.label(file)] = band_edge(speech.audio(file))
+        speech._audio.pop(file, None)
+    if missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labels = sorted(cached)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, labels=np.array(labels), edges=np.array([cached[k] for k in labels]))
+        tmp.replace(path)
+    return {p: cached[speech.label(p)] for p in files}

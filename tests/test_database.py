@@ -60,6 +60,17 @@ def test_voiceprint_round_trips_as_float32_bytes(app):
         assert len(voiceprint.centroid) == 1 + 12 + 192 * 4 + 16
         assert voiceprint.centroid_vector().astype("<f4").tobytes() not in voiceprint.centroid
         assert np.eye(3, 192, dtype="<f4").tobytes()[:192 * 4] not in voiceprint.clip_embeddings
+        # Enrolled before channel copies existed: no channels, scored against the centroid as before.
+        assert voiceprint.channels is None and voiceprint.channel_vectors() == {}
+        phone = np.roll(np.eye(3, 192, dtype=np.float32), 1, axis=1)
+        user = User(name="bo", display_name="bo")
+        user.voiceprint = Voiceprint.from_embeddings(np.eye(3, 192), "test-model", 12.5, {"phone": phone})
+        db.session.add(user)
+        db.session.commit()
+        stored = User.by_name("bo").voiceprint.channel_vectors()
+        assert set(stored) == {"phone"} and np.allclose(stored["phone"], phone.mean(axis=0) / np.linalg.norm(phone.mean(axis=0)))
+        # Sealed like the other embeddings, never in the clear.
+        assert stored["phone"].astype("<f4").tobytes() not in User.by_name("bo").voiceprint.channel_centroids
 
 
 def test_deleting_a_user_deletes_the_voiceprint_in_the_file(app, tmp_path):

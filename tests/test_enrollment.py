@@ -72,4 +72,8 @@ def test_re_enrollment_replaces_the_voiceprint(live, speech):
     with live.app.app_context():
         rows = db.session.execute(db.text("SELECT COUNT(*) FROM voiceprints")).scalar()
         after = User.by_name("cy").voiceprint.centroid_vector()
+        channels = User.by_name("cy").voiceprint.channel_vectors()
     assert rows == 1 and not np.allclose(before, after)
+    # The voiceprint keeps the clips' telephone copy as an embedding (for phone-band logins), never audio.
+    assert set(channels) == {"phone"} and np.isclose(np.linalg.norm(channels["phone"]), 1.0, atol=1e-4)
+    assert 0.5 < float(channels["phone"] @ after) < 0.99

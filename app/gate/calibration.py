@@ -26,7 +26,7 @@ FRAME = 320  # 20 ms
 COHORT_PATH = Path(__file__).with_name("cohort.npz")
 # The shipped cohort's sha256, as `python -m bench.calibrate --write-cohort` reports it: a file
 # that differs (damaged, or swapped for one that would accept other voices) is refused.
-COHORT_SHA256 = "429f957d14d391b2905fba391e84e1ab04b972e33bb129dedae930c4e2c2c6ae"
+COHORT_SHA256 = "76b0ef2da98bec9df24b1e95b7d4ea623c9c8b99c589dec301de31184c2fe414"
 # Quality features are clipped to the range the calibration was fitted on.
 SPEECH_RANGE = (0.5, 8.0)
 SNR_RANGE = (0.0, 40.0)
@@ -34,6 +34,12 @@ BAND_RANGE = (-5.0, 0.0)
 NARROW_BAND = -3.0
 # Energy above this frequency tells wide-band audio from telephone and low-bit-rate codecs.
 BAND_EDGE_HZ = 3800.0
+# A telephone line carries nothing above 4 kHz: audio whose energy at 4.3-7.5 kHz is this far
+# (dB) below its energy at 1-3.3 kHz is compared with the voiceprint's telephone copy. Telephone
+# audio measured -57 to -28 dB, wide-band speech -25 dB and up, except recordings that are
+# themselves telephone audio (docs/threshold.md).
+NARROW_EDGE_DB = -30.0
+EDGE_FRAME = 512
 
 
 class CalibrationError(RuntimeError):
@@ -47,6 +53,13 @@ class Quality:
     speech_seconds: float
     snr_db: float
     band: float
+    # High band (4.3-7.5 kHz) over mid band (1-3.3 kHz) energy, dB: very low on telephone audio.
+    edge_db: float = 0.0
+
+    @property
+    def narrow(self) -> bool:
+        """Return True when the audio came through a telephone band (nothing above 4 kHz)."""
+        return self.edge_db < NARROW_EDGE_DB
 
     def features(self) -> np.ndarray:
         """Return the calibration's features: 1, log2 speech seconds, SNR / 10, band share, narrow band (clipped)."""
@@ -70,7 +83,22 @@ def measure_quality(audio: np.ndarray, speech_seconds: float) -> Quality:
     spectrum = np.square(np.abs(np.fft.rfft(loud, axis=1))).sum(axis=0)
     freqs = np.fft.rfftfreq(FRAME, 1 / SAMPLE_RATE)
     share = spectrum[freqs >= BAND_EDGE_HZ].sum() / max(spectrum.sum(), 1e-20)
-    return Quality(float(speech_seconds), float(snr), float(np.log10(max(share, 1e-5))))
+    return Quality(float(speech_seconds), float(snr), float(np.log10(max(share, 1e-5))), band_edge(usable))
+
+
+def band_edge(audio: np.ndarray) -> float:
+    """Return the energy at 4.3-7.5 kHz over that at 1-3.3 kHz (dB) of the louder half of 16 kHz audio's frames."""
+    usable = np.asarray(audio[: audio.size // EDGE_FRAME * EDGE_FRAME], dtype=np.float64)
+    if usable.size < 2 * EDGE_FRAME:
+        return 0.0
+    frames = usable.reshape(-1, EDGE_FRAME)
+    power = np.mean(np.square(frames), axis=1)
+    loud = frames[power >= np.percentile(power, 50)] * np.hanning(EDGE_FRAME)
+    spectrum = np.square(np.abs(np.fft.rfft(loud, axis=1))).sum(axis=0)
+    freqs = np.fft.rfftfreq(EDGE_FRAME, 1 / SAMPLE_RATE)
+    high = spectrum[(freqs >= 4300) & (freqs < 7500)].sum()
+    mid = spectrum[(freqs >= 1000) & (freqs < 3300)].sum()
+    return float(10 * np.log10(max(high, 1e-20) / max(mid, 1e-20)))
 
 
 def asnorm(raw: float, enrolled: np.ndarray, test: np.ndarray, cohort: np.ndarray, top_k: int) -> float:

@@ -5,6 +5,7 @@ Takes numpy arrays and embeddings, returns plain values; no models, no database.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 import numpy as np
 
@@ -92,18 +93,25 @@ class Match:
 
 
 def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Policy, quality: Quality,
-           others: list[np.ndarray] | tuple = (), cohort: Cohort | None = None) -> Match:
+           others: list[np.ndarray] | tuple = (), cohort: Cohort | None = None, *,
+           channels: Mapping[str, np.ndarray] | None = None) -> Match:
     """Compare an embedding with one user's centroid (1:1), calibrated for the test audio's quality.
 
     Accepts when the calibrated score reaches the policy's target false-accept rate and the raw
     cosine reaches the policy's floor. ``others`` are other enrolled users' voices, added to the
-    shipped cohort for AS-norm. A missing or altered cohort raises CalibrationError: nothing is accepted.
+    shipped cohort for AS-norm. ``channels`` are the voiceprint's channel centroids
+    (``Voiceprint.channel_vectors``): telephone-band audio is compared with the ``phone`` one
+    when given. A missing or altered cohort raises CalibrationError: nothing is accepted.
     """
     cohort = cohort or load_cohort()
-    score = cosine(embedding, enrolled)
     # A voice this close to the claimed one is most likely the same person under another name:
     # normalising against it would hold them to their own voice.
     others = [other for other in others if cosine(other, enrolled) < SAME_PERSON]
+    if quality.narrow and channels and "phone" in channels:
+        # The voice as a phone line carries it: a wide-band centroid would hold the user to
+        # frequencies the line cut off (docs/threshold.md).
+        enrolled = channels["phone"]
+    score = cosine(embedding, enrolled)
     normed = asnorm(score, enrolled, embedding, cohort.with_others(others), cohort.calibration.top_k)
     calibrated = cohort.calibration.calibrate(normed, quality)
     needed = cohort.calibration.threshold(policy.target_far)
@@ -165,13 +173,19 @@ def identify_among(embedding: np.ndarray, names: tuple[str, ...] | list[str], co
 
 def verify_among(embedding: np.ndarray, enrolled: np.ndarray, user: str, names: tuple[str, ...] | list[str],
                  columns: np.ndarray, policy: Policy, quality: Quality, cohort: Cohort | None = None,
-                 row: int | None = None, stats: dict | None = None) -> Match:
+                 row: int | None = None, stats: dict | None = None, *,
+                 channels: Mapping[str, np.ndarray] | None = None) -> Match:
     """Verify as ``verify`` with every enrolled voice (``columns``, named by ``names``) but ``user``'s as cohort.
 
     ``row``: the user's column in ``columns`` (None: not in it), which is then the voice verified against.
+    ``channels`` as in ``verify``: telephone-band audio is scored against the telephone copy.
     """
     if row is None:
-        return verify(embedding, enrolled, user, policy, quality, list(columns.T), cohort)
+        return verify(embedding, enrolled, user, policy, quality, list(columns.T), cohort, channels=channels)
+    if quality.narrow and channels and "phone" in channels:
+        # The matrix's figures are of the wide-band centroids: score the telephone copy on its own.
+        others = [columns[:, i] for i in range(columns.shape[1]) if i != row]
+        return verify(embedding, enrolled, user, policy, quality, others, cohort, channels=channels)
     cohort = cohort or load_cohort()
     test = normalise(embedding)
     raw = test @ columns

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..audio.augment import CHANNELS, channel
 from . import decide, store
 from .base import ClipBuffer, Context, SessionError, new_request_id, run_model, seconds
 
@@ -18,6 +19,8 @@ class EnrollSession:
         self.done = False
         self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "a clip")
         self._embeddings: list[np.ndarray] = []
+        # Embeddings of the accepted clips through each channel (the copies' audio is dropped at once).
+        self._channels: dict[str, list[np.ndarray]] = {name: [] for name in CHANNELS}
         self._speech = 0.0
 
     def audio(self, samples: np.ndarray) -> list[dict]:
@@ -52,6 +55,8 @@ class EnrollSession:
             else:
                 self._embeddings.append(embedding)
                 self._speech += quality.speech_seconds
+                for name, copies in self._channels.items():
+                    copies.append(run_model(self.ctx, _embed_through, self.ctx.engines.speaker, name, audio))
         store.record(self.ctx.audit(
             self.request_id, "enroll", "clip_accepted" if reason is None else "clip_refused",
             claimed_user=self.user_name, score=score, threshold=policy.threshold if score is not None else None,
@@ -85,10 +90,16 @@ class EnrollSession:
                                matched_user=self.user_name, audio_seconds=round(self._speech, 2))
         try:
             store.save_voiceprint(self.user_id, clips, self.ctx.engines.speaker.model_id, self._speech,
-                                  self.invite_id, audit)
+                                  self.invite_id, audit, {n: np.stack(v) for n, v in self._channels.items()})
         except store.InviteUsed as error:
             raise SessionError("invite_used", str(error)) from None
         self.done = True
         self._embeddings = []
+        self._channels = {name: [] for name in CHANNELS}
         return {"type": "result", "mode": "enroll", "state": "enrolled", "user": self.user_name,
                 "clips": len(clips), "speech_seconds": round(self._speech, 2), "request_id": self.request_id}
+
+
+def _embed_through(speaker, name: str, audio: np.ndarray) -> np.ndarray:
+    """Return the embedding of ``audio`` through the channel ``name`` (on the model pool)."""
+    return speaker.embed(channel(name, audio))

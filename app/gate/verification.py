@@ -93,9 +93,10 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
         return _shown(ctx, {**result, "state": "reject"})
     voices = gallery.current()
     if claimed:
-        enrolled = store.find_user(claimed).voiceprint.centroid_vector()
-        match = decide.verify_among(embedding, enrolled, claimed, voices.names, voices.columns, policy, quality,
-                                    row=voices.rows.get(claimed), stats=voices.stats)
+        voiceprint = store.find_user(claimed).voiceprint
+        match = decide.verify_among(embedding, voiceprint.centroid_vector(), claimed, voices.names, voices.columns,
+                                    policy, quality, row=voices.rows.get(claimed), stats=voices.stats,
+                                    channels=voiceprint.channel_vectors())
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
     else:

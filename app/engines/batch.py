@@ -37,14 +37,18 @@ class WindowBatcher:
             self._waiting.append((audio, future))
             schedule, self._scheduled = not self._scheduled, True
         if schedule:
-            try:
-                self.pool.submit(self._flush)
-            except Busy as error:
-                with self._lock:
-                    waiting, self._waiting, self._scheduled = self._waiting, [], False
-                for _, waiter in waiting:
-                    waiter.set_exception(Busy(str(error)))
+            self._submit_flush()
         return future.result()
+
+    def _submit_flush(self) -> None:
+        """Queue a model call for the waiting windows; when the pool is full, every waiter gets Busy."""
+        try:
+            self.pool.submit(self._flush)
+        except Busy as error:
+            with self._lock:
+                waiting, self._waiting, self._scheduled = self._waiting, [], False
+            for _, waiter in waiting:
+                waiter.set_exception(Busy(str(error)))
 
     def _flush(self) -> None:
         with self._lock:
@@ -52,13 +56,7 @@ class WindowBatcher:
             more = bool(self._waiting)
             self._scheduled = more
         if more:  # the rest go in the next call, queued behind this one
-            try:
-                self.pool.submit(self._flush)
-            except Busy as error:
-                with self._lock:
-                    waiting, self._waiting, self._scheduled = self._waiting, [], False
-                for _, waiter in waiting:
-                    waiter.set_exception(Busy(str(error)))
+            self._submit_flush()
         groups: dict[int, list[tuple[np.ndarray, Future]]] = defaultdict(list)
         for audio, future in batch:
             groups[audio.size].append((audio, future))

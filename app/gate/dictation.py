@@ -19,7 +19,6 @@ from . import calibration, decide, store
 from .base import Context, seconds
 from .release import Check, Span, spans
 from .stream import GatedStream, Utterance, run_recording
-from ..audio.vad import SAMPLE_RATE
 from ..engines.speaker import cosine
 
 logger = logging.getLogger(__name__)
@@ -85,18 +84,12 @@ class DictateSession(GatedStream):
         passed = match.state == "accept"
         if passed:
             self._verified_until = end
-        elif self._in_context(begin):
+        elif self._soon_after(self._verified_until, begin):
             # The voice verified moments ago in this dictation: a window that misses the calibrated
             # bar (short windows often do) is held to the short-phrase bar instead, which another
             # voice's window does not reach either (docs/threshold.md, short phrases).
             passed = match.score >= policy.short_threshold
         utterance.checks.append(Check(begin, end, match.score, passed))
-
-    def _in_context(self, begin: int) -> bool:
-        """Return True when a window starts at most short_context_seconds after a window that verified calibrated."""
-        policy = self.ctx.policy
-        return (policy.short_context_seconds > 0 and self._verified_until is not None
-                and begin - self._verified_until <= policy.short_context_seconds * SAMPLE_RATE)
 
     def _parts(self, start: int, end: int, checks: list[Check], settled: int) -> list[Span]:
         return spans(start, end, checks, settled)

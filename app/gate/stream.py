@@ -209,9 +209,12 @@ class GatedStream:
 
     def _short_phrase_allowed(self, utterance: Utterance) -> bool:
         """Return True when a phrase too short to verify alone follows accepted speech closely."""
-        policy = self.ctx.policy
-        return (policy.short_context_seconds > 0 and self._accepted_until is not None
-                and utterance.start - self._accepted_until <= policy.short_context_seconds * SAMPLE_RATE)
+        return self._soon_after(self._accepted_until, utterance.start)
+
+    def _soon_after(self, mark: int | None, at: int) -> bool:
+        """Return True when ``at`` is at most short_context_seconds after ``mark`` (the context short speech leans on)."""
+        context = self.ctx.policy.short_context_seconds
+        return context > 0 and mark is not None and at - mark <= context * SAMPLE_RATE
 
     def _settle(self, utterance: Utterance | None = None) -> list[dict]:
         """Send the messages of every stretch of the utterance that nothing can change any more."""

@@ -23,7 +23,6 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -35,7 +34,8 @@ import requests
 from . import calls, machine
 from .data import DEFAULT_DATA, SpeechSet, pcm16
 from .joined import Part, Text, leaks, recall, recordings, synthetic_parts, timed, words
-from .suite import QUIET_LOGGERS, RESULTS
+from .output import quiet_logging, save
+from .suite import RESULTS
 
 logger = logging.getLogger("bench.gate")
 KONELE_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)S16LE, channels=(int)1"
@@ -52,15 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--owners", type=int, default=20, help="how many enrolled speakers (English, with transcripts)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_logging()
     results = run(SpeechSet(args.data), args.owners)
-    out = args.out or RESULTS / f"gate-{args.data.resolve().name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["gate"]["summary"], indent=2))
-    logger.info("wrote %s", out)
+    save(results, args.out or RESULTS / f"gate-{args.data.resolve().name}.json", shown=results["gate"]["summary"])
     return 0
 
 

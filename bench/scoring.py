@@ -47,7 +47,8 @@ class Pairs:
         self.narrow = np.array([loaded.edges.get(k, 0.0) < NARROW_EDGE_DB for k in keys])
         self.features = np.stack([Quality(loaded.hard[k].speech_seconds, loaded.hard[k].snr_db,
                                           loaded.hard[k].band).features() for k in keys])
-        self.centroids = _unit(np.stack([np.mean([loaded.clean[p].embedding for p in e], axis=0) for _, e in self.models]))
+        self.centroids = _unit(np.stack([np.mean([loaded.clean[p].embedding for p in e], axis=0)
+                                         for _, e in self.models]))
         self.phones = _unit(np.stack([np.mean([loaded.phone[p] for p in e], axis=0) for _, e in self.models]))
         self.clips = [_unit(np.stack([loaded.clean[p].embedding for p in e])) for _, e in self.models]
         self.valid = np.array([[f not in set(e) for _, f, _ in tests] for _, e in self.models])
@@ -105,7 +106,8 @@ class Variant:
             for b in np.unique(pairs.test_speaker):
                 keep = np.flatnonzero((cohort_speaker != a) & (cohort_speaker != b))
                 rows, cols = np.flatnonzero(pairs.model_speaker == a), np.flatnonzero(pairs.test_speaker == b)
-                (me, se), (mt, st) = _top(model_cohort[np.ix_(rows, keep)], self.top_k), _top(test_cohort[np.ix_(cols, keep)], self.top_k)
+                me, se = _top(model_cohort[np.ix_(rows, keep)], self.top_k)
+                mt, st = _top(test_cohort[np.ix_(cols, keep)], self.top_k)
                 cell = raw[np.ix_(rows, cols)]
                 out[np.ix_(rows, cols)] = 0.5 * ((cell - me[:, None]) / se[:, None] + (cell - mt[None, :]) / st[None, :])
         return out

@@ -146,9 +146,12 @@ def _service_figures(records: list[dict], baseline: list[float], targets: list[b
     for record in records:
         states[record["target"]][record["ws"]["state"]] += 1
     return {"trials": len(records), "far_at_default": round(far, 4), "frr_at_default": round(frr, 4),
-            "eer": round(metrics.eer(genuine, impostor), 4), "det": det(genuine, impostor),
+            "eer": round(metrics.eer(genuine, impostor), 4), "min_dcf": round(metrics.min_dcf(genuine, impostor, P_TARGET), 4),
+            "det": det(genuine, impostor),
             "states_by_label": {"target": dict(states[True]), "nontarget": dict(states[False])},
-            "baseline": {"eer": round(metrics.eer(base_genuine, base_impostor), 4), "det": det(base_genuine, base_impostor),
+            "baseline": {"eer": round(metrics.eer(base_genuine, base_impostor), 4),
+                         "min_dcf": round(metrics.min_dcf(base_genuine, base_impostor, P_TARGET), 4),
+                         "det": det(base_genuine, base_impostor),
                          f"far_at_{threshold:.2f}": round(base_far, 4), f"frr_at_{threshold:.2f}": round(base_frr, 4)}}
 
 

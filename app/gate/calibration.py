@@ -2,10 +2,11 @@
 
 A raw cosine means different things on a clean 6 s clip and on 1.5 s of noisy phone audio.
 Here it becomes a *calibrated score*: how many standard deviations the trial stands above what
-impostors score under the same conditions. The impostor distribution's centre and spread are
-functions of the test audio's quality (seconds of speech, SNR, bandwidth), fitted on held-out
-speakers by ``bench/calibrate.py``; a target false-accept rate maps to one calibrated threshold
-in every condition. Pure numpy: no models, no Flask, no database.
+impostors score under the same conditions (AS-norm, on voices less the cohort's mean embedding).
+The impostor distribution's centre and spread are functions of the test audio's quality (seconds
+of speech, SNR, bandwidth), fitted on held-out speakers by ``bench/calibrate.py``; a target
+false-accept rate maps to one calibrated threshold in every condition. Pure numpy: no models, no
+Flask, no database.
 """
 from __future__ import annotations
 

@@ -39,3 +39,25 @@ def test_a_configured_stream_limit_is_kept_whatever_the_load():
     assert slots.acquire() and slots.acquire() and not slots.acquire()
     slots.release()
     assert slots.acquire()
+
+
+def test_partials_and_other_courtesy_work_do_not_refuse_streams():
+    # Partial transcripts only start on a free worker and the next final replaces them: a pool
+    # busy with them has room for what streams must do, so they must not count as load.
+    pool = InferencePool(2, 4)
+    slots = StreamSlots(16, pool, window=0.2)
+    held = threading.Event()
+    try:
+        assert slots.acquire() and slots.acquire()
+        drafts = [pool.submit_courtesy(held.wait, 30) for _ in range(2)]
+        time.sleep(0.3)  # both workers on courtesy work for the whole measured window
+        assert pool.pending == 2 and pool.required_pending == 0
+        assert pool.utilisation(0.2) == 0.0
+        assert slots.acquire()  # a third stream is admitted
+        held.set()
+        for draft in drafts:
+            draft.result(30)
+        assert pool.pending == 0  # counted free before their callers woke
+    finally:
+        held.set()
+        pool.shutdown()

@@ -114,6 +114,27 @@ def test_drafts_of_cut_utterances_fall_back_rather_than_loop_repeat_or_stop_earl
     assert difference <= 0.10
 
 
+def test_a_draft_stops_at_a_token_limit_for_its_length_and_then_falls_back(engines, speech):
+    # LJ001-0001's first 1.5 and 2 s ("Printing, in the only...") looped over the short window on
+    # an AMD EPYC until Whisper's 224-token limit: 1.7 s of CPU for one partial, so long on a
+    # loaded machine that a lone dictation showed no partial at all. A draft stops at a limit
+    # for its length; stopped there, it is decoded again over 30 s, as any draft that looks wrong.
+    import math
+
+    from app.engines.transcriber import DRAFT_MIN_TOKENS, DRAFT_TOKENS_PER_SECOND
+
+    normalise = EnglishTextNormalizer()
+    audio = speech.load("wav/ljspeech/LJ001-0001.wav")
+    for seconds in (1.5, 2.0, 4.0):
+        head = audio[:int(seconds * 16000)]
+        decode = engines.transcriber.decode_short(head)
+        assert len(decode.tokens) <= DRAFT_MIN_TOKENS + math.ceil(seconds * DRAFT_TOKENS_PER_SECOND)
+        assert decode.problem() is not None or not decode.capped
+        draft = normalise(engines.transcriber.transcribe(head, draft=True).text)
+        plain = normalise(engines.transcriber.transcribe(head).text)
+        assert jiwer.wer(plain, draft) <= 0.25, (seconds, draft, plain)
+
+
 def test_a_truncated_short_window_decode_is_recognised_on_real_tokens(engines, speech):
     # LJ001-0007 once came back as "... 42-line Bible, of about", without "fourteen fifty-five".
     # Real decoder output of its first 5 s, judged as if it were the decode of all 8.4 s, is cut short.

@@ -1,6 +1,9 @@
 """A bounded pool for model inference: a few workers, a short queue, and "busy" beyond it.
 
 Also the admission limit on live streams (dictations), which need the pool every second.
+Courtesy work (partial transcripts, which the next final replaces) runs on the same workers
+but is not counted as load: it only starts when a worker is free, so admitting a stream
+needs room for what streams must do (window checks, final decisions and transcripts).
 """
 from __future__ import annotations
 
@@ -27,26 +30,45 @@ class InferencePool:
         self._slots = threading.BoundedSemaphore(self.capacity)
         self._pending = 0
         self._count_lock = threading.Lock()
-        self._calls: deque[tuple[float, float]] = deque()  # (end, seconds) of recent calls
-        self._running: dict[int, float] = {}  # thread id -> start of the call it runs
+        self._calls: deque[tuple[float, float]] = deque()  # (end, seconds) of recent required calls
+        self._running: dict[int, float] = {}  # thread id -> start of the required call it runs
+        self._courtesy = 0  # courtesy calls running or waiting
 
     @property
     def pending(self) -> int:
         """Return how many calls are running or waiting."""
         return self._pending
 
+    @property
+    def required_pending(self) -> int:
+        """Return how many calls other than courtesy work are running or waiting."""
+        return self._pending - self._courtesy
+
     def submit(self, fn: Callable[..., T], *args, **kwargs) -> Future:
         """Queue ``fn(*args, **kwargs)``; raise Busy at once when the pool is full."""
+        return self._submit(True, fn, *args, **kwargs)
+
+    def submit_courtesy(self, fn: Callable[..., T], *args, **kwargs) -> Future:
+        """Queue courtesy work, which ``utilisation`` does not count; raise Busy at once when the pool is full."""
+        return self._submit(False, fn, *args, **kwargs)
+
+    def _submit(self, required: bool, fn, *args, **kwargs) -> Future:
         if not self._slots.acquire(blocking=False):
             raise Busy(f"all {self.workers} inference workers are busy and {self.capacity - self.workers} calls are waiting")
         with self._count_lock:
             self._pending += 1
-        future = self._executor.submit(self._timed, fn, *args, **kwargs)
-        future.add_done_callback(self._release)
+            self._courtesy += not required
+        try:
+            future = self._executor.submit(self._timed, required, fn, *args, **kwargs)
+        except BaseException:
+            self._release(required)
+            raise
+        # A call cancelled before it ran never reaches _timed, which frees its place otherwise.
+        future.add_done_callback(lambda done: done.cancelled() and self._release(required))
         return future
 
     def utilisation(self, seconds: float = 5.0) -> float:
-        """Return the share of the workers' time spent in calls over the last ``seconds`` (0..1)."""
+        """Return the share of the workers' time spent in required calls over the last ``seconds`` (0..1)."""
         now = time.monotonic()
         since = now - seconds
         with self._count_lock:
@@ -56,18 +78,23 @@ class InferencePool:
             busy += sum(now - max(start, since) for start in self._running.values())
         return min(1.0, busy / (seconds * self.workers))
 
-    def _timed(self, fn, *args, **kwargs):
+    def _timed(self, required: bool, fn, *args, **kwargs):
         me = threading.get_ident()
         started = time.monotonic()
-        with self._count_lock:
-            self._running[me] = started
+        if required:
+            with self._count_lock:
+                self._running[me] = started
         try:
             return fn(*args, **kwargs)
         finally:
             ended = time.monotonic()
-            with self._count_lock:
-                del self._running[me]
-                self._calls.append((ended, ended - started))
+            if required:
+                with self._count_lock:
+                    del self._running[me]
+                    self._calls.append((ended, ended - started))
+            # Counted free before the caller wakes (not in a done callback after it), so that a
+            # caller that looks at ``pending`` right after its result sees its own call gone.
+            self._release(required)
 
     def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn`` on the pool and return its result (raising Busy when full)."""
@@ -77,9 +104,10 @@ class InferencePool:
         """Stop accepting work and wait for running calls."""
         self._executor.shutdown(wait=True)
 
-    def _release(self, _future: Future) -> None:
+    def _release(self, required: bool) -> None:
         with self._count_lock:
             self._pending -= 1
+            self._courtesy -= not required
         self._slots.release()
 
 

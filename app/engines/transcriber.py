@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +30,12 @@ NO_SPEECH_THRESHOLD = 0.6
 LOOP_REPEATS = 4
 LOOP_MAX_TOKENS = 4
 REPEATED_WORDS = 4  # a run of this many words that comes back later in the same draft
+# A draft never holds more tokens than this per second of its audio, plus a few (fast speech is
+# about 6 a second with its timestamps): a decoder still going beyond that is looping, and
+# is stopped there rather than run to Whisper's 224-token limit (seconds of CPU per partial,
+# on a loaded machine long enough that no partial is ever seen).
+DRAFT_TOKENS_PER_SECOND = 12
+DRAFT_MIN_TOKENS = 16
 # The decoder's last timestamp may fall short of the audio's end by a half word cut at the
 # horizon (a draft is cut by design); a whole word or more missing is a truncated decode.
 TRUNCATED_SECONDS = 1.0
@@ -128,20 +135,22 @@ class Transcriber:
         padded[0, :, :min(frames, length)] = features[:, :length]
         tokenizer = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
         model = self._wide if self._wide is not None and self.idle() else self._model
+        seconds = audio.size / SAMPLE_RATE
+        limit = min(self._model.max_length // 2, DRAFT_MIN_TOKENS + math.ceil(seconds * DRAFT_TOKENS_PER_SECOND))
         result = model.model.generate(
             ctranslate2.StorageView.from_array(padded),
             [list(tokenizer.sot_sequence)],
             beam_size=beam_size or self.beam_size,
-            max_length=self._model.max_length,
+            max_length=2 * limit,  # CTranslate2 generates at most half of it (OpenNMT/CTranslate2#1856)
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
         )[0]
         tokens = result.sequences_ids[0]
-        seconds = audio.size / SAMPLE_RATE
         return ShortDecode(" ".join(_segments_within(tokens, tokenizer, seconds)), tuple(tokens), seconds,
-                           result.scores[0] * len(tokens) / (len(tokens) + 1), result.no_speech_prob, tokenizer)
+                           result.scores[0] * len(tokens) / (len(tokens) + 1), result.no_speech_prob, tokenizer,
+                           len(tokens) >= limit)
 
 
 @dataclass(frozen=True)
@@ -154,12 +163,15 @@ class ShortDecode:
     avg_logprob: float
     no_speech_prob: float
     tokenizer: object
+    capped: bool = False  # stopped at the token limit for its length: still going, so looping
 
     def problem(self) -> str | None:
         """Return why this decode cannot be trusted (a loop, a repeat, a cut ending, ...), or None."""
         from faster_whisper.transcribe import get_compression_ratio
 
         tokens = list(self.tokens)
+        if self.capped:
+            return "too many tokens for its audio"
         if self.avg_logprob < LOG_PROB_THRESHOLD:
             return "low log probability"
         if get_compression_ratio(self.text) > COMPRESSION_RATIO_THRESHOLD:

@@ -49,7 +49,10 @@ def test_partials_and_other_courtesy_work_do_not_refuse_streams():
     held = threading.Event()
     try:
         assert slots.acquire() and slots.acquire()
-        drafts = [pool.submit_courtesy(held.wait, 30) for _ in range(2)]
+        assert pool.courtesy_room()
+        drafts = [pool.submit_courtesy(held.wait, 30)]
+        assert not pool.courtesy_room()  # the other worker stays free for checks and finals
+        drafts.append(pool.submit_courtesy(held.wait, 30))
         time.sleep(0.3)  # both workers on courtesy work for the whole measured window
         assert pool.pending == 2 and pool.required_pending == 0
         assert pool.utilisation(0.2) == 0.0

@@ -44,6 +44,15 @@ class InferencePool:
         """Return how many calls other than courtesy work are running or waiting."""
         return self._pending - self._courtesy
 
+    def courtesy_room(self) -> bool:
+        """Return True when courtesy work may start now: it would leave a worker free for required work.
+
+        A running call cannot be stopped, so courtesy work that took the last free worker would
+        hold up the next window check or final for as long as it runs (a draft of a long
+        utterance: half a second). With one worker, only an idle pool has room.
+        """
+        return self._pending < max(1, self.workers - 1)
+
     def submit(self, fn: Callable[..., T], *args, **kwargs) -> Future:
         """Queue ``fn(*args, **kwargs)``; raise Busy at once when the pool is full."""
         return self._submit(True, fn, *args, **kwargs)

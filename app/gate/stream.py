@@ -285,8 +285,8 @@ class GatedStream:
         """Transcribe the accepted stretch that is still growing, when a worker is free and enough is new."""
         utterance = self._utterance
         pool = self.ctx.engines.pool
-        if not self.partials or self._partial is not None or pool.pending >= pool.workers:
-            return  # partials are a courtesy: never queue them behind decisions (nor other partials)
+        if not self.partials or self._partial is not None or not pool.courtesy_room():
+            return  # partials are a courtesy: never queue them, nor let them hold up decisions
         settled = horizon(utterance.checks, None)
         if settled is None or settled - self._last_partial < self.ctx.policy.partial_interval * SAMPLE_RATE:
             return

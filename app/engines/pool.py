@@ -32,17 +32,11 @@ class InferencePool:
         self._count_lock = threading.Lock()
         self._calls: deque[tuple[float, float]] = deque()  # (end, seconds) of recent required calls
         self._running: dict[int, float] = {}  # thread id -> start of the required call it runs
-        self._courtesy = 0  # courtesy calls running or waiting
 
     @property
     def pending(self) -> int:
         """Return how many calls are running or waiting."""
         return self._pending
-
-    @property
-    def required_pending(self) -> int:
-        """Return how many calls other than courtesy work are running or waiting."""
-        return self._pending - self._courtesy
 
     def courtesy_room(self) -> bool:
         """Return True when courtesy work may start now: it would leave a worker free for required work.
@@ -66,14 +60,13 @@ class InferencePool:
             raise Busy(f"all {self.workers} inference workers are busy and {self.capacity - self.workers} calls are waiting")
         with self._count_lock:
             self._pending += 1
-            self._courtesy += not required
         try:
             future = self._executor.submit(self._timed, required, fn, *args, **kwargs)
         except BaseException:
-            self._release(required)
+            self._release()
             raise
         # A call cancelled before it ran never reaches _timed, which frees its place otherwise.
-        future.add_done_callback(lambda done: done.cancelled() and self._release(required))
+        future.add_done_callback(lambda done: done.cancelled() and self._release())
         return future
 
     def utilisation(self, seconds: float = 5.0) -> float:
@@ -103,7 +96,7 @@ class InferencePool:
                     self._calls.append((ended, ended - started))
             # Counted free before the caller wakes (not in a done callback after it), so that a
             # caller that looks at ``pending`` right after its result sees its own call gone.
-            self._release(required)
+            self._release()
 
     def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn`` on the pool and return its result (raising Busy when full)."""
@@ -113,10 +106,9 @@ class InferencePool:
         """Stop accepting work and wait for running calls."""
         self._executor.shutdown(wait=True)
 
-    def _release(self, required: bool) -> None:
+    def _release(self) -> None:
         with self._count_lock:
             self._pending -= 1
-            self._courtesy -= not required
         self._slots.release()
 
 

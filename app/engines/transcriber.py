@@ -30,8 +30,8 @@ NO_SPEECH_THRESHOLD = 0.6
 LOOP_REPEATS = 4
 LOOP_MAX_TOKENS = 4
 REPEATED_WORDS = 4  # a run of this many words that comes back later in the same draft
-# A draft never holds more tokens than this per second of its audio, plus a few (fast speech is
-# about 6 a second with its timestamps): a decoder still going beyond that is looping, and
+# A draft never holds more tokens than this per second of its audio, plus a few (dev speech
+# runs at 4 to 6 a second with its timestamps): a decoder still going beyond that is looping, and
 # is stopped there rather than run to Whisper's 224-token limit (seconds of CPU per partial,
 # on a loaded machine long enough that no partial is ever seen).
 DRAFT_TOKENS_PER_SECOND = 12

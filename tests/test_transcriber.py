@@ -31,12 +31,16 @@ def _wer(transcribe, speech) -> float:
     return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
 
 
-def test_drafts_over_a_short_window_are_nearly_as_accurate_as_finals(engines, speech):
-    """Partials encode an utterance over its own length; finals use Whisper's usual 30 s window."""
+def test_finals_are_as_right_as_plain_whisper_and_drafts_nearly_so(engines, speech):
+    """Finals encode an utterance over at least 15 s, partials over their own length, plain faster-whisper over 30 s."""
+    from app.engines.transcriber import Transcriber
+
+    plain = Transcriber(engines.transcriber.model_name, threads=1, short_context=False)
     draft = partial(engines.transcriber.transcribe, draft=True)
-    short, full = _wer(draft, speech), _wer(engines.transcriber.transcribe, speech)
-    print(f"\nWER of drafts (short window) {short:.1%}, of finals (30 s window) {full:.1%}")
+    short, final, full = _wer(draft, speech), _wer(engines.transcriber.transcribe, speech), _wer(plain.transcribe, speech)
+    print(f"\nWER of drafts (own length) {short:.1%}, of finals (15 s or more) {final:.1%}, plain (30 s) {full:.1%}")
     assert engines.transcriber.short_context
+    assert final <= full  # no word traded for speed
     assert short <= full + 0.02
 
 

@@ -21,9 +21,9 @@ WINDOW_FRAMES = 3000  # the 30 s every Whisper encoder pass is trained on
 SHORT_PAD_FRAMES = 200
 # Text that stays (a final) is encoded over at least this many seconds, its audio then silence.
 # That costs about half the encoder work of 30 s, and its words were at least as right as plain
-# faster-whisper's over 30 s: 2.8% against 4.0% WER on speech-dev, 21.5% against 22.0% on
-# speech-more (10 s: 3.4% and 21.9%, too close to call; docs/benchmarks.md). Checked like a
-# draft, and decoded again over 30 s when it looks wrong.
+# faster-whisper's over 30 s: 2.8% against 4.0% WER on speech-dev, 21.2% against 22.0% on
+# speech-more, with 40% less CPU there (over 10 s: 3.4% and 21.9%, too close to call). Checked
+# like a draft, and decoded again over 30 s when it looks wrong (28 of 280 speech-more files).
 FINAL_MIN_SECONDS = 15.0
 # faster-whisper's own thresholds for a decode that has gone wrong (hallucination, loops):
 # such a short decode is done again the standard way.

@@ -64,3 +64,26 @@ def test_partials_and_other_courtesy_work_do_not_refuse_streams():
     finally:
         held.set()
         pool.shutdown()
+
+
+def test_a_burst_of_streams_is_admitted_by_what_each_stream_was_measured_to_need():
+    # Eight dictations that start together right after a quieter spell must not all be admitted
+    # because the pool was idle at that moment: what one stream needed is remembered.
+    pool = InferencePool(2, 4)
+    slots = StreamSlots(16, pool, window=0.2, history=3.0, min_held=1.0)
+    try:
+        assert slots.acquire() and slots.acquire()
+        work = [pool.submit(time.sleep, 1.0) for _ in range(2)]  # the two streams keep both workers busy
+        for call in work:
+            call.result(30)
+        slots.release()
+        slots.release()
+        time.sleep(0.3)  # a pause: nothing runs over the short window
+        assert pool.utilisation(0.2) == 0.0
+        assert slots.per_stream() > 0.7  # about one worker-second per stream-second
+        assert slots.acquire() and slots.acquire()  # one per worker always
+        assert slots.room() == 0 and not slots.acquire()  # a third would need more than the workers have
+        slots.release()
+        slots.release()
+    finally:
+        pool.shutdown()

@@ -16,6 +16,10 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
+# Stream-seconds below this over the history measure no per-stream cost yet.
+MIN_STREAM_SECONDS = 10.0
+
+
 class Busy(RuntimeError):
     """Every worker is occupied and the queue is full; the caller should try again later."""
 
@@ -114,32 +118,39 @@ class InferencePool:
 
 class StreamSlots:
     """Admit live streams while the pool keeps up: at most ``limit`` at once, and beyond ``floor``
-    only while the workers were busy less than ``max_utilisation`` of the last seconds.
+    only while the workers have room for one more stream's work.
 
-    The capacity is thus measured as the streams run (the CPU, its other load, the Whisper model,
-    the length of what people say) instead of fixed; the next stream is refused rather than
-    slowing all.
+    A stream's work is measured as the streams run (the CPU, its other load, the Whisper model,
+    the length of what people say) instead of fixed: the required busy time of the workers per
+    second of stream held open over the last ``history`` seconds. One more stream is admitted
+    while the streams open and it would keep the workers busy at most ``max_utilisation`` of the
+    time, and while they are not that busy already over the last ``window`` seconds; the next
+    stream is refused rather than slowing all. Measured per stream rather than from the current
+    load alone, a burst of streams that arrive together is not admitted on the strength of a
+    moment when few were open.
     """
 
     def __init__(self, limit: int, pool: InferencePool | None = None, floor: int | None = None,
-                 max_utilisation: float = 0.7, window: float = 5.0):
+                 max_utilisation: float = 0.7, window: float = 5.0, history: float = 30.0,
+                 min_held: float = MIN_STREAM_SECONDS):
         self.limit = max(1, limit)
         self.floor = self.limit if pool is None else max(1, min(self.limit, floor or pool.workers))
         self.pool, self.max_utilisation, self.window = pool, max_utilisation, window
+        self.history = max(window, min(history, 60.0))  # the pool remembers calls for 60 s
+        self.min_held = min_held
         self.open = 0  # streams holding a slot
         self._lock = threading.Lock()
+        # (time, stream-seconds held so far, streams open from then on): enough to integrate back.
+        self._marks: deque[tuple[float, float, int]] = deque([(time.monotonic(), 0.0, 0)])
 
     def acquire(self) -> bool:
         """Take a slot; return False at once when all are taken or the pool has no room for one more."""
         with self._lock:
             if self.open >= self.limit:
                 return False
-            if self.open >= self.floor and self.pool is not None:
-                # Each live stream adds about an equal share of the work: admit one more only
-                # if the streams open now leave room for it.
-                if self.pool.utilisation(self.window) * (self.open + 1) / self.open > self.max_utilisation:
-                    return False
-            self.open += 1
+            if self.open >= self.floor and self.pool is not None and not self._fits(self.open + 1, *self._load()):
+                return False
+            self._mark(self.open + 1)
             return True
 
     def room(self) -> int:
@@ -147,12 +158,52 @@ class StreamSlots:
         with self._lock:
             if self.pool is None:
                 return max(0, self.limit - self.open)
-            load, count, n = self.pool.utilisation(self.window), 0, self.open
-            while n < self.limit and (n < self.floor or load * (n + 1) / n <= self.max_utilisation):
+            load, count, n = self._load(), 0, self.open
+            while n < self.limit and (n < self.floor or self._fits(n + 1, *load)):
                 count, n = count + 1, n + 1
             return count
 
     def release(self) -> None:
         """Give a slot back."""
         with self._lock:
-            self.open -= 1
+            self._mark(self.open - 1)
+
+    def per_stream(self) -> float | None:
+        """Return the workers' required busy seconds per second of stream over the last ``history`` s (None: too few)."""
+        with self._lock:
+            return self._load()[1]
+
+    def _load(self) -> tuple[float, float | None]:
+        """Return the pool's utilisation over ``window``, and the busy seconds per stream-second over ``history``."""
+        now = time.monotonic()
+        held = self._held_since(now - self.history, now)
+        busy = self.pool.utilisation(self.history) * self.history * self.pool.workers
+        # Too few stream-seconds measure nothing (a first stream, or streams after a long pause).
+        return self.pool.utilisation(self.window), (busy / held if held >= self.min_held else None)
+
+    def _fits(self, streams: int, load: float, per_stream: float | None) -> bool:
+        """Return True when ``streams`` open at once leave the workers within max_utilisation."""
+        if per_stream is None:
+            # Nothing measured per stream yet: each open stream is taken to add an equal share of the load now.
+            return load * streams / max(1, streams - 1) <= self.max_utilisation
+        return load <= self.max_utilisation and streams * per_stream <= self.max_utilisation * self.pool.workers
+
+    def _mark(self, open_after: int) -> None:
+        now = time.monotonic()
+        at, held, open_before = self._marks[-1]
+        self._marks.append((now, held + open_before * (now - at), open_after))
+        self.open = open_after
+        while len(self._marks) > 1 and self._marks[1][0] < now - 60:
+            self._marks.popleft()
+
+    def _held_since(self, since: float, now: float) -> float:
+        """Return the stream-seconds held between ``since`` and ``now``."""
+        def held_at(moment: float) -> float:
+            at, held, open_from = self._marks[0]
+            for mark in self._marks:
+                if mark[0] > moment:
+                    break
+                at, held, open_from = mark
+            return held + open_from * max(0.0, moment - at)
+
+        return held_at(now) - held_at(max(since, self._marks[0][0]))

@@ -47,7 +47,9 @@ COHORT_SPEAKERS = (
 )
 # Conditions whose cohort embeddings are shipped (the test side meets degraded audio).
 COHORT_CONDITIONS = ("clean", "noise5", "babble10", "opus12", "g711", "crop2", "crop1.5noise10")
-TOP_K = 30
+TOP_K = 100
+# The previous release (top 30, voices not centred), measured beside the shipped scoring in the same run.
+PREVIOUS_TOP_K = 30
 TARGET_FARS = (0.01, 0.005, 0.002, 0.001, 0.0005)
 MIN_SPEECH = (0.5, 0.8, 1.0, 1.5)
 
@@ -79,11 +81,20 @@ class Scorer:
 
     def __init__(self, clean: dict[str, Measured], hard: dict[str, Measured], speaker_of: dict[str, str],
                  cohort: np.ndarray, cohort_speaker: np.ndarray, top_k: int,
-                 phone: dict[str, np.ndarray] | None = None, edges: dict[str, float] | None = None):
+                 phone: dict[str, np.ndarray] | None = None, edges: dict[str, float] | None = None,
+                 centred: bool = True):
         self.clean, self.hard, self.speaker_of, self.top_k = clean, hard, speaker_of, top_k
-        self.cohort, self.cohort_speaker = cohort, cohort_speaker
+        # AS-norm on voices less the cohort's mean, as app.gate.calibration.Cohort.centre does.
+        self.mean = cohort.mean(axis=0) if centred else np.zeros(cohort.shape[1], dtype=cohort.dtype)
+        self.centred = centred
+        self.cohort, self.cohort_speaker = self.centre(cohort), cohort_speaker
         self.phone, self.edges = phone, edges or {}
         self._stats: dict = {}
+
+    def centre(self, vectors: np.ndarray) -> np.ndarray:
+        """Return unit vectors less the cohort mean, at unit length again (a vector or one per row)."""
+        moved = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True) - self.mean
+        return moved / np.linalg.norm(moved, axis=-1, keepdims=True)
 
     def speaker(self, key: str) -> str:
         """Return the speaker of a clean or degraded file's label."""
@@ -121,12 +132,14 @@ class Scorer:
             raw = float(e @ m.embedding)
             clips = np.array([self.clean[p].embedding @ m.embedding for p in t.enroll])
             exclude = tuple(sorted({t.claimed, t.speaker})) if exclude_speakers else ()
-            me, se = self.stats((t.enroll, narrow), e, exclude)
-            mt, st = self.stats(t.test, m.embedding, exclude)
+            ce, cm = self.centre(e), self.centre(m.embedding)
+            centred = float(ce @ cm)
+            me, se = self.stats((t.enroll, narrow), ce, exclude)
+            mt, st = self.stats(t.test, cm, exclude)
             out["raw"].append(raw)
             out["clip_mean"].append(float(clips.mean()))
             out["clip_max"].append(float(clips.max()))
-            out["asnorm"].append(0.5 * ((raw - me) / max(se, 1e-3) + (raw - mt) / max(st, 1e-3)))
+            out["asnorm"].append(0.5 * ((centred - me) / max(se, 1e-3) + (centred - mt) / max(st, 1e-3)))
             out["features"].append(Quality(m.speech_seconds, m.snr_db, m.band).features())
             out["speech"].append(m.speech_seconds)
             out["narrow"].append(narrow)
@@ -136,21 +149,21 @@ class Scorer:
 CONDITION_NAMES: set[str] = set()
 
 
-def fit(normed: np.ndarray, features: np.ndarray, top_k: int) -> Calibration:
+def fit(normed: np.ndarray, features: np.ndarray, top_k: int, centred: bool = True) -> Calibration:
     """Fit the impostor AS-norm centre and spread as functions of quality, and the measured tail."""
     centre, *_ = np.linalg.lstsq(features, normed, rcond=None)
     residual = normed - features @ centre
     # For normal residuals, E[log|r|] = log(sigma) - 0.635: fit the log spread, then correct.
     spread, *_ = np.linalg.lstsq(features, np.log(np.abs(residual) + 1e-6), rcond=None)
     spread[0] += 0.635
-    calibration = Calibration(top_k, tuple(float(c) for c in centre), tuple(float(s) for s in spread))
+    calibration = Calibration(top_k, tuple(float(c) for c in centre), tuple(float(s) for s in spread), centred=centred)
     z = np.array([calibration.calibrate(n, _q(f)) for n, f in zip(normed, features)])
     tail = []
     for far in (0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002):
         if far * z.size < 10:  # fewer than ten exceedances: not measured, extended as a normal tail
             break
         tail.append((far, float(np.quantile(z, 1 - far))))
-    return Calibration(top_k, calibration.centre, calibration.spread, tuple(tail))
+    return Calibration(top_k, calibration.centre, calibration.spread, tuple(tail), centred)
 
 
 def _q(features: np.ndarray) -> Quality:
@@ -319,6 +332,11 @@ def evaluate(scorers: dict[str, Scorer], trials: list[Trial], calibrations: dict
             accept = (scores["speech"] >= DEFAULT_MIN_SPEECH) & (scores["calibrated"] >= t_z) & (scores["raw"] >= floor)
             decisions[f"default_floor{floor:.2f}"] = {"far": round(float(accept[sel & ~target].mean()), 5),
                                                       "frr": round(float(1 - accept[sel & target].mean()), 5)}
+        prev, p_z = scored["previous"], calibrations["previous"].threshold(default_far)
+        accept = (prev["speech"] >= DEFAULT_MIN_SPEECH) & (prev["calibrated"] >= p_z) & (prev["raw"] >= DEFAULT_FLOOR)
+        row["previous"] = {"eer": round(metrics.eer(prev["calibrated"][sel & target], prev["calibrated"][sel & ~target]), 4),
+                           "far": round(float(accept[sel & ~target].mean()), 5),
+                           "frr": round(float(1 - accept[sel & target].mean()), 5)}
         b_z = calibrations["centroid"].threshold(default_far)
         accept = (base["speech"] >= DEFAULT_MIN_SPEECH) & (base["calibrated"] >= b_z) & (base["raw"] >= DEFAULT_FLOOR)
         decisions["default_centroid_only"] = {"far": round(float(accept[sel & ~target].mean()), 5),
@@ -341,13 +359,14 @@ def evaluate(scorers: dict[str, Scorer], trials: list[Trial], calibrations: dict
 def show(name: str, per: dict, default_far: float) -> None:
     """Print one set's figures per condition."""
     print(f"\n{name}: EER raw / asnorm / calibrated (centroid only) | at target {default_far:g}, min {DEFAULT_MIN_SPEECH:g} s: "
-          "FAR FRR (not_enough_speech) | centroid only: FAR FRR")
+          "FAR FRR (not_enough_speech) | centroid only: FAR FRR | previous release: EER, FAR FRR")
     for c, row in per.items():
         d = row["decisions"][f"far{default_far:g}_min{DEFAULT_MIN_SPEECH:g}"]
         b = row["decisions"]["default_centroid_only"]
         print(f"  {c:<15} n={row['targets']:>5}/{row['nontargets']:<6} {row['raw']['eer']:6.2%} {row['asnorm']['eer']:6.2%} "
               f"{row['calibrated']['eer']:6.2%} ({row['calibrated_centroid_only']['eer']:6.2%}) | "
-              f"FAR {d['far']:.3%} FRR {d['frr']:6.2%} ({d['not_enough_speech']:.1%}) | {b['far']:.3%} {b['frr']:6.2%}")
+              f"FAR {d['far']:.3%} FRR {d['frr']:6.2%} ({d['not_enough_speech']:.1%}) | {b['far']:.3%} {b['frr']:6.2%} | "
+              f"{row['previous']['eer']:6.2%} {row['previous']['far']:.3%} {row['previous']['frr']:6.2%}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -378,7 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
     def scorers(loaded: Loaded) -> dict[str, Scorer]:
         return {"phone": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k,
                                 loaded.phone, loaded.edges),
-                "centroid": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k)}
+                "centroid": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k),
+                "previous": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, PREVIOUS_TOP_K,
+                                   loaded.phone, loaded.edges, centred=False)}
 
     # Fitting: impostor trials among the held-out speakers, each cohort without the two speakers.
     fit_trials = more.all_pairs(held)
@@ -386,7 +407,8 @@ def main(argv: list[str] | None = None) -> dict:
     calibrations = {}
     for name, scorer in scorers(more).items():
         fit_scores = scorer.score(fit_trials, exclude_speakers=True)
-        calibrations[name] = fit(fit_scores["asnorm"][impostor], fit_scores["features"][impostor], args.top_k)
+        calibrations[name] = fit(fit_scores["asnorm"][impostor], fit_scores["features"][impostor], scorer.top_k,
+                                 scorer.centred)
     calibration = calibrations["phone"]
     logger.info("fitted on %d impostor trials of %d held-out speakers: %s", impostor.sum(), len(held), calibration)
 

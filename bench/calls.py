@@ -26,10 +26,11 @@ REPLY_TIMEOUT = 180.0
 class _Session:
     """A Conversation whose replies carry the time they arrived."""
 
-    def __init__(self, ws_url: str, start: dict):
+    def __init__(self, ws_url: str, start: dict, admin=None):
         self.arrivals: list[float] = []
         self._lock = threading.Lock()
-        self.conversation = Conversation(ws_url, {**start, "type": "start", "format": PCM16K}, echo=self._stamp)
+        self.conversation = Conversation(ws_url, {**start, "type": "start", "format": PCM16K}, echo=self._stamp,
+                                         cookie=admin.cookie if admin else None, origin=admin.origin if admin else None)
 
     def _stamp(self, _line: str) -> None:
         # Called by the reader thread just before it files the reply, in arrival order.
@@ -103,9 +104,12 @@ def enroll(ws_url: str, user: str, invite: str, clips: list[np.ndarray]) -> dict
         session.close()
 
 
-def verify(ws_url: str, user: str, audio: np.ndarray, realtime: bool = False) -> dict:
-    """Verify one utterance as ``user`` over the WebSocket; return state, score and latency (s)."""
-    session = _Session(ws_url, {"mode": "verify", "user": user})
+def verify(ws_url: str, user: str, audio: np.ndarray, realtime: bool = False, admin=None) -> dict:
+    """Verify one utterance as ``user`` over the WebSocket; return state, score and latency (s).
+
+    ``admin`` (bench.server.AdminSignIn): ask as that signed-in admin, who is shown every score.
+    """
+    session = _Session(ws_url, {"mode": "verify", "user": user}, admin)
     try:
         ready = session.ready()
         if ready["type"] != "ready":
@@ -121,12 +125,15 @@ def verify(ws_url: str, user: str, audio: np.ndarray, realtime: bool = False) ->
         session.close()
 
 
-def verify_http(base_url: str, user: str, path: Path) -> dict:
-    """Verify a file as ``user`` with POST /api/v1/verify; return state, score and round-trip time (s)."""
+def verify_http(base_url: str, user: str, path: Path, admin=None) -> dict:
+    """Verify a file as ``user`` with POST /api/v1/verify; return state, score and round-trip time (s).
+
+    ``admin`` (bench.server.AdminSignIn): ask as that signed-in admin, who is shown every score.
+    """
     data = path.read_bytes()
     began = time.perf_counter()
     response = requests.post(f"{base_url}/api/v1/verify", files={"audio": (path.name, data)},
-                             data={"user": user}, timeout=REPLY_TIMEOUT)
+                             data={"user": user}, timeout=REPLY_TIMEOUT, headers=admin.headers if admin else None)
     elapsed = time.perf_counter() - began
     if response.status_code != 200:
         try:

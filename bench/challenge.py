@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import random
 import tempfile
@@ -34,6 +33,7 @@ from app import create_app
 from app.engines.runtime import load_engines
 
 from .data import wav_bytes
+from .output import save
 from .replay import opus
 from .threshold import ROOT
 
@@ -157,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = (len(values) - passed) / len(values) if kind == "genuine" else passed / len(values)
         result[kind] = {"n": len(values), "frr" if kind == "genuine" else "far": round(rate, 4),
                         "states": dict(Counter(state for state, _ in values))}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out, shown=result)
     return 0
 
 

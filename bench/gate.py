@@ -4,25 +4,25 @@
 
 A real server (scripts/serve.sh on a free port, fresh database) enrolls each owner on 10 s of
 speech in at least three clips (the sets' files are sentences of 2-3 s of speech; the enroll
-page's longer prompts reach the shipped 15 s), on as many of their files as that takes. Each owner's next file is joined with another speaker of the set
-and with an espeak-ng voice, in both orders, 0, 0.25 and 1 s apart (bench/joined.py), and
-every recording goes to each surface that returns text: POST /api/v1/transcribe,
-/ws/voice dictation (the project's client), Kõnele's WebSocket and Kõnele's HTTP
-recognize. Reported per surface: the recordings whose partials or finals held any word only
-the other voice said (leaks: in its transcript, and neither in the owner's nor in what plain
-faster-whisper hears in the owner's part alone; a final whose segment lies wholly inside the
-owner's part, and a partial of such a final's stretch, cannot hold the other voice and are not
-counted), and the owner's word recall in the finals beside plain faster-whisper's on the
-owner's part alone. Then every remaining file of the owners is dictated alone through the
-gate, for the word error rate beside plain faster-whisper on the same files. Owners are chosen
-outside the shipped cohort's speakers.
+page's longer prompts reach the shipped 15 s), on as many of their files as that takes. Each
+owner's next file is joined with another speaker of the set and with an espeak-ng voice, in both
+orders, 0, 0.25 and 1 s apart (bench/joined.py), and every recording goes to each surface that
+returns text: POST /api/v1/transcribe, /ws/voice dictation (the project's client), Kõnele's
+WebSocket and Kõnele's HTTP recognize. Reported per surface: the recordings whose partials or
+finals held any word only the other voice said (leaks: in its transcript, and neither in the
+owner's nor in what plain faster-whisper hears in the owner's part alone; a final whose segment
+lies wholly inside the owner's part, and a partial of such a final's stretch, cannot hold the
+other voice and are not counted; Kõnele HTTP's reply has no times, and borrows those of
+/api/v1/transcribe's answer when the two say the same words), and the owner's word recall in the
+finals beside plain faster-whisper's on the owner's part alone. Then every remaining file of the
+owners is dictated alone through the gate, for the word error rate beside plain faster-whisper
+on the same files. Owners are chosen outside the shipped cohort's speakers.
 Results go to bench/results/<name>.json under ``gate``; the figures are quoted in
 docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -34,7 +34,8 @@ import requests
 from . import calls, machine
 from .data import DEFAULT_DATA, SpeechSet, pcm16
 from .joined import Part, Text, leaks, recall, recordings, synthetic_parts, timed, words
-from .suite import QUIET_LOGGERS, RESULTS
+from .output import quiet_logging, save
+from .suite import RESULTS
 
 logger = logging.getLogger("bench.gate")
 KONELE_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)S16LE, channels=(int)1"
@@ -51,15 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--owners", type=int, default=20, help="how many enrolled speakers (English, with transcripts)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_logging()
     results = run(SpeechSet(args.data), args.owners)
-    out = args.out or RESULTS / f"gate-{args.data.resolve().name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["gate"]["summary"], indent=2))
-    logger.info("wrote %s", out)
+    save(results, args.out or RESULTS / f"gate-{args.data.resolve().name}.json", shown=results["gate"]["summary"])
     return 0
 
 
@@ -116,8 +111,11 @@ def run(speech: SpeechSet, owner_count: int) -> dict:
             heard = models.transcriber.transcribe(owner.audio, language="en").text
             plain = recall(owner.text, heard)
             for joined in recordings(owner, others):
+                answers = {}
                 for surface in SURFACES:
-                    texts, finals = _texts(surface, service, user, key, joined.audio)
+                    texts, finals = answers[surface] = _texts(surface, service, user, key, joined.audio)
+                    if surface == "konele_http":
+                        texts = _timed_like(texts, *answers["http_transcribe"])
                     found = leaks(joined, texts, heard)
                     stats = per_surface[surface]
                     stats["recordings"] += 1
@@ -150,6 +148,20 @@ def run(speech: SpeechSet, owner_count: int) -> dict:
                      "pauses_s": [0.0, 0.25, 1.0], "orders": ["owner_first", "other_first"],
                      "seconds": round(time.monotonic() - began, 1)},
             "machine": machine.describe(), "finished": datetime.now(timezone.utc).isoformat()}
+
+
+def _timed_like(texts: list[str], http_texts: list[Text], http_finals: list[str | None]) -> list:
+    """Return Kõnele HTTP's untimed texts with the times of /api/v1/transcribe's segments, when they say the same.
+
+    Kõnele's reply carries no times, so a word Whisper made up inside the owner's part would
+    count as a leak there alone. Both surfaces run the same gate over the same audio: when
+    Kõnele's text is word for word the accepted texts of /api/v1/transcribe, those segments'
+    times are its times too. Otherwise its texts stay untimed (always counted).
+    """
+    accepted = " ".join(text for text in http_finals if text)
+    if words(" ".join(t for t in texts if t)) == words(accepted):
+        return [text for text in http_texts if text[0]]
+    return texts
 
 
 def _dictation_key(service, user: str) -> str:

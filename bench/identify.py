@@ -18,7 +18,6 @@ Embeddings come from bench.embedcache (computed once, cached outside the reposit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from .data import SpeechSet
 from .embedcache import measure_set
 from .machine import describe
+from .output import save
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SPEECH_MORE", ROOT.parent / "shared" / "data" / "speech-more"))
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{f['right']:>6} {f['wrong']:>6} {f['unknown']:>8}")
         print(f"{'':>8} gallery built in {row['gallery_build_ms']} ms, {row['matrix_mb']} MB; after one more "
               f"enrollment, figures carried over in {row['carry_ms']} ms: {row['carried']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(results, args.out)
     return results
 
 

@@ -15,7 +15,6 @@ Writes bench/results/kaldi.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -28,7 +27,8 @@ from clients.kaldi import KONELE_CAPS, run
 
 from . import calls, machine, metrics
 from .data import DEFAULT_DATA, SpeechSet, pcm16
-from .suite import QUIET_LOGGERS, RESULTS
+from .output import quiet_logging, save
+from .suite import RESULTS
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +136,7 @@ def summarise(records: list[dict], speech: SpeechSet) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the figures and write the results JSON."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_logging()
     from app.config import Config
 
     from .baseline import Models
@@ -173,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "files": records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    save(results, args.out)
     print(f"\nEOS to final, median over {summary['timed']} files (of {summary['files']}):")
     print(f"  Kõnele endpoint (streamed, verified, decoded as spoken): {summary['kaldi']['p50_ms']} ms")
     print(f"  baseline: whole utterance decoded after EOS:             {summary['baseline_decode']['p50_ms']} ms")

@@ -23,7 +23,6 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -35,7 +34,8 @@ import requests
 from . import calls, machine
 from .data import DEFAULT_DATA, SpeechSet, espeak, pcm16
 from .meetings import compose, plain_found, score
-from .suite import QUIET_LOGGERS, RESULTS
+from .output import quiet_logging, save
+from .suite import RESULTS
 
 logger = logging.getLogger("bench.meeting")
 STYLES = {"pauses": 1.0, "back_to_back": 0.0, "interrupting": -0.5}
@@ -61,17 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stranger", help="the speaker on no roster")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_logging()
     speakers = args.speakers.split(",") if args.speakers else None
     results = run(SpeechSet(args.data), args.meetings, speakers, args.stranger)
     suffix = "-" + speakers[0].split("-")[0] if speakers else ""
-    out = args.out or RESULTS / f"meeting-{args.data.resolve().name}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["meeting"]["summary"], indent=2))
-    logger.info("wrote %s", out)
+    save(results, args.out or RESULTS / f"meeting-{args.data.resolve().name}{suffix}.json",
+         shown=results["meeting"]["summary"])
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from app.audio.decode import decode
 from app.engines.runtime import load_engines
 from app.engines.speaker import cosine
 
+from .output import save
 from .threshold import DEFAULT_DATA, ROOT, speech_set
 
 CANDIDATES = (0.80, 0.85, 0.88, 0.90, 0.92, 0.95)
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             **{f"passed_{name}": round(float(np.mean(np.asarray(values) < limit)), 4) for name, values in replays.items()},
         } for limit in CANDIDATES},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out, shown=result)
     return 0
 
 

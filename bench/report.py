@@ -285,7 +285,9 @@ def _sv_section(sv: dict, link) -> list[str]:
     lines = [
         f"{sv['trials']} trials ({sv['targets']} same-speaker, {sv['nontargets']} different-speaker). The service: one "
         f"user per distinct enrollment list ({enrollment['lists']} lists, {enrollment['enrolled']} enrolled), enrolled "
-        "over the WebSocket, every trial verified over the WebSocket and again over HTTP (`POST /api/v1/verify`). "
+        "over the WebSocket, every trial verified over the WebSocket and again over HTTP (`POST /api/v1/verify`) "
+        "as a signed-in admin, who is shown the calibrated score of a reject too (a caller who is not an admin is "
+        "shown none): the service's EER, minDCF and DET are of every trial's calibrated score. "
         "The baseline: `SpeakerEncoder` on each whole file in-process, cosine against the centroid of the "
         "enrollment embeddings.",
         "",

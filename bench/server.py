@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -45,6 +48,19 @@ class ServiceError(RuntimeError):
     """The service could not be started or reached."""
 
 
+@dataclass(frozen=True)
+class AdminSignIn:
+    """A signed-in admin's session cookie and the Origin of the server's own pages, for HTTP and WebSocket calls."""
+
+    cookie: str
+    origin: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Return the HTTP headers that make a request the admin's."""
+        return {"Cookie": self.cookie, "Origin": self.origin}
+
+
 class Service:
     """A running VoiceGate reachable over HTTP and WebSocket, plus a way to invite users to it."""
 
@@ -66,18 +82,6 @@ class Service:
         response = requests.get(f"{self.url}/healthz", timeout=10)
         return response.json()
 
-    def audited(self, request_id: str) -> tuple[float | None, float | None]:
-        """Return the score and threshold the audit log holds for a decision (callers see them only on accept)."""
-        from sqlalchemy import select
-
-        from app.db import db
-        from app.models import AuditEvent
-
-        with self._admin.app_context():
-            row = db.session.scalar(select(AuditEvent).where(AuditEvent.request_id == request_id)
-                                    .order_by(AuditEvent.id.desc()).limit(1))
-            return (row.score, row.threshold) if row is not None else (None, None)
-
     def invite(self, name: str) -> str:
         """Create user ``name`` and return a fresh enrollment invite token (``flask users create/invite``)."""
         runner = self._admin.test_cli_runner()
@@ -88,6 +92,35 @@ class Service:
         if invited.exit_code != 0:
             raise ServiceError(f"flask users invite {name} failed: {invited.output.strip()}")
         return invited.output.strip().splitlines()[-1]
+
+    def sign_in_admin(self, username: str = "bench-admin") -> AdminSignIn:
+        """Create an admin account (``flask admin create``, a fresh random password) and sign in as it over HTTP.
+
+        An admin is shown the score of every decision, rejects included (callers who are not
+        admins see none on a reject): the benchmark needs them for EER and DET curves.
+        """
+        password = secrets.token_urlsafe(18)
+        runner = self._admin.test_cli_runner()
+        created = runner.invoke(args=["admin", "create", username, "--password", password])
+        if created.exit_code != 0 and "already exists" not in created.output:
+            raise ServiceError(f"flask admin create {username} failed: {created.output.strip()}")
+        if created.exit_code != 0:
+            username = f"{username}-{secrets.token_hex(3)}"
+            created = runner.invoke(args=["admin", "create", username, "--password", password])
+            if created.exit_code != 0:
+                raise ServiceError(f"flask admin create {username} failed: {created.output.strip()}")
+        with requests.Session() as http:
+            page = http.get(f"{self.url}/admin/login", timeout=30)
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+            if page.status_code != 200 or token is None:
+                raise ServiceError(f"GET /admin/login answered {page.status_code} without a sign-in form")
+            signed = http.post(f"{self.url}/admin/login", timeout=30, allow_redirects=False, headers={"Origin": self.url},
+                               data={"username": username, "password": password, "csrf_token": token.group(1)})
+            if signed.status_code != 302:
+                raise ServiceError(f"the admin sign-in answered {signed.status_code}")
+            cookie = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+        logger.info("signed in as admin %s", username)
+        return AdminSignIn(cookie, self.url)
 
     def set_setting(self, name: str, value) -> None:
         """Store one admin setting in the server's database (sessions read settings as they start)."""

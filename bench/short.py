@@ -13,13 +13,13 @@ server's own models.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 
 from .data import DEFAULT_DATA, SpeechSet
+from .output import save
 from .suite import RESULTS
 
 LENGTHS = (0.6, 0.8, 1.0, 1.2)
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engines = load_engines(Config.MODELS_DIR, Config.WHISPER_MODEL, workers=1, queue=4)
     results = {path.resolve().name: measure(SpeechSet(path), engines) for path in args.data}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(results, args.out)
     for name, lengths in results.items():
         for length, row in lengths.items():
             cells = "  ".join(f"{t}: FRR {v['frr']:.0%} FAR {v['far']:.2%}" for t, v in row["by_threshold"].items())

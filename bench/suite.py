@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import asr, machine, report, speed, sv
 from .data import DEFAULT_DATA, SpeechSet
+from .output import QUIET_LOGGERS
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ RESULTS = ROOT / "bench" / "results"
 DEV_REPORT = ROOT / "docs" / "benchmarks.md"
 # Files timed again with another thread count per call (enough for a median, short enough to stay cheap).
 OTHER_THREADS_FILES = 10
-# Libraries that log every call at INFO.
-QUIET_LOGGERS = ("faster_whisper", "alembic", "speechbrain", "urllib3", "matplotlib")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import os
 import platform
 from pathlib import Path
@@ -26,6 +25,7 @@ from app.engines.runtime import load_engines
 from app.engines.speaker import centroid, cosine
 
 from .data import espeak
+from .output import save
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("threshold   FAR/FRR whole        FAR/FRR 1.5 s        FAR/FRR 2.0 s")
     for threshold, row in table.items():
         print(f"  {threshold}    " + "   ".join(f"{row[k]['far']:6.1%} / {row[k]['frr']:6.1%}" for k in row))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(results, args.out)
     print(f"wrote {args.out}")
     return results
 

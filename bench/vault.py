@@ -30,6 +30,7 @@ from app.db import db
 from app.gate import store
 from app.models import User, Voiceprint
 
+from .output import save
 from .threshold import ROOT
 
 
@@ -90,7 +91,7 @@ def main() -> None:
             figures = measure(users, Path(folder), args.database_url)
         print(json.dumps(figures), flush=True)
         results.append(figures)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(results, args.out)
 
 
 if __name__ == "__main__":

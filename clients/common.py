@@ -39,8 +39,9 @@ def read_wav(path: Path) -> Wav | None:
 class Connection:
     """A WebSocket whose JSON replies a reader thread collects, with their arrival times, until the server closes."""
 
-    def __init__(self, url: str, timeout: float, echo=None):
-        self.ws = websocket.create_connection(url, timeout=timeout)
+    def __init__(self, url: str, timeout: float, echo=None, cookie: str | None = None, origin: str | None = None):
+        # cookie and origin: a signed-in browser's session cookie, with the Origin of the site's own pages.
+        self.ws = websocket.create_connection(url, timeout=timeout, cookie=cookie, origin=origin)
         self.echo = echo
         self.replies: list[dict] = []
         self.times: list[float] = []

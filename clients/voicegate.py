@@ -46,8 +46,8 @@ def read_audio(path: Path) -> tuple[dict, bytes, float]:
 class Conversation(Connection):
     """One WebSocket session: send a start, audio and stops; collect every reply (the close as ``closed``)."""
 
-    def __init__(self, url: str, start: dict, echo=print):
-        super().__init__(url, timeout=120, echo=echo)
+    def __init__(self, url: str, start: dict, echo=print, cookie: str | None = None, origin: str | None = None):
+        super().__init__(url, timeout=120, echo=echo, cookie=cookie, origin=origin)
         self.ws.send(json.dumps(start))
 
     def _ended(self) -> None:

@@ -158,6 +158,11 @@ def test_smoke_run_of_the_suite_on_two_speakers(tmp_path):
         assert 0.0 <= figure <= 1.0
     assert sv["baseline"]["eer"] == 0.0
     assert sv["http"]["same_state_as_ws"] == 1.0
+    # The suite verifies as an admin: every trial, rejects too, has the calibrated score its EER needs.
+    for record in results["details"]["sv_trials"]:
+        for reply in (record["ws"], record["http"]):
+            assert isinstance(reply.get("calibrated_score"), float), record
+    assert sv["highest_impostor"] > -100 and sv["lowest_genuine"] > sv["highest_impostor"]
     assert asr["files"] == 4 and asr["words"] > 40
     assert asr["baseline"]["wer"] <= 0.2 and asr["wer"] <= 0.5
     for key in ("verify_p50_ms", "verify_p95_ms", "final_p50_ms", "final_p95_ms"):

@@ -2,10 +2,11 @@
 
 A raw cosine means different things on a clean 6 s clip and on 1.5 s of noisy phone audio.
 Here it becomes a *calibrated score*: how many standard deviations the trial stands above what
-impostors score under the same conditions. The impostor distribution's centre and spread are
-functions of the test audio's quality (seconds of speech, SNR, bandwidth), fitted on held-out
-speakers by ``bench/calibrate.py``; a target false-accept rate maps to one calibrated threshold
-in every condition. Pure numpy: no models, no Flask, no database.
+impostors score under the same conditions (AS-norm, on voices less the cohort's mean embedding).
+The impostor distribution's centre and spread are functions of the test audio's quality (seconds
+of speech, SNR, bandwidth), fitted on held-out speakers by ``bench/calibrate.py``; a target
+false-accept rate maps to one calibrated threshold in every condition. Pure numpy: no models, no
+Flask, no database.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from statistics import NormalDist
 
@@ -26,7 +28,7 @@ FRAME = 320  # 20 ms
 COHORT_PATH = Path(__file__).with_name("cohort.npz")
 # The shipped cohort's sha256, as `python -m bench.calibrate --write-cohort` reports it: a file
 # that differs (damaged, or swapped for one that would accept other voices) is refused.
-COHORT_SHA256 = "76b0ef2da98bec9df24b1e95b7d4ea623c9c8b99c589dec301de31184c2fe414"
+COHORT_SHA256 = "f1c17cd23105e6c5a3e50fbf1db48b5267b28e87a380d2d7b2b38bf8a7f257f6"
 # Quality features are clipped to the range the calibration was fitted on.
 SPEECH_RANGE = (0.5, 8.0)
 SNR_RANGE = (0.0, 40.0)
@@ -130,6 +132,9 @@ class Calibration:
     spread: tuple[float, ...]  # log of impostor AS-norm deviation = spread . features
     # Measured impostor tail: (false-accept rate, calibrated threshold) pairs, rate descending.
     tail: tuple[tuple[float, float], ...] = ()
+    # AS-norm compares voices after taking the cohort's mean embedding away (docs/threshold.md):
+    # what every voice of the set shares says nothing of who speaks.
+    centred: bool = False
 
     def calibrate(self, normed: float, quality: Quality) -> float:
         """Return the calibrated score of an AS-norm score under ``quality``."""
@@ -172,11 +177,39 @@ class Cohort:
         extra = np.stack([o / np.linalg.norm(o) for o in others]).astype(np.float32)
         return np.concatenate([self.embeddings, extra])
 
+    @cached_property
+    def mean(self) -> np.ndarray:
+        """Return what AS-norm takes away from every voice: the cohort's mean embedding, or zeros when not centred."""
+        if not self.calibration.centred:
+            return np.zeros(self.embeddings.shape[1], dtype=np.float32)
+        return self.embeddings.mean(axis=0).astype(np.float32)
+
+    @cached_property
+    def centred_embeddings(self) -> np.ndarray:
+        """Return the shipped cohort as AS-norm compares it (``centre`` of every row)."""
+        return self.centre(self.embeddings)
+
+    def centre(self, vectors: np.ndarray) -> np.ndarray:
+        """Return unit ``vectors`` (a vector, or one per row) less the mean, scaled to unit length again."""
+        moved = np.asarray(vectors, dtype=np.float32)
+        moved = moved / np.linalg.norm(moved, axis=-1, keepdims=True) - self.mean
+        return (moved / np.maximum(np.linalg.norm(moved, axis=-1, keepdims=True), 1e-6)).astype(np.float32)
+
+
+def centred_cosines(raw: np.ndarray, lean_a: np.ndarray, lean_b: np.ndarray, mean_sq: float) -> np.ndarray:
+    """Return the cosines of unit vectors a, b less a mean m, from a.b (``raw``), a.m, b.m and m.m (broadcast).
+
+    The same figures as ``Cohort.centre`` of both, without a centred copy of every enrolled voice.
+    """
+    norm_a = np.sqrt(np.maximum(1.0 - 2.0 * lean_a + mean_sq, 1e-12))
+    norm_b = np.sqrt(np.maximum(1.0 - 2.0 * lean_b + mean_sq, 1e-12))
+    return (raw - lean_a - lean_b + mean_sq) / (norm_a * norm_b)
+
 
 def save_cohort(path: Path, embeddings: np.ndarray, calibration: Calibration, about: dict) -> str:
     """Write the cohort and calibration to ``path`` (npz); return its sha256."""
     meta = {"top_k": calibration.top_k, "centre": list(calibration.centre), "spread": list(calibration.spread),
-            "tail": [list(p) for p in calibration.tail], **about}
+            "tail": [list(p) for p in calibration.tail], "centred": calibration.centred, **about}
     with open(path, "wb") as handle:
         # float16 halves the file; cosines move by under 0.001.
         np.savez(handle, embeddings=np.asarray(embeddings, dtype="<f2"), meta=np.array(json.dumps(meta, sort_keys=True)))
@@ -208,7 +241,7 @@ def load_cohort(path: Path = COHORT_PATH, expected_sha256: str | None = COHORT_S
             embeddings = np.asarray(archive["embeddings"], dtype=np.float32)
             meta = json.loads(str(archive["meta"]))
         calibration = Calibration(int(meta["top_k"]), tuple(meta["centre"]), tuple(meta["spread"]),
-                                  tuple(tuple(p) for p in meta["tail"]))
+                                  tuple(tuple(p) for p in meta["tail"]), bool(meta.get("centred", False)))
     except (KeyError, ValueError, TypeError) as error:
         raise CalibrationError(f"the calibration cohort {path} is unusable: {error}") from None
     if embeddings.ndim != 2 or embeddings.shape[0] < 2 or not np.all(np.isfinite(embeddings)):

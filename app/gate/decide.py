@@ -11,7 +11,7 @@ import numpy as np
 
 from ..engines.speaker import centroid, cosine, normalise
 from ..audio.vad import Segment
-from .calibration import CalibrationError, Cohort, Quality, asnorm, load_cohort
+from .calibration import CalibrationError, Cohort, Quality, asnorm, centred_cosines, load_cohort
 from .policy import Policy
 
 # A clip whose speech is quieter than this (RMS, dBFS) is too far from the microphone.
@@ -112,7 +112,9 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
         # frequencies the line cut off (docs/threshold.md).
         enrolled = channels["phone"]
     score = cosine(embedding, enrolled)
-    normed = asnorm(score, enrolled, embedding, cohort.with_others(others), cohort.calibration.top_k)
+    voice, test = cohort.centre(enrolled), cohort.centre(embedding)
+    normed = asnorm(float(voice @ test), voice, test, cohort.centre(cohort.with_others(others)),
+                    cohort.calibration.top_k)
     calibrated = cohort.calibration.calibrate(normed, quality)
     needed = cohort.calibration.threshold(policy.target_far)
     accept = calibrated >= needed and score >= policy.threshold
@@ -211,36 +213,50 @@ def _score_rows(test: np.ndarray, raw: np.ndarray, closest: np.ndarray, columns:
     name: normalising against it would hold them to their own voice).
     """
     top_k = cohort.calibration.top_k
-    shipped = cohort.embeddings
+    shipped = cohort.centred_embeddings
+    # AS-norm's cosines are of voices less the cohort's mean (Cohort.centre): worked out from the
+    # raw ones and each voice's cosine to the mean, so that no centred copy of the matrix is kept.
+    # The SAME_PERSON rule stays on raw cosines, as everywhere else.
+    mean = cohort.mean
+    mean_sq = float(mean @ mean)
+    test_lean = float(test @ mean)
+    centred_test = cohort.centre(test)
     # Test side: the voices closest to the test audio are among the shipped cohort and the
     # closest enrolled ones (pool indices past the shipped cohort stand for rows of ``closest``).
-    pool = np.concatenate([shipped @ test, raw[closest]])
+    pool = np.concatenate([shipped @ centred_test,
+                           centred_cosines(raw[closest], test_lean, mean @ columns[:, closest], mean_sq)])
     reach = min(pool.size, top_k + _REACH)
     near = np.argpartition(pool, -reach)[-reach:]
     near = near[np.argsort(-pool[near], kind="stable")]
     near_rows = closest[near[near >= len(shipped)] - len(shipped)]
     stats = {} if stats is None else stats
     missing = [row for row in rows if row not in stats]
+    leans = None
     if missing:
         # One product for every candidate not yet known: its cosines to all the voices.
+        leans = mean @ columns
         among = columns[:, missing].T @ columns
-        to_shipped = shipped @ columns[:, missing]
+        centred_among = centred_cosines(among, leans[missing, None], leans[None, :], mean_sq)
+        to_shipped = shipped @ cohort.centre(columns[:, missing].T).T
         for j, row in enumerate(missing):
             alike = among[j]
-            scores = np.concatenate([to_shipped[:, j], alike[alike < SAME_PERSON]])
+            scores = np.concatenate([to_shipped[:, j], centred_among[j][alike < SAME_PERSON]])
             stats[row] = _top_stats(scores, top_k)
     needed = cohort.calibration.threshold(policy.target_far)
     matches = []
     for row in rows:
         score = float(raw[row])
+        centred_score = float(centred_cosines(raw[row], test_lean, float(mean @ columns[:, row]), mean_sq))
         same = set(near_rows[columns[:, row] @ columns[:, near_rows] >= SAME_PERSON].tolist())
         kept = [i for i in near if i < len(shipped) or int(closest[i - len(shipped)]) not in same][:top_k]
         if len(kept) < top_k and reach < len(shipped) + raw.size:  # too many alike among the nearest: look at all
             alike = columns[:, row] @ columns
-            test_stats = _top_stats(np.concatenate([pool[:len(shipped)], raw[alike < SAME_PERSON]]), top_k)
+            leans = mean @ columns if leans is None else leans
+            centred_raw = centred_cosines(raw, test_lean, leans, mean_sq)
+            test_stats = _top_stats(np.concatenate([pool[:len(shipped)], centred_raw[alike < SAME_PERSON]]), top_k)
         else:
             test_stats = _top_stats(pool[kept], top_k)
-        normed = sum((score - mean) / std for mean, std, _ in (stats[row], test_stats)) / 2
+        normed = sum((centred_score - mean_) / std for mean_, std, _ in (stats[row], test_stats)) / 2
         calibrated = cohort.calibration.calibrate(normed, quality)
         accept = calibrated >= needed and score >= policy.threshold
         matches.append(Match("accept" if accept else "reject", names[row], score, calibrated=calibrated,

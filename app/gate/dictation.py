@@ -35,6 +35,7 @@ class DictateSession(GatedStream):
 
     mode = "dictate"
     noun = "dictation"
+    TALLY = {"accept": "accepted", "reject": "rejected", "not_enough_speech": "unverified"}
 
     def __init__(self, ctx: Context, user_name: str, live: bool = True, shows_scores: bool = True,
                  standing: str | None = None):
@@ -45,19 +46,16 @@ class DictateSession(GatedStream):
         self._enrolled = None if voiceprint is None else voiceprint.centroid_vector()
         # Telephone-band windows are scored against the voiceprint's telephone copy (docs/threshold.md).
         self._channels = {} if voiceprint is None else voiceprint.channel_vectors()
-        self._finals = 0
         self._verified_until: int | None = None  # end of the last window that verified calibrated (context for windows)
-        self._tally = {"accepted": 0, "rejected": 0, "unverified": 0}
-        self.segments: list[dict] = []  # every final, for callers that answer once (HTTP)
         if live:
             self._take_slot()
 
     def _result(self) -> dict:
         return {"type": "result", "mode": "dictate", "user": self.user, "request_id": self.request_id,
-                "utterances": self._finals, **self._tally}
+                "utterances": len(self.emitted), **self._tally}
 
     def _partial_message(self, begin: int, whose: str | None, text: str) -> dict:
-        return {"type": "partial", "utterance": self._finals + 1, "text": text}
+        return {"type": "partial", "utterance": len(self.emitted) + 1, "text": text}
 
     def _check(self, utterance: Utterance, begin: int, end: int, short: bool = False) -> None:
         """Score the window [begin, end) against the user's voice, if it holds enough speech.
@@ -94,19 +92,13 @@ class DictateSession(GatedStream):
     def _parts(self, start: int, end: int, checks: list[Check], settled: int) -> list[Span]:
         return spans(start, end, checks, settled)
 
-    def _emit(self, span: Span, begin: int, before: Span | None, after: Span | None) -> list[dict]:
-        """Decide one settled stretch: transcribe it if accepted; audit it; return its final."""
-        state, text = self._outcome(span, begin, before, after)
-        self._finals += 1
-        self._tally[{"accept": "accepted", "reject": "rejected"}.get(state, "unverified")] += 1
-        self._record(state, None, begin, span.end, span.score)
-        final = {"type": "final", "utterance": self._finals, "state": state, "text": text,
+    def _message(self, span: Span, state: str, text: str | None, begin: int) -> dict:
+        final = {"type": "final", "utterance": len(self.emitted) + 1, "state": state, "text": text,
                  "score": None if span.score is None else round(span.score, 4),
                  "threshold": self.ctx.policy.threshold, "start": seconds(begin), "end": seconds(span.end)}
         if not self.shows_scores:
             del final["score"], final["threshold"]  # scores are for the user and admins only
-        self.segments.append(final)
-        return [final]
+        return final
 
     def _record(self, state: str, whose: str | None, begin: int, end: int, score: float | None,
                 reason: str | None = None) -> None:

@@ -16,6 +16,7 @@ from flask import current_app
 
 from .. import versions
 from . import store
+from .calibration import CalibrationError, centred_cosines, load_cohort
 from .decide import SAME_PERSON
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,14 @@ def carried_stats(old: Gallery, new: Gallery) -> dict:
         return {}
     if moved.shape[1] == 0:
         return {to_new[row]: old.stats[row] for row in cached}
+    try:
+        mean = load_cohort().mean
+    except CalibrationError:
+        return {}  # nothing is decided without the cohort; work every figure out anew when it is back
     alike = moved.T @ old.columns[:, cached]  # changed voices × cached voices
+    # The figures are of cosines less the cohort's mean (app.gate.decide), the same-person rule of raw ones.
+    centred = centred_cosines(alike, (mean @ moved)[:, None], (mean @ old.columns[:, cached])[None, :],
+                              float(mean @ mean))
     floors = np.array([old.stats[row][2] for row in cached])
-    touched = np.any((alike >= floors) & (alike < SAME_PERSON), axis=0)
+    touched = np.any((centred >= floors) & (alike < SAME_PERSON), axis=0)
     return {to_new[row]: old.stats[row] for row, hit in zip(cached, touched) if not hit}

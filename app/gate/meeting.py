@@ -107,6 +107,7 @@ class MeetingSession(GatedStream):
 
     mode = "meeting"
     noun = "meeting"
+    TALLY = {"accept": "attributed", "reject": "unverified", "not_enough_speech": "too_short"}
 
     def __init__(self, ctx: Context, roster: list[Member], live: bool = True, shows_scores: bool = False,
                  opened_by: str | None = None):
@@ -114,9 +115,6 @@ class MeetingSession(GatedStream):
         self.roster, self.shows_scores, self.opened_by = roster, shows_scores, opened_by
         self._voices = {member.name: member.voice for member in roster}
         self._display = {member.name: member.display for member in roster}
-        self._lines = 0
-        self._tally = {"attributed": 0, "unverified": 0, "too_short": 0}
-        self.lines: list[dict] = []  # every line, for callers that answer once (HTTP); dropped with the session
         self._take_slot()
 
     def roster_names(self) -> list[dict]:
@@ -125,10 +123,10 @@ class MeetingSession(GatedStream):
 
     def _result(self) -> dict:
         return {"type": "result", "mode": "meeting", "request_id": self.request_id,
-                "roster": self.roster_names(), "lines": self._lines, **self._tally}
+                "roster": self.roster_names(), "lines": len(self.emitted), **self._tally}
 
     def _partial_message(self, begin: int, whose: str | None, text: str) -> dict:
-        return {"type": "partial", "line": self._lines + 1, "speaker": whose, "name": self._display[whose],
+        return {"type": "partial", "line": len(self.emitted) + 1, "speaker": whose, "name": self._display[whose],
                 "start": seconds(begin), "text": text}
 
     def _check(self, utterance: Utterance, begin: int, end: int, short: bool = False) -> None:
@@ -157,19 +155,13 @@ class MeetingSession(GatedStream):
     def _parts(self, start: int, end: int, checks: list[Identified], settled: int) -> list[Part]:
         return attributed(start, end, checks, settled)
 
-    def _emit(self, part: Part, begin: int, before: Part | None, after: Part | None) -> list[dict]:
-        """Decide one settled stretch: transcribe it if attributed; audit it; return its line."""
-        state, text = self._outcome(part, begin, before, after)
-        self._lines += 1
-        self._tally[{"accept": "attributed", "reject": "unverified"}.get(state, "too_short")] += 1
-        self._record(state, part.speaker, begin, part.end, part.score)
-        line = {"type": "line", "line": self._lines, "state": state, "speaker": part.speaker,
+    def _message(self, part: Part, state: str, text: str | None, begin: int) -> dict:
+        line = {"type": "line", "line": len(self.emitted) + 1, "state": state, "speaker": part.speaker,
                 "name": self._display[part.speaker] if part.speaker else UNVERIFIED,
                 "start": seconds(begin), "end": seconds(part.end), "text": text}
         if self.shows_scores:
             line["score"] = None if part.score is None else round(part.score, 4)
-        self.lines.append(line)
-        return [line]
+        return line
 
     def _record(self, state: str, whose: str | None, begin: int, end: int, score: float | None,
                 reason: str | None = None) -> None:

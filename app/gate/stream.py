@@ -61,12 +61,13 @@ class GatedStream:
     """The utterance machinery of a gated stream (see the module docstring); subclasses decide.
 
     A subclass implements ``_check`` (one window, or a short phrase), ``_parts`` (the settled
-    stretches of an utterance), ``_emit`` (one stretch's message), ``_result``,
-    ``_partial_message`` and ``_record`` (one audit row).
+    stretches of an utterance), ``_message`` (one settled stretch's), ``_result``,
+    ``_partial_message`` and ``_record`` (one audit row), and names the result's counters in ``TALLY``.
     """
 
     mode = ""
     noun = "stream"
+    TALLY: dict[str, str] = {}  # a settled stretch's state -> the result counter it adds to
 
     def __init__(self, ctx: Context, live: bool):
         self.ctx = ctx
@@ -86,6 +87,8 @@ class GatedStream:
         self._last_shown = 0  # stream sample where the client last got text, or the open utterance began
         self._accepted_until: int | None = None  # end of the last accepted speech (context for short phrases)
         self._slot = False
+        self.emitted: list[dict] = []  # every settled stretch's message, for callers that answer once (HTTP)
+        self._tally = dict.fromkeys(self.TALLY.values(), 0)
 
     def _take_slot(self) -> None:
         """Hold one of the server's dictation slots; call it last, so nothing after it can fail and leave it taken."""
@@ -258,6 +261,15 @@ class GatedStream:
         self._accepted_until = part.end
         return state, self._transcribe(*self._cut(part, begin, before, after))
 
+    def _emit(self, part, begin: int, before, after) -> list[dict]:
+        """Decide one settled stretch: transcribe it if accepted; audit it; return its message."""
+        state, text = self._outcome(part, begin, before, after)
+        self._tally[self.TALLY[state]] += 1
+        self._record(state, _whose(part), begin, part.end, part.score)
+        message = self._message(part, state, text, begin)
+        self.emitted.append(message)
+        return [message]
+
     def _cut(self, part, begin: int, before, after) -> tuple[int, int]:
         """Return where to cut an accepted stretch for Whisper: pulled inward to a pause at a change of voice."""
         cut_begin = self._snap(begin, +1) if self._changes(part, before) else begin
@@ -330,7 +342,8 @@ class GatedStream:
     def _parts(self, start: int, end: int, checks: list, settled: int) -> list:
         raise NotImplementedError
 
-    def _emit(self, part, begin: int, before, after) -> list[dict]:
+    def _message(self, part, state: str, text: str | None, begin: int) -> dict:
+        """Return the message that tells the client of one settled stretch (``begin`` to its end)."""
         raise NotImplementedError
 
     def _result(self) -> dict:

@@ -134,7 +134,7 @@ def transcribe():
         session.close()
     # Someone who only named the user sees no scores to tune a voice by (the audit log has them).
     segments = [{"start": f["start"], "end": f["end"], "state": f["state"], "score": f.get("score"), "text": f["text"]}
-                for f in session.segments]
+                for f in session.emitted]
     accepted = [segment["text"] for segment in segments if segment["state"] == "accept" and segment["text"]]
     figures = {"threshold": ctx.policy.threshold} if signed_in else {}
     return jsonify(mode="transcribe", user=user, request_id=session.request_id, state=summary_state(segments),
@@ -158,11 +158,11 @@ def _meeting():
     finally:
         session.close()
     if fmt != "json":
-        body = transcript_export.export(session.lines, fmt)
+        body = transcript_export.export(session.emitted, fmt)
         return Response(body, mimetype=transcript_export.FORMATS[fmt].split(";")[0],
                         headers={"Content-Disposition": f'attachment; filename="meeting.{fmt}"'})
     return jsonify(mode="meeting", request_id=session.request_id, roster=session.roster_names(),
-                   audio_seconds=round(audio.size / 16000, 3), lines=session.lines)
+                   audio_seconds=round(audio.size / 16000, 3), lines=session.emitted)
 
 
 @bp.post("/transcripts/export")

@@ -265,6 +265,37 @@ def test_a_client_that_vanishes_after_partial_text_still_leaves_its_audit_row(ga
         assert (row.decision, row.reason, row.kind) == ("accept", "client_left", "transcribe") and row.audio_seconds > 0
 
 
+def test_a_lone_dictation_shows_text_every_few_seconds_even_when_the_server_lags(gate, engines, speech):
+    # Fed as fast as it comes, never waiting for a partial, the stream is what a server on a CPU
+    # shared with other processes sees: each draft takes longer than the speech it covers.
+    from app.gate.stream import PARTIAL_DUE
+
+    live, _, _ = gate
+    files = ["wav/ljspeech/LJ001-0001.wav", "wav/ljspeech/LJ001-0006.wav"]
+    audio = np.concatenate([speech.load(file) for file in files])
+    block = S // 10
+    with live.app.app_context():
+        ctx = Context(engines, current_policy(), "test-secret", "test")
+        session = DictateSession(ctx, "lj")
+        shown = [0.0]  # seconds into the stream at which the client got text
+        partials = []
+        try:
+            for begin in range(0, audio.size, block):
+                for message in session.audio(audio[begin:begin + block]):
+                    if message["type"] in ("partial", "final"):
+                        shown.append(min(audio.size, begin + block) / S)
+                        partials += [message["text"]] if message["type"] == "partial" else []
+            finals = [m for m in session.stop() if m["type"] == "final"]
+        finally:
+            session.close()
+    gaps = np.diff(shown)
+    print(f"\n{len(partials)} partials; text shown at {shown}; the longest wait {gaps.max():.1f} s of speech")
+    assert len(partials) >= 3 and all(partials)
+    # A partial's draft starts after the first check (2 s in) and is owed PARTIAL_DUE s after the last text.
+    assert gaps.max() <= PARTIAL_DUE + 1.0
+    assert not finals or all(f["state"] == "accept" for f in finals)
+
+
 def _short(speech, engines, file: str, seconds: float = 1.2) -> np.ndarray:
     """Return the first ``seconds`` of speech of a dev file: a phrase too short to verify on its own."""
     audio = speech.load(file)

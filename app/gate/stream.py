@@ -8,7 +8,7 @@ roster), how settled stretches are split, and what is sent for each is the subcl
 """
 from __future__ import annotations
 
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -35,6 +35,12 @@ SNAP_SECONDS = 0.3
 MIN_TEXT_SECONDS = 0.3
 # Audio is handed to an engine in blocks this long, as a live stream would arrive.
 BLOCK = SAMPLE_RATE // 4
+# A lone live stream that has shown no text for this many seconds of its audio waits for the
+# partial being computed: on a CPU shared with other processes a draft can take longer than
+# the utterance, and would then never be seen. Streams with company never wait (courtesy).
+PARTIAL_DUE = 3.0
+# How long such a wait may last at most (a stuck draft must not stall the stream).
+PARTIAL_WAIT = 10.0
 
 
 @dataclass
@@ -78,6 +84,7 @@ class GatedStream:
         self._partial: tuple[int, str | None, Future] | None = None  # (span begin, whose, transcription)
         self._shown: str | None = None  # whose partial text the client has been shown in the open utterance
         self._last_partial = 0
+        self._last_shown = 0  # stream sample where the client last got text, or the open utterance began
         self._accepted_until: int | None = None  # end of the last accepted speech (context for short phrases)
         self._slot = False
         self.emitted: list[dict] = []  # every settled stretch's message, for callers that answer once (HTTP)
@@ -106,6 +113,7 @@ class GatedStream:
             self._run_checks(self._endpointer.position)
             messages += self._settle()
             self._start_partial()
+            self._wait_for_due_partial()
         else:
             # A start is found only after some speech, and dated back: keep enough for its lead-in
             # whatever the framing, so that every surface cuts the same utterance.
@@ -151,6 +159,7 @@ class GatedStream:
         if not text:
             return []
         utterance.partial_sent, self._shown = True, whose
+        self._last_shown = self._endpointer.position
         return [self._partial_message(begin, whose, text)]
 
     # -- utterances and checks
@@ -160,7 +169,7 @@ class GatedStream:
             start = max(self._offset, at - int(LEAD_IN * SAMPLE_RATE))
             self._utterance = Utterance(start)
             self._next_check = start + WINDOW_SAMPLES
-            self._last_partial = start
+            self._last_partial = self._last_shown = start
             return []
         utterance = self._utterance
         if utterance is None:
@@ -240,6 +249,7 @@ class GatedStream:
             if part.state != ACCEPT and part.end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
                 continue  # a sliver between checks: too short to hold a word
             utterance.partial_sent, self._shown = False, None
+            self._last_shown = self._endpointer.position
             messages += self._emit(part, begin, before, after)
         return messages
 
@@ -287,8 +297,8 @@ class GatedStream:
         """Transcribe the accepted stretch that is still growing, when a worker is free and enough is new."""
         utterance = self._utterance
         pool = self.ctx.engines.pool
-        if not self.partials or self._partial is not None or pool.pending >= pool.workers:
-            return  # partials are a courtesy: never queue them behind decisions
+        if not self.partials or self._partial is not None or not pool.courtesy_room():
+            return  # partials are a courtesy: never queue them, nor let them hold up decisions
         settled = horizon(utterance.checks, None)
         if settled is None or settled - self._last_partial < self.ctx.policy.partial_interval * SAMPLE_RATE:
             return
@@ -298,11 +308,19 @@ class GatedStream:
             return
         self._last_partial = settled
         try:
-            future = pool.submit(partial(self.ctx.engines.transcriber.transcribe, draft=True),
-                                 self._slice(growing.begin, settled))
+            # Not counted as load by admission (pool.StreamSlots): streams are admitted for what they must do.
+            future = pool.submit_courtesy(partial(self.ctx.engines.transcriber.transcribe, draft=True),
+                                          self._slice(growing.begin, settled))
             self._partial = (growing.begin, _whose(growing), future)
         except Busy:
             self._partial = None
+
+    def _wait_for_due_partial(self) -> None:
+        """Wait for the partial being computed when this lone live stream has shown no text for PARTIAL_DUE s."""
+        if not self.partial_in_flight() or self.ctx.engines.streams.open > 1:
+            return  # with other live streams, partials yield: their checks and finals come first
+        if self._endpointer.position - self._last_shown >= PARTIAL_DUE * SAMPLE_RATE:
+            wait([self._partial[2]], timeout=PARTIAL_WAIT)
 
     def _slice(self, begin: int, end: int) -> np.ndarray:
         return self._audio[max(0, begin - self._offset): max(0, end - self._offset)]

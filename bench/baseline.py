@@ -106,7 +106,7 @@ class Models:
         finally:
             torch.set_num_threads(previous)
         if utterances:
-            transcriber = Transcriber(self._whisper, threads=threads, beam_size=self.transcriber.beam_size)
+            transcriber = Transcriber(self._whisper, threads=threads, beam_size=self.transcriber.beam_size, short_context=False)
             transcriber.transcribe(speech.audio(utterances[0].path))
             for utterance in utterances:
                 audio = speech.audio(utterance.path)

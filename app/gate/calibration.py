@@ -170,13 +170,6 @@ class Cohort:
     calibration: Calibration
     sha256: str
 
-    def with_others(self, others: list[np.ndarray]) -> np.ndarray:
-        """Return the cohort plus other enrolled users' voices (unit length)."""
-        if not others:
-            return self.embeddings
-        extra = np.stack([o / np.linalg.norm(o) for o in others]).astype(np.float32)
-        return np.concatenate([self.embeddings, extra])
-
     @cached_property
     def mean(self) -> np.ndarray:
         """Return what AS-norm takes away from every voice: the cohort's mean embedding, or zeros when not centred."""
@@ -188,6 +181,12 @@ class Cohort:
     def centred_embeddings(self) -> np.ndarray:
         """Return the shipped cohort as AS-norm compares it (``centre`` of every row)."""
         return self.centre(self.embeddings)
+
+    def centred_with(self, others: list[np.ndarray]) -> np.ndarray:
+        """Return the cohort plus other enrolled users' voices, as AS-norm compares them (``centre`` of every row)."""
+        if not others:
+            return self.centred_embeddings
+        return np.concatenate([self.centred_embeddings, self.centre(np.stack(others))])
 
     def centre(self, vectors: np.ndarray) -> np.ndarray:
         """Return unit ``vectors`` (a vector, or one per row) less the mean, scaled to unit length again."""

@@ -113,7 +113,7 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
         enrolled = channels["phone"]
     score = cosine(embedding, enrolled)
     voice, test = cohort.centre(enrolled), cohort.centre(embedding)
-    normed = asnorm(float(voice @ test), voice, test, cohort.centre(cohort.with_others(others)),
+    normed = asnorm(float(voice @ test), voice, test, cohort.centred_with(others),
                     cohort.calibration.top_k)
     calibrated = cohort.calibration.calibrate(normed, quality)
     needed = cohort.calibration.threshold(policy.target_far)

@@ -35,7 +35,10 @@ def admin_live(live, monkeypatch):
 
 def sign_in(page, url: str) -> None:
     """Sign in from the sign-in page with the keyboard only."""
-    page.keyboard.type("root")  # the user name field has the focus
+    # The page puts the focus in the user name field (autofocus); a busy headless Chromium may do
+    # so after the load event, and keys typed before it would be lost.
+    expect(page.locator("#username")).to_be_focused()
+    page.keyboard.type("root")
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")

@@ -97,6 +97,9 @@ def cluster(tmp_path_factory, postgres_server):
            "VOICEGATE_POLICY_LOCKOUT_DELAY": "0", "VOICEGATE_ADMIN_SIGNIN_DELAY": "0",
            "VOICEGATE_ADMIN_ADDRESS_ATTEMPTS": "4",
            "VOICEGATE_POLICY_CHALLENGE": "off", "VOICEGATE_POLICY_REPLAY_SECONDS": "0",
+           # The dictations holding slots send no audio, some of them across tests; the idle limit
+           # (15 s, tested in test_ws_bad_input.py) would end them and free their slots.
+           "VOICEGATE_POLICY_IDLE_SECONDS": "600",
            "VOICEGATE_UPSTREAMS": f"127.0.0.1:{ports['a']} 127.0.0.1:{ports['b']}",
            "VOICEGATE_NGINX_LISTEN": f"127.0.0.1:{nginx_port}"}
     logs = folder / "logs"
@@ -278,7 +281,13 @@ def test_kill_9_of_one_instance_leaves_the_other_serving_and_loses_nothing(clust
     enrolled = client.run("enroll", [speech.path(f) for f in LJ_ENROLL], cluster.ws(cluster.a),
                           invite=cluster.invite("late"), echo=lambda _: None)
     assert enrolled["state"] == "enrolled"
-    ws, answer = _dictation(cluster.ws(cluster.a), "lj")  # a holds a slot, b the other: all taken
+    while cluster.held:
+        cluster.held.pop().close()
+    _wait_until(lambda: cluster.count(select(func.count()).select_from(StreamLease)) == 0, 10, "the leases dropped")
+    held, answer = _dictation(cluster.ws(cluster.b), "lj")  # b holds a slot, a the other: all taken
+    cluster.held.append(held)
+    assert answer["type"] == "ready", answer
+    ws, answer = _dictation(cluster.ws(cluster.a), "lj")
     assert answer["type"] == "ready", answer
     audited = cluster.count(select(func.count()).select_from(AuditEvent))
 

@@ -30,11 +30,20 @@ TRANSCRIPT_SECONDS = Histogram(
     "voicegate_final_transcript_seconds", "One final transcript on the inference pool (queue wait and Whisper)",
     buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30), registry=REGISTRY)
 _TIMED = {"embed": VERIFICATION_SECONDS, "transcribe": TRANSCRIPT_SECONDS}
+LOGIN_EMBEDDINGS = Counter(
+    "voicegate_streamed_login_embeddings", "How streamed voice logins were embedded after stop: from the work "
+    "done while the person spoke (estimate), that and again on the whole utterance for a close call (close_call), "
+    "or on the whole utterance (whole: no finished prefix near the end)", ["source"], registry=REGISTRY)
 
 
 def count_decision(kind: str, surface: str, state: str) -> None:
     """Count one audited decision."""
     DECISIONS.labels(kind, surface, state).inc()
+
+
+def count_login_embedding(source: str) -> None:
+    """Count how one streamed voice login was embedded (estimate, close_call, whole)."""
+    LOGIN_EMBEDDINGS.labels(source).inc()
 
 
 @contextmanager

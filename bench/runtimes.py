@@ -58,20 +58,20 @@ def _encoders(directory: Path, threads: int, scratch: Path):
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from app.engines.speaker import ONNX_FILE, SpeakerEncoder, _onnx_session
+    from app.engines.speaker import FRAMES_FILE, SpeakerEncoder, _onnx_session
 
     torch.set_num_threads(threads)
     yield "torch float32", SpeakerEncoder(directory, threads=threads, precision="float32", runtime="torch")
     yield "torch bfloat16", SpeakerEncoder(directory, threads=threads, precision="bfloat16", runtime="torch")
-    if not (directory / ONNX_FILE).is_file():
+    if not (directory / FRAMES_FILE).is_file():
         logger.warning("no ONNX export in %s: run 'flask models fetch' first", directory)
         return
     yield "onnx float32", SpeakerEncoder(directory, threads=threads, runtime="onnx")
     quantized = scratch / "int8.onnx"
     if not quantized.is_file():
-        quantize_dynamic(str(directory / ONNX_FILE), str(quantized), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(directory / FRAMES_FILE), str(quantized), weight_type=QuantType.QInt8)
     encoder = SpeakerEncoder(directory, threads=threads, runtime="onnx")
-    encoder._session = _onnx_session(quantized, threads)
+    encoder._frames = _onnx_session(quantized, threads)  # the frame part: all but the pooling
     yield "onnx int8", encoder
 
 

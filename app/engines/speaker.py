@@ -1,32 +1,48 @@
 """Speaker embeddings with SpeechBrain's ECAPA-TDNN, and cosine scoring.
 
 SpeechBrain is the source of the model. ``flask models fetch`` also exports it
-(``export_onnx``): the embedding network to ONNX, and its filterbank features as the window
-and matrix they are made with. ONNX Runtime and numpy then give SpeechBrain's scores without
-torch in the process (about 500 MB less resident memory) and in less time (docs/benchmarks.md,
-"Runtimes"). Without the export, SpeechBrain runs on PyTorch as before.
+(``export_onnx``): the embedding network's frame features to ONNX, their pooling into one
+vector as matrices (pooling.py), and its filterbank features as the window and matrix they are
+made with. ONNX Runtime and numpy then give SpeechBrain's scores without torch in the process
+(about 500 MB less resident memory) and in less time (docs/benchmarks.md, "Runtimes"). Without
+the export, SpeechBrain runs on PyTorch as before.
+
+In two parts, an utterance's frame features can be computed while it is still being said
+(``prefix``), and only its last frames after it ends (``embed_after``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .pooling import Pooling
+from .pooling import export as pooling_export
 
 EMBEDDING_DIM = 192
 # ECAPA's convolutions need a few frames; anything this short carries no voice anyway.
 MIN_SAMPLES = 1600
 MODEL_ID = "speechbrain/spkrec-ecapa-voxceleb"
 # The ONNX export of the embedding network, and what it was made from (beside the weights).
-ONNX_FILE = "embedding_model.onnx"
+FRAMES_FILE = "embedding_frames.onnx"
+POOLING_FILE = "embedding_pooling.npz"
 ONNX_ABOUT = "embedding_model.onnx.json"
+EXPORT_FORMAT = "frames+pooling"
 FEATURES_FILE = "fbank.npz"
 SOURCE_FILE = "embedding_model.ckpt"
 # An export whose embeddings stray further than this from PyTorch's (cosine) is not used.
 ONNX_MIN_COSINE = 0.9999
+# Frames of ECAPA's frame features (10 ms each) that depend on audio after them, and on audio
+# before them, enough for the features to settle (measured: docs/benchmarks.md, "Deciding
+# while the person speaks"). A prefix keeps all its frames but the last RIGHT; the frames after
+# it are computed with CONTEXT frames before them, which are then dropped.
+PREFIX_RIGHT = 50
+PREFIX_CONTEXT = 50
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +64,16 @@ class SpeakerEncoder:
         if runtime not in ("auto", "onnx", "torch"):
             raise ValueError(f"runtime must be auto, onnx or torch, not {runtime!r}")
         directory = str(Path(model_dir).resolve())
-        self._session = self._wide = None
+        self._frames = self._wide = self._pooling = None
         # Set by the engines: True when nothing else runs, so that one call may use every core.
         self.idle: Callable[[], bool] = lambda: False
         if runtime == "onnx" or (runtime == "auto" and onnx_export_current(directory)):
             # No torch and no SpeechBrain in this process: numpy features, ONNX Runtime network.
-            self._session = _onnx_session(Path(directory) / ONNX_FILE, threads or 1)
+            self._frames = _onnx_session(Path(directory) / FRAMES_FILE, threads or 1)
             # A second session on every core, for a call that has the machine to itself (see ``idle``).
             cores = os.cpu_count() or 1
-            self._wide = _onnx_session(Path(directory) / ONNX_FILE, cores) if cores > (threads or 1) else None
+            self._wide = _onnx_session(Path(directory) / FRAMES_FILE, cores) if cores > (threads or 1) else None
+            self._pooling = Pooling.load(Path(directory) / POOLING_FILE)
             self._features = Fbank.load(Path(directory) / FEATURES_FILE)
             self.runtime, self.precision = "onnx", "float32"
             return
@@ -105,15 +122,84 @@ class SpeakerEncoder:
         if len({audio.size for audio in clips}) > 1:
             return np.stack([self.embed_many([audio])[0] for audio in clips])
         batch = np.stack([np.asarray(a, dtype=np.float32) for a in clips])
-        if self._session is not None:
-            session = self._wide if self._wide is not None and self.idle() else self._session
-            vectors = session.run(None, {"features": self._features(batch)})[0]
+        if self._frames is not None:
+            vectors = [self._pooling(frames) for frames in self._frame_features(self._features(batch))]
         else:
             torch = self._torch
             bfloat16 = self.precision == "bfloat16"
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
                 vectors = self._model.encode_batch(torch.from_numpy(batch))[:, 0].float().numpy()
         return np.stack([normalise(vector) for vector in vectors])
+
+    @property
+    def streams(self) -> bool:
+        """Return True when this runtime can embed an utterance from a prefix (``prefix``, ``embed_after``)."""
+        return self._frames is not None
+
+    def prefix(self, audio: np.ndarray, cancel: Cancel | None = None) -> Prefix:
+        """Return the frame features of an utterance's beginning ``audio``, but for the last PREFIX_RIGHT.
+
+        The features are normalised with this beginning's statistics, which the rest of the
+        utterance changes a little: ``embed_after`` gives an estimate of ``embed``, not ``embed``.
+        ``cancel``: a handle that ends the call early (it then raises Cancelled).
+        """
+        decibels = self._features.decibels(np.asarray(audio, dtype=np.float32)[None])
+        frames = self._frame_features(self._features.normalise(decibels), cancel)
+        frames = frames[0, :, :max(0, decibels.shape[1] - PREFIX_RIGHT)]
+        return Prefix(audio.size, frames, self._pooling.project(frames))
+
+    def embed_after(self, audio: np.ndarray, prefix: Prefix) -> np.ndarray:
+        """Return an estimate of ``embed(audio)`` from the frames of ``prefix`` (of audio's beginning) and the rest.
+
+        Only the frames after the prefix are computed, from PREFIX_CONTEXT frames before them,
+        with the whole utterance's statistics; all frames are then pooled as ``embed`` pools them.
+        """
+        if audio.size < prefix.samples:
+            raise ValueError("the prefix is longer than the audio")
+        features = self._features(np.asarray(audio, dtype=np.float32)[None])
+        start = prefix.frames.shape[1]
+        low = max(0, start - PREFIX_CONTEXT)
+        rest = self._frame_features(np.ascontiguousarray(features[:, low:]))[0, :, start - low:]
+        frames = np.concatenate([prefix.frames, rest], axis=1)
+        return normalise(self._pooling(frames, np.concatenate([prefix.projected, self._pooling.project(rest)], axis=1)))
+
+    def _frame_features(self, features: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
+        """Run the frame part of the network: features (batch × frames × 80) → (batch × channels × frames)."""
+        session = self._wide if self._wide is not None and self.idle() else self._frames
+        try:
+            return session.run(None, {"features": features}, cancel.options if cancel else None)[0]
+        except Exception:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("the call was cancelled") from None
+            raise
+
+
+class Cancelled(RuntimeError):
+    """A call ended early through its ``Cancel`` handle."""
+
+
+class Cancel:
+    """A handle to end a running ``prefix`` call early, from another thread (ONNX Runtime's terminate flag)."""
+
+    def __init__(self):
+        import onnxruntime
+
+        self.options = onnxruntime.RunOptions()
+        self.cancelled = False
+
+    def __call__(self) -> None:
+        """End the call: ONNX Runtime stops between two of the network's operations."""
+        self.cancelled = True
+        self.options.terminate = True
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """ECAPA's frame features of the first ``samples`` of an utterance, but for its last frames."""
+
+    samples: int
+    frames: np.ndarray  # channels × frames
+    projected: np.ndarray  # Pooling.project(frames)
 
 
 def _onnx_session(path: Path, threads: int):
@@ -138,9 +224,9 @@ def onnx_export_current(model_dir: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     pinned = modelstore.MODELS["ecapa"].sha256[SOURCE_FILE]
-    if (about.get("source_sha256") != pinned or not (directory / ONNX_FILE).is_file()
-            or not (directory / FEATURES_FILE).is_file()):
-        logger.warning("the ONNX export in %s is not of the pinned ECAPA weights; PyTorch runs ECAPA", directory)
+    if (about.get("source_sha256") != pinned or about.get("format") != EXPORT_FORMAT
+            or not all((directory / name).is_file() for name in (FRAMES_FILE, POOLING_FILE, FEATURES_FILE))):
+        logger.warning("the ONNX export in %s is missing or not of the pinned ECAPA weights; PyTorch runs ECAPA", directory)
         return False
     return True
 
@@ -174,13 +260,20 @@ class Fbank:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Return the normalised features (batch × frames × 80, float32) of equal-length clips (batch × samples)."""
+        return self.normalise(self.decibels(batch))
+
+    def decibels(self, batch: np.ndarray) -> np.ndarray:
+        """Return the log-mel filterbanks in dB (batch × frames × 80); each frame depends on its own samples only."""
         half = self.n_fft // 2
         padded = np.pad(batch, ((0, 0), (half, half)))  # torch.stft(center=True, pad_mode="constant")
         frames = 1 + (padded.shape[1] - self.n_fft) // self.hop
         index = np.arange(self.n_fft)[None, :] + self.hop * np.arange(frames)[:, None]
         spectrum = np.fft.rfft(padded[:, index] * self.window, axis=-1)
         power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
-        decibels = self.multiplier * np.log10(np.maximum(power @ self.matrix, self.amin)) - self.db_offset
+        return self.multiplier * np.log10(np.maximum(power @ self.matrix, self.amin)) - self.db_offset
+
+    def normalise(self, decibels: np.ndarray) -> np.ndarray:
+        """Return ``decibels`` clipped under each clip's peak and less each clip's mean (sentence-level)."""
         decibels = np.maximum(decibels, decibels.max(axis=(1, 2), keepdims=True) - self.top_db)
         return (decibels - decibels.mean(axis=1, keepdims=True)).astype(np.float32)
 
@@ -195,9 +288,9 @@ def export_onnx(model_dir: str | os.PathLike, log=print) -> Path:
     from . import modelstore
 
     directory = Path(model_dir)
-    target = directory / ONNX_FILE
+    target = directory / FRAMES_FILE
     if onnx_export_current(directory):
-        log(f"ecapa: ONNX export present in {target}")
+        log(f"ecapa: ONNX export present in {directory}")
         return target
     encoder = SpeakerEncoder(directory, precision="float32", runtime="torch")
     mods = encoder._model.mods
@@ -214,40 +307,55 @@ def export_onnx(model_dir: str | os.PathLike, log=print) -> Path:
     features = Fbank(stft.window.numpy(), matrix.detach().numpy(), stft.hop_length, filters.amin,
                      filters.multiplier, filters.multiplier * filters.db_multiplier, filters.top_db)
 
-    class Embedding(torch.nn.Module):
-        """Features (batch × frames × 80) to embeddings (batch × 192)."""
+    from speechbrain.lobes.models.ECAPA_TDNN import TDNNBlock
+
+    class Frames(torch.nn.Module):
+        """Features (batch × frames × 80) to frame features (batch × channels × frames): ECAPA up to its pooling."""
 
         def __init__(self):
             super().__init__()
             self.network = network
 
         def forward(self, batch):
-            return self.network(batch)[:, 0, :]
+            x, outputs = batch.transpose(1, 2), []
+            for layer in self.network.blocks:
+                x = layer(x) if isinstance(layer, TDNNBlock) else layer(x, lengths=None)
+                outputs.append(x)
+            return self.network.mfa(torch.cat(outputs[1:], dim=1))
 
+    pooling = pooling_export(network)
     partial = target.with_name(target.name + ".partial")
-    torch.onnx.export(Embedding().eval(), (torch.randn(1, 200, 80),), str(partial), input_names=["features"],
-                      output_names=["embedding"], opset_version=17, dynamo=False,
-                      dynamic_axes={"features": {0: "batch", 1: "frames"}, "embedding": {0: "batch"}})
+    torch.onnx.export(Frames().eval(), (torch.randn(1, 200, 80),), str(partial), input_names=["features"],
+                      output_names=["frames"], opset_version=17, dynamo=False,
+                      dynamic_axes={"features": {0: "batch", 1: "frames"}, "frames": {0: "batch", 2: "frames"}})
     session = _onnx_session(partial, 1)
-    rng = np.random.default_rng(0)
     worst = 1.0
-    for seconds in (0.1, 1.0, 2.0, 7.3):
-        # Noise with a voice-like spectral tilt and loudness changes, as speech has.
-        audio = np.cumsum(rng.standard_normal(int(seconds * 16000))) * 0.01
-        audio = (audio - np.convolve(audio, np.ones(64) / 64, "same")) * (1 + np.sin(np.arange(audio.size) / 1600))
-        audio = audio.astype(np.float32)
-        exported = normalise(session.run(None, {"features": features(audio[None])})[0][0])
+    for audio in probe_signals():
+        exported = normalise(pooling(session.run(None, {"features": features(audio[None])})[0][0]))
         worst = min(worst, cosine(encoder.embed(audio), exported))
     if worst < ONNX_MIN_COSINE:
         partial.unlink()
         raise modelstore.ModelError(f"the ONNX export of ECAPA differs from SpeechBrain (cosine {worst:.6f}); not kept")
     features.save(directory / FEATURES_FILE)
+    pooling.save(directory / POOLING_FILE)
     os.replace(partial, target)
-    about = {"source_sha256": modelstore.MODELS["ecapa"].sha256[SOURCE_FILE], "torch": torch.__version__,
-             "opset": 17, "min_cosine_to_speechbrain": round(worst, 7)}
+    (directory / "embedding_model.onnx").unlink(missing_ok=True)  # the whole network, as earlier versions exported it
+    about = {"source_sha256": modelstore.MODELS["ecapa"].sha256[SOURCE_FILE], "format": EXPORT_FORMAT,
+             "torch": torch.__version__, "opset": 17, "min_cosine_to_speechbrain": round(worst, 7)}
     (directory / ONNX_ABOUT).write_text(json.dumps(about, indent=1) + "\n")
-    log(f"ecapa: exported to ONNX in {target} (cosine to SpeechBrain {worst:.6f})")
+    log(f"ecapa: exported to ONNX in {directory} (cosine to SpeechBrain {worst:.6f})")
     return target
+
+
+def probe_signals() -> list[np.ndarray]:
+    """Return the export check's signals: noise with a voice-like spectral tilt and loudness changes, 0.1-7.3 s."""
+    rng = np.random.default_rng(0)
+    signals = []
+    for seconds in (0.1, 1.0, 2.0, 7.3):
+        audio = np.cumsum(rng.standard_normal(int(seconds * 16000))) * 0.01
+        audio = (audio - np.convolve(audio, np.ones(64) / 64, "same")) * (1 + np.sin(np.arange(audio.size) / 1600))
+        signals.append(audio.astype(np.float32))
+    return signals
 
 
 def fast_bfloat16() -> bool:

@@ -129,6 +129,17 @@ class ClipBuffer:
             raise SessionError("too_long", f"{self.what} may last at most {self.max_seconds:g} s")
         self._chunks.append(samples)
 
+    @property
+    def samples(self) -> int:
+        """Return how many samples were collected."""
+        return self._samples
+
+    def peek(self) -> np.ndarray:
+        """Return the audio collected so far, keeping it."""
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0] if self._chunks else np.zeros(0, dtype=np.float32)
+
     def take(self) -> np.ndarray:
         """Return the audio collected and start empty again."""
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)

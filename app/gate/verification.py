@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 
-from . import calibration, decide, gallery, store
-from .. import tokens
+from . import calibration, decide, early, gallery, store
+from .. import metrics, tokens
 from .base import PROBLEM_MESSAGES, ClipBuffer, Context, SessionError, new_request_id, run_model, seconds, standing
 from .challenge import Challenge, answered, new_challenge
 
@@ -25,7 +26,8 @@ def challenge_required(ctx: Context) -> bool:
 
 
 def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_id: str | None = None,
-                 kind: str = "verify", *, limit: bool = True, challenge: Challenge | None = None) -> dict:
+                 kind: str = "verify", *, limit: bool = True, challenge: Challenge | None = None,
+                 estimate: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
     """Decide whether ``audio`` is the claimed user's voice (1:1), or whose it is (1:N).
 
     Returns the result: state (accept, reject, replay, no_speech, not_enough_speech, locked
@@ -37,6 +39,9 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     only when the voice verifies and the transcript of the same audio says the digits
     (else ``challenge_failed``; too late: ``challenge_expired``). Any other kind (transcribe)
     decides on the voice alone, and then issues no token while the challenge is on.
+
+    ``estimate``: audio → an estimate of its embedding from work done while it was said
+    (early.py); a close call is then decided on the whole utterance's embedding.
     """
     policy = ctx.policy
     request_id = request_id or new_request_id()
@@ -56,13 +61,14 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
         return _shown(ctx, {**result, "state": "locked", "retry_after": hold.wait,
                             "message": f"{PROBLEM_MESSAGES['locked']} (in {hold.wait} s)"})
     try:
-        return _decide(ctx, audio, claimed, login, limit, challenge, result, audit, hold)
+        return _decide(ctx, audio, claimed, login, limit, challenge, result, audit, hold, estimate)
     finally:
         store.let_go(hold)  # ended without a decision on the voice (no speech, an error): no failure
 
 
 def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, limit: bool,
-            challenge: Challenge | None, result: dict, audit: store.Audit, hold: store.Hold | None) -> dict:
+            challenge: Challenge | None, result: dict, audit: store.Audit, hold: store.Hold | None,
+            estimate: Callable[[np.ndarray], np.ndarray] | None) -> dict:
     """Decide a voice attempt let through the client's limits (``hold`` counts it as a failure until decided)."""
     policy = ctx.policy
     if login and challenge is not None and challenge.expired():
@@ -83,7 +89,7 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
         store.record(replace(audit, decision=state, reason=state))
         return _shown(ctx, {**result, "state": state})
 
-    embedding = run_model(ctx, ctx.engines.speaker.embed, audio)
+    embedding = run_model(ctx, estimate or ctx.engines.speaker.embed, audio)
     if problem:
         # Decided like a wrong voice, after the same work, so that a stranger cannot tell the two apart.
         store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
@@ -91,21 +97,22 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
                                      claimed_user=None if problem == "unknown_user" else claimed),
                              counted=limit, hold=hold)
         return _shown(ctx, {**result, "state": "reject"})
-    voices = gallery.current()
+    match, account, copy = _judge(embedding, claimed, policy, quality)
+    if estimate is not None and (early.close_call(match, policy) or (
+            copy is not None and abs(copy - policy.replay_similarity) < early.REPLAY_BAND)):
+        # Near a threshold, the estimate's small error could be the decision: take the whole utterance.
+        metrics.count_login_embedding("close_call")
+        embedding = run_model(ctx, ctx.engines.speaker.embed, audio)
+        match, account, copy = _judge(embedding, claimed, policy, quality)
+    elif estimate is not None:
+        metrics.count_login_embedding("estimate")
     if claimed:
-        voiceprint = store.find_user(claimed).voiceprint
-        match = decide.verify_among(embedding, voiceprint.centroid_vector(), claimed, voices.names, voices.columns,
-                                    policy, quality, row=voices.rows.get(claimed), stats=voices.stats,
-                                    channels=voiceprint.channel_vectors())
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
     else:
-        match = decide.identify_among(embedding, voices.names, voices.columns, policy, quality, stats=voices.stats)
         audit = replace(audit, decision=match.state, score=match.score, matched_user=match.user,
                         reason=None if match.state == "accept" else "unknown_speaker")
-    account = store.find_user(match.user) if match.state == "accept" else None
     if account is not None:
-        copy = replay_similarity(embedding, store.given_voices(account, policy.replay_seconds))
         if copy >= policy.replay_similarity:
             # A near-copy of audio the user already gave: a recording of it, not the person.
             store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
@@ -138,6 +145,22 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
     return _shown(ctx, result)
 
 
+def _judge(embedding: np.ndarray, claimed: str | None, policy, quality: calibration.Quality):
+    """Return the match of ``embedding`` (to ``claimed``, or 1:N), the account accepted (or None), and its replay similarity."""
+    voices = gallery.current()
+    if claimed:
+        voiceprint = store.find_user(claimed).voiceprint
+        match = decide.verify_among(embedding, voiceprint.centroid_vector(), claimed, voices.names, voices.columns,
+                                    policy, quality, row=voices.rows.get(claimed), stats=voices.stats,
+                                    channels=voiceprint.channel_vectors())
+    else:
+        match = decide.identify_among(embedding, voices.names, voices.columns, policy, quality, stats=voices.stats)
+    account = store.find_user(match.user) if match.state == "accept" else None
+    if account is None:
+        return match, None, None
+    return match, account, replay_similarity(embedding, store.given_voices(account, policy.replay_seconds))
+
+
 def replay_similarity(embedding: np.ndarray, given: np.ndarray) -> float:
     """Return the highest cosine of ``embedding`` to the unit embeddings ``given`` (rows)."""
     if given.size == 0:
@@ -162,6 +185,9 @@ class VerifySession:
         self.request_id = new_request_id()
         self.done = False
         self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "an utterance")
+        # The voice's work while the person speaks, where the speaker model can split it (early.py).
+        speaker = ctx.engines.speaker
+        self._early = early.EarlyFrames(speaker, ctx.engines.pool) if getattr(speaker, "streams", False) else None
         # Fresh for this session and used by its one decision: single-use and bound to it.
         self.challenge = new_challenge() if challenge_required(ctx) else None
 
@@ -174,16 +200,24 @@ class VerifySession:
     def audio(self, samples: np.ndarray) -> list[dict]:
         """Take more of the utterance."""
         self._buffer.add(samples)
+        if self._early is not None:
+            self._early.offer(self._buffer.peek, self._buffer.samples)
         return []
 
     def stop(self) -> list[dict]:
         """Decide on the utterance received and end the session."""
         self.done = True
-        return [verify_audio(self.ctx, self._buffer.take(), self.claimed, self.request_id, challenge=self.challenge)]
+        estimate = self._early.estimator(self._buffer.samples) if self._early is not None else None
+        if self._early is not None and estimate is None:
+            metrics.count_login_embedding("whole")
+        return [verify_audio(self.ctx, self._buffer.take(), self.claimed, self.request_id, challenge=self.challenge,
+                             estimate=estimate)]
 
     def poll(self) -> list[dict]:
         """Nothing arrives between messages in a verification."""
         return []
 
     def close(self) -> None:
-        """Nothing to give back."""
+        """Drop an early pass not yet started."""
+        if self._early is not None:
+            self._early.close()

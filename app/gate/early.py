@@ -1,0 +1,125 @@
+"""A streamed voice login's work while the person speaks: ECAPA's frame features of what was said so far.
+
+Whenever STEP_SECONDS more audio has come and the inference pool has room for courtesy work,
+the frame features of everything so far are computed (``SpeakerEncoder.prefix``). After
+``stop``, only the frames after the newest prefix are left (``SpeakerEncoder.embed_after``):
+about a third of the work for a 5 s utterance, and a prefix still running is cancelled.
+
+That estimate is close to the whole utterance's embedding but not equal to it: a prefix's
+features are normalised on the beginning's statistics. A decision it makes near a threshold
+(``close_call``) is made again on the whole utterance, so that decisions are the whole
+utterance's (bench/early.py measures both on speech-more: docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, wait
+from typing import Callable
+
+import numpy as np
+
+from ..audio.vad import SAMPLE_RATE
+from ..engines.pool import Busy
+from ..engines.speaker import Cancel, Cancelled
+from .decide import Match
+from .policy import Policy
+
+logger = logging.getLogger(__name__)
+
+# Below this much audio a prefix saves little (its last frames and the context are redone).
+MIN_SECONDS = 2.0
+# How much more audio starts the next prefix (each covers everything so far): with a lone
+# login, one prefix after another, each ending a pass (about 0.1 s) before the audio.
+STEP_SECONDS = 0.15
+# A prefix that ends longer than this before the utterance is not used: its estimate strays
+# further, and most of the work would be left (a client that sends faster than it speaks).
+MAX_LATE_SECONDS = 0.45
+# How far the estimate may move a score without a close call: about 1.5 times the largest
+# change measured on speech-more with prefixes up to MAX_LATE_SECONDS late (bench/early.py):
+# the raw cosine to the voiceprint, its calibrated score, and the cosine to the user's own
+# clips that tells a replayed recording.
+RAW_BAND = 0.1
+CALIBRATED_BAND = 1.0
+REPLAY_BAND = 0.07
+# How long a cancelled prefix may take to let its worker go.
+CANCEL_WAIT_SECONDS = 0.05
+
+
+def close_call(match: Match, policy: Policy) -> bool:
+    """Return True when an estimate's decision lies near enough to a threshold to be made on the whole utterance."""
+    if match.score is None:
+        return False
+    if match.calibrated is not None and match.calibrated_threshold is not None:
+        if abs(match.calibrated - match.calibrated_threshold) < CALIBRATED_BAND:
+            return True
+        if match.calibrated < match.calibrated_threshold:
+            return False  # refused on the calibrated score whatever the raw ones say
+    # An accept also needs the raw cosine over the policy's floor, and when identifying, the
+    # best raw cosine over the runner-up's (which moves too) by the policy's margin.
+    if abs(match.score - policy.threshold) < RAW_BAND:
+        return True
+    return match.runner_up is not None and abs(match.score - match.runner_up - policy.identify_margin) < 2 * RAW_BAND
+
+
+class EarlyFrames:
+    """The prefixes of one streamed utterance, computed on the pool as courtesy work."""
+
+    def __init__(self, speaker, pool):
+        self._speaker, self._pool = speaker, pool
+        self._running: Future | None = None
+        self._cancel: Cancel | None = None
+        self._latest = None
+        self._asked = 0  # samples of the newest prefix started
+
+    def offer(self, so_far: Callable[[], np.ndarray], samples: int) -> None:
+        """Start a prefix of the audio so far (``samples`` long) when enough has come and the pool has room."""
+        self._collect()
+        if (self._running is not None or samples < MIN_SECONDS * SAMPLE_RATE
+                or samples - self._asked < STEP_SECONDS * SAMPLE_RATE or not self._pool.courtesy_room()):
+            return
+        self._cancel = Cancel()
+        try:
+            self._running = self._pool.submit_courtesy(self._speaker.prefix, so_far(), self._cancel)
+        except Busy:
+            return
+        self._asked = samples
+
+    def estimator(self, samples: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """At ``stop`` of an utterance ``samples`` long: return audio → the estimate from the newest
+        finished prefix, or None when none ends close enough to the end.
+
+        A prefix still running is cancelled, not waited for: it would hold the cores the
+        estimate (or the whole utterance) needs, for longer than either takes.
+        """
+        self._collect()
+        self.close()
+        prefix = self._latest
+        if prefix is None or samples - prefix.samples > MAX_LATE_SECONDS * SAMPLE_RATE:
+            return None
+
+        def embed(audio: np.ndarray) -> np.ndarray:  # named so, it is timed as a voice check (metrics.py)
+            return self._speaker.embed_after(audio, prefix)
+        return embed
+
+    def close(self) -> None:
+        """End the prefix in flight, if any (a decision no longer needs it)."""
+        if self._running is not None:
+            self._running.cancel()
+            self._cancel()
+            # ONNX Runtime stops at its next operation: let the worker go before the decision's
+            # own call, which then finds the pool idle and takes every core.
+            wait([self._running], timeout=CANCEL_WAIT_SECONDS)
+            self._collect()  # a prefix that finished all the same is kept
+            self._running = None
+
+    def _collect(self) -> None:
+        if self._running is None or not self._running.done():
+            return
+        try:
+            if not self._running.cancelled():
+                self._latest = self._running.result()
+        except Cancelled:
+            pass
+        except Exception:  # the whole utterance is then computed after stop, as without prefixes
+            logger.warning("an early ECAPA pass failed", exc_info=True)
+        self._running = None

@@ -1,0 +1,119 @@
+"""A voice login spoken live is decided from the work done while the person spoke (app/gate/early.py).
+
+The server embeds the frames of what was said so far during the login; after ``stop`` only the
+last frames are left. The estimate is close to the whole utterance's embedding, and a decision
+near a threshold is made on the whole utterance.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+import requests
+import websocket
+
+from app.engines.speaker import PREFIX_CONTEXT, cosine
+from app.gate import early
+from bench.data import pcm16
+
+from .conftest import PCM16K, serve_enrolled
+
+LOGIN = "wav/ljspeech/LJ001-0004.wav"  # 5.1 s, not one of the enrollment clips
+SAME = 2e-4  # scores of one embedding, rounded, computed on one thread or two
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, engines, speech):
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("early"), engines, speech)
+    yield live
+    stop()
+
+
+def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
+    """Log in as ``user`` over the WebSocket; return the result.
+
+    All but the last 0.3 s of ``audio`` is sent at once, then, ``settle`` seconds later (time for
+    the server to work on it even on a busy machine, as it has while a person speaks in real
+    time), the last 0.3 s and ``stop``.
+    """
+    ws = websocket.create_connection(live.ws_url, timeout=60)
+    try:
+        ws.send(json.dumps({"type": "start", "mode": "verify", "user": user, "format": PCM16K}))
+        assert json.loads(ws.recv())["type"] == "ready"
+        end = audio.size - 4800
+        ws.send_binary(pcm16(audio[:end]))
+        time.sleep(settle)
+        ws.send_binary(pcm16(audio[end:]))
+        ws.send(json.dumps({"type": "stop"}))
+        while True:
+            reply = json.loads(ws.recv())
+            if reply["type"] in ("result", "error"):
+                return reply
+    finally:
+        ws.close()
+
+
+def whole(live, user: str, path) -> dict:
+    """Verify the file in one HTTP request: decided on the whole utterance."""
+    reply = requests.post(f"{live.url}/api/v1/verify", params={"user": user}, data=path.read_bytes(),
+                          headers={"Content-Type": "audio/wav"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_the_estimate_from_a_prefix_is_the_embedding_or_close_to_it(engines, speech):
+    speaker = engines.speaker
+    assert speaker.streams  # the service's ONNX runtime splits ECAPA into frames and pooling
+    audio = speech.load(LOGIN)
+    exact = speaker.embed(audio)
+    # A prefix too short to keep any frame leaves every frame to compute: the embedding itself.
+    assert cosine(speaker.embed_after(audio, speaker.prefix(audio[:4000])), exact) > 0.99999
+    # A prefix that ends 0.5 s before the end leaves under half the frames, and moves the vector little.
+    prefix = speaker.prefix(audio[:audio.size - 8000])
+    left = audio.size // 160 + 1 - (prefix.frames.shape[1] - PREFIX_CONTEXT)
+    assert left < 0.5 * (audio.size // 160 + 1)
+    assert 0.98 < cosine(speaker.embed_after(audio, prefix), exact) < 0.99999
+    with pytest.raises(ValueError):
+        speaker.embed_after(audio[:8000], prefix)
+
+
+def embedded(live) -> dict[str, float]:
+    """Return the server's counts of streamed logins by how they were embedded (GET /metrics)."""
+    text = requests.get(f"{live.url}/metrics", timeout=10).text
+    found = re.findall(r'^voicegate_streamed_login_embeddings_total\{source="(\w+)"\} (\S+)$', text, re.M)
+    return {source: float(count) for source, count in found}
+
+
+def test_a_login_spoken_live_is_decided_from_the_work_done_while_speaking(server, speech):
+    audio = speech.load(LOGIN)
+    reference = whole(server, "lj", speech.path(LOGIN))
+    before = embedded(server)
+    live = speak(server, "lj", audio)
+    after = embedded(server)
+    assert (live["state"], reference["state"]) == ("accept", "accept"), (live, reference)
+    assert after.get("estimate", 0) == before.get("estimate", 0) + 1, (before, after, live, reference)
+    assert abs(live["score"] - reference["score"]) < early.RAW_BAND, (live["score"], reference["score"])
+    # Audio that arrives all at once leaves no finished prefix: decided on the whole utterance.
+    at_once = speak(server, "lj", audio, settle=0)
+    assert embedded(server).get("whole", 0) == after.get("whole", 0) + 1
+    assert at_once["score"] == pytest.approx(reference["score"], abs=SAME), (at_once, reference)
+
+
+def test_a_close_call_is_decided_on_the_whole_utterance(server, speech):
+    audio = speech.load(LOGIN)
+    reference = whole(server, "lj", speech.path(LOGIN))
+    floor = server.app.config.get("POLICY_THRESHOLD")
+    server.app.config["POLICY_THRESHOLD"] = reference["score"] - early.RAW_BAND / 4  # the raw floor, just under
+    before = embedded(server)
+    try:
+        live = speak(server, "lj", audio)
+    finally:
+        if floor is None:
+            server.app.config.pop("POLICY_THRESHOLD")
+        else:
+            server.app.config["POLICY_THRESHOLD"] = floor
+    assert embedded(server).get("close_call", 0) == before.get("close_call", 0) + 1
+    assert live["state"] == "accept" and live["score"] == pytest.approx(reference["score"], abs=SAME), (live, reference)

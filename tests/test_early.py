@@ -35,17 +35,22 @@ def server(tmp_path_factory, engines, speech):
 def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
     """Log in as ``user`` over the WebSocket; return the result.
 
-    All but the last 0.3 s of ``audio`` is sent at once, then, ``settle`` seconds later (time for
-    the server to work on it even on a busy machine, as it has while a person speaks in real
-    time), the last 0.3 s and ``stop``.
+    All but the last 0.3 s of ``audio`` is sent in 100 ms frames at twice real-time pace, then,
+    ``settle`` seconds later (time for the server to finish its work on what came, even on a busy
+    machine), the last 0.3 s and ``stop``. ``settle=0``: everything at once, as a file is sent.
     """
     ws = websocket.create_connection(live.ws_url, timeout=60)
     try:
         ws.send(json.dumps({"type": "start", "mode": "verify", "user": user, "format": PCM16K}))
         assert json.loads(ws.recv())["type"] == "ready"
         end = audio.size - 4800
-        ws.send_binary(pcm16(audio[:end]))
-        time.sleep(settle)
+        if settle:
+            for start in range(0, end, 1600):
+                ws.send_binary(pcm16(audio[start:min(start + 1600, end)]))
+                time.sleep(0.05)
+            time.sleep(settle)
+        else:
+            ws.send_binary(pcm16(audio[:end]))
         ws.send_binary(pcm16(audio[end:]))
         ws.send(json.dumps({"type": "stop"}))
         while True:

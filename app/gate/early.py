@@ -13,6 +13,7 @@ utterance's (bench/early.py measures both on speech-more: docs/benchmarks.md).
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future, wait
 from typing import Callable
 
@@ -41,6 +42,9 @@ MAX_LATE_SECONDS = 0.45
 RAW_BAND = 0.1
 CALIBRATED_BAND = 1.0
 REPLAY_BAND = 0.07
+# Audio that arrives faster than this many seconds a second (a file sent at once) gets no
+# prefix: the rest would arrive before it is done, and be left for after stop all the same.
+MAX_PACE = 2.0
 # How long a cancelled prefix may take to let its worker go.
 CANCEL_WAIT_SECONDS = 0.05
 
@@ -70,12 +74,15 @@ class EarlyFrames:
         self._cancel: Cancel | None = None
         self._latest = None
         self._asked = 0  # samples of the newest prefix started
+        self._began = time.monotonic()
 
     def offer(self, so_far: Callable[[], np.ndarray], samples: int) -> None:
         """Start a prefix of the audio so far (``samples`` long) when enough has come and the pool has room."""
         self._collect()
         if (self._running is not None or samples < MIN_SECONDS * SAMPLE_RATE
-                or samples - self._asked < STEP_SECONDS * SAMPLE_RATE or not self._pool.courtesy_room()):
+                or samples - self._asked < STEP_SECONDS * SAMPLE_RATE
+                or samples / SAMPLE_RATE > MAX_PACE * (time.monotonic() - self._began)
+                or not self._pool.courtesy_room()):
             return
         self._cancel = Cancel()
         try:

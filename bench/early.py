@@ -53,6 +53,8 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
     out = {"trials": len(speech.trials), "files": len(files),
            "whole_accepts": sum(m.state == "accept" for m in exact), "by_late_seconds": {}}
     for seconds in late:
+        # The service's bands for this lateness; past its last, the last one's (to see how they hold).
+        bands = early.bands(min(seconds, early.MAX_LATE_SECONDS))
         estimates, timings = {}, []
         for path in {t.test for t in speech.trials}:
             samples = audio[path]
@@ -71,7 +73,7 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
             raw_moves.append(abs(match.score - whole_match.score))
             calibrated_moves.append(abs(match.calibrated - whole_match.calibrated))
             changed += match.state != whole_match.state
-            if early.close_call(match, policy):
+            if early.close_call(match, policy, bands):
                 redecided += 1
             else:
                 changed_after_rule += match.state != whole_match.state
@@ -84,12 +86,12 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
             copy_moves.append(abs(copy - copies[path]))
             flipped = (copy >= policy.replay_similarity) != (copies[path] >= policy.replay_similarity)
             replay_changed += flipped
-            if abs(copy - policy.replay_similarity) < early.REPLAY_BAND:
+            if abs(copy - policy.replay_similarity) < bands.replay:
                 replay_redecided += 1
             else:
                 replay_changed_after += flipped
         out["by_late_seconds"][f"{seconds:g}"] = {
-            "trials_estimated": estimated,
+            "trials_estimated": estimated, "bands": vars(bands),
             "raw_score_change": _spread(raw_moves), "calibrated_score_change": _spread(calibrated_moves),
             "decisions_changed_by_the_estimate": changed,
             "redecided_on_the_whole_utterance": redecided,
@@ -156,9 +158,9 @@ def report_section(results: dict) -> list[str]:
              "so far are computed while the person speaks, and after `stop` only the frames after that prefix "
              "(`app/gate/early.py`). Every trial is decided on the estimate and on the whole utterance with the "
              "service's scoring, the prefix ending the given time before the end of the audio. A decision the "
-             f"estimate makes within {early.CALIBRATED_BAND:g} of the calibrated threshold, {early.RAW_BAND:g} of the "
-             f"raw floor, or {early.REPLAY_BAND:g} of the replay cosine is made again on the whole utterance; the "
-             f"service uses prefixes up to {early.MAX_LATE_SECONDS:g} s late.", "",
+             f"estimate makes within {early.MARGIN:g} times the largest change measured here of a threshold (the "
+             "calibrated one, the raw floor, the replay cosine) is made again on the whole utterance "
+             f"(`early.MEASURED_CHANGES`); the service uses prefixes up to {early.MAX_LATE_SECONDS:g} s late.", "",
              "| set | prefix ends before the end | trials | raw score change p99 / max | calibrated change p99 / max "
              "| replay cosine change p99 / max | decisions changed by the estimate (verify / replay) "
              "| re-decided on the whole utterance | decisions changed after that | frames left after stop (median) |",

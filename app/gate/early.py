@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, wait
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -32,16 +33,25 @@ MIN_SECONDS = 2.0
 # How much more audio starts the next prefix (each covers everything so far): with a lone
 # login, one prefix after another, each ending a pass (about 0.1 s) before the audio.
 STEP_SECONDS = 0.15
-# A prefix that ends longer than this before the utterance is not used: its estimate strays
-# further, and most of the work would be left (a client that sends faster than it speaks).
-MAX_LATE_SECONDS = 0.45
-# How far the estimate may move a score without a close call: about 1.5 times the largest
-# change measured on speech-more with prefixes up to MAX_LATE_SECONDS late (bench/early.py):
-# the raw cosine to the voiceprint, its calibrated score, and the cosine to the user's own
-# clips that tells a replayed recording.
-RAW_BAND = 0.1
-CALIBRATED_BAND = 1.0
-REPLAY_BAND = 0.07
+
+
+@dataclass(frozen=True)
+class Bands:
+    """How far an estimate may move each score: the raw cosine to the voiceprint, its calibrated
+    score, and the highest cosine to the user's own clips (which tells a replayed recording)."""
+
+    raw: float
+    calibrated: float
+    replay: float
+
+
+# The largest changes the estimate made on speech-more (bench/early.py, docs/benchmarks.md) with
+# prefixes ending up to the given seconds before the utterance. A decision within MARGIN times
+# these of a threshold is a close call. A prefix later than the last is not used: its estimate
+# strays further, and most of the work would be left (a client that sends faster than it speaks).
+MEASURED_CHANGES = ((0.3, Bands(0.048, 0.65, 0.030)), (0.45, Bands(0.057, 0.65, 0.047)))
+MARGIN = 1.5
+MAX_LATE_SECONDS = MEASURED_CHANGES[-1][0]
 # Audio that arrives faster than this many seconds a second (a file sent at once) gets no
 # prefix: the rest would arrive before it is done, and be left for after stop all the same.
 MAX_PACE = 2.0
@@ -49,20 +59,38 @@ MAX_PACE = 2.0
 CANCEL_WAIT_SECONDS = 0.05
 
 
-def close_call(match: Match, policy: Policy) -> bool:
-    """Return True when an estimate's decision lies near enough to a threshold to be made on the whole utterance."""
+def bands(late_seconds: float) -> Bands:
+    """Return the close-call bands of an estimate from a prefix ``late_seconds`` before the end."""
+    for late, measured in MEASURED_CHANGES:
+        if late_seconds <= late:
+            return Bands(measured.raw * MARGIN, measured.calibrated * MARGIN, measured.replay * MARGIN)
+    raise ValueError(f"no measured bands for a prefix {late_seconds:g} s before the end")
+
+
+def close_call(match: Match, policy: Policy, bands: Bands, copy: float | None = None) -> bool:
+    """Return True when an estimate's decision (and replay cosine ``copy``) lies within ``bands`` of a threshold."""
+    if copy is not None and abs(copy - policy.replay_similarity) < bands.replay:
+        return True
     if match.score is None:
         return False
     if match.calibrated is not None and match.calibrated_threshold is not None:
-        if abs(match.calibrated - match.calibrated_threshold) < CALIBRATED_BAND:
+        if abs(match.calibrated - match.calibrated_threshold) < bands.calibrated:
             return True
         if match.calibrated < match.calibrated_threshold:
             return False  # refused on the calibrated score whatever the raw ones say
     # An accept also needs the raw cosine over the policy's floor, and when identifying, the
     # best raw cosine over the runner-up's (which moves too) by the policy's margin.
-    if abs(match.score - policy.threshold) < RAW_BAND:
+    if abs(match.score - policy.threshold) < bands.raw:
         return True
-    return match.runner_up is not None and abs(match.score - match.runner_up - policy.identify_margin) < 2 * RAW_BAND
+    return match.runner_up is not None and abs(match.score - match.runner_up - policy.identify_margin) < 2 * bands.raw
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How to estimate an utterance's embedding (``embed(audio)``) from a prefix, and how close a call is for it."""
+
+    embed: Callable[[np.ndarray], np.ndarray]
+    bands: Bands
 
 
 class EarlyFrames:
@@ -91,9 +119,9 @@ class EarlyFrames:
             return
         self._asked = samples
 
-    def estimator(self, samples: int) -> Callable[[np.ndarray], np.ndarray] | None:
-        """At ``stop`` of an utterance ``samples`` long: return audio → the estimate from the newest
-        finished prefix, or None when none ends close enough to the end.
+    def estimator(self, samples: int) -> Estimate | None:
+        """At ``stop`` of an utterance ``samples`` long: return the estimate from the newest finished
+        prefix, or None when none ends close enough to the end.
 
         A prefix still running is cancelled, not waited for: it would hold the cores the
         estimate (or the whole utterance) needs, for longer than either takes.
@@ -106,7 +134,7 @@ class EarlyFrames:
 
         def embed(audio: np.ndarray) -> np.ndarray:  # named so, it is timed as a voice check (metrics.py)
             return self._speaker.embed_after(audio, prefix)
-        return embed
+        return Estimate(embed, bands((samples - prefix.samples) / SAMPLE_RATE))
 
     def close(self) -> None:
         """End the prefix in flight, if any (a decision no longer needs it)."""

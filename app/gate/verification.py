@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 
@@ -27,7 +26,7 @@ def challenge_required(ctx: Context) -> bool:
 
 def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_id: str | None = None,
                  kind: str = "verify", *, limit: bool = True, challenge: Challenge | None = None,
-                 estimate: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+                 estimate: early.Estimate | None = None) -> dict:
     """Decide whether ``audio`` is the claimed user's voice (1:1), or whose it is (1:N).
 
     Returns the result: state (accept, reject, replay, no_speech, not_enough_speech, locked
@@ -40,7 +39,7 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
     (else ``challenge_failed``; too late: ``challenge_expired``). Any other kind (transcribe)
     decides on the voice alone, and then issues no token while the challenge is on.
 
-    ``estimate``: audio → an estimate of its embedding from work done while it was said
+    ``estimate``: how to estimate the embedding from work done while the audio was said
     (early.py); a close call is then decided on the whole utterance's embedding.
     """
     policy = ctx.policy
@@ -68,7 +67,7 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
 
 def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, limit: bool,
             challenge: Challenge | None, result: dict, audit: store.Audit, hold: store.Hold | None,
-            estimate: Callable[[np.ndarray], np.ndarray] | None) -> dict:
+            estimate: early.Estimate | None) -> dict:
     """Decide a voice attempt let through the client's limits (``hold`` counts it as a failure until decided)."""
     policy = ctx.policy
     if login and challenge is not None and challenge.expired():
@@ -89,7 +88,7 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
         store.record(replace(audit, decision=state, reason=state))
         return _shown(ctx, {**result, "state": state})
 
-    embedding = run_model(ctx, estimate or ctx.engines.speaker.embed, audio)
+    embedding = run_model(ctx, estimate.embed if estimate else ctx.engines.speaker.embed, audio)
     if problem:
         # Decided like a wrong voice, after the same work, so that a stranger cannot tell the two apart.
         store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
@@ -98,8 +97,7 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
                              counted=limit, hold=hold)
         return _shown(ctx, {**result, "state": "reject"})
     match, account, copy = _judge(embedding, claimed, policy, quality)
-    if estimate is not None and (early.close_call(match, policy) or (
-            copy is not None and abs(copy - policy.replay_similarity) < early.REPLAY_BAND)):
+    if estimate is not None and early.close_call(match, policy, estimate.bands, copy):
         # Near a threshold, the estimate's small error could be the decision: take the whole utterance.
         metrics.count_login_embedding("close_call")
         embedding = run_model(ctx, ctx.engines.speaker.embed, audio)

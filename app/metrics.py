@@ -32,8 +32,9 @@ TRANSCRIPT_SECONDS = Histogram(
 _TIMED = {"embed": VERIFICATION_SECONDS, "transcribe": TRANSCRIPT_SECONDS}
 LOGIN_EMBEDDINGS = Counter(
     "voicegate_streamed_login_embeddings", "How streamed voice logins were embedded after stop: from the work "
-    "done while the person spoke (estimate), that and again on the whole utterance for a close call (close_call), "
-    "or on the whole utterance (whole: no finished prefix near the end)", ["source"], registry=REGISTRY)
+    "done while the person spoke (estimate: an accept far from every threshold), that and again on the whole "
+    "utterance (redecided: a refusal or a close call), or on the whole utterance (whole: no finished prefix "
+    "near the end)", ["source"], registry=REGISTRY)
 
 
 def count_decision(kind: str, surface: str, state: str) -> None:
@@ -42,7 +43,7 @@ def count_decision(kind: str, surface: str, state: str) -> None:
 
 
 def count_login_embedding(source: str) -> None:
-    """Count how one streamed voice login was embedded (estimate, close_call, whole)."""
+    """Count how one streamed voice login was embedded (estimate, redecided, whole)."""
     LOGIN_EMBEDDINGS.labels(source).inc()
 
 

@@ -8,8 +8,8 @@ to compute (``embed_after``). The estimate is not the whole utterance's embeddin
 trial of each set is decided both ways with the service's scoring (AS-norm on the shipped
 cohort, calibration, the policy's target and floor), the prefix ending ``--late`` seconds before
 the end of the audio. Reported: how far the estimate's scores move, how many decisions change,
-and how many change or are re-decided on the whole utterance under the service's rule for close
-calls (``app.gate.early.close_call``), with the work left after ``stop``.
+how many the service makes again on the whole utterance (every refusal and every close call:
+``app.gate.early.settled``) and how many still change, with the work left after ``stop``.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
             prefix = engines.speaker.prefix(samples[:cut])
             estimates[path] = engines.speaker.embed_after(samples, prefix)
             timings.append(_left_after_stop(samples, prefix))
-        changed = moved_raw = moved_calibrated = redecided = changed_after_rule = 0
+        changed = redecided = changed_after_rule = 0
         raw_moves, calibrated_moves = [], []
         for trial, whole_match in zip(speech.trials, exact):
             if trial.test not in estimates:
@@ -73,7 +73,7 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
             raw_moves.append(abs(match.score - whole_match.score))
             calibrated_moves.append(abs(match.calibrated - whole_match.calibrated))
             changed += match.state != whole_match.state
-            if early.close_call(match, policy, bands):
+            if not early.settled(match, policy, bands):
                 redecided += 1
             else:
                 changed_after_rule += match.state != whole_match.state
@@ -158,9 +158,10 @@ def report_section(results: dict) -> list[str]:
              "so far are computed while the person speaks, and after `stop` only the frames after that prefix "
              "(`app/gate/early.py`). Every trial is decided on the estimate and on the whole utterance with the "
              "service's scoring, the prefix ending the given time before the end of the audio. A decision the "
-             f"estimate makes within {early.MARGIN:g} times the largest change measured here of a threshold (the "
-             "calibrated one, the raw floor, the replay cosine) is made again on the whole utterance "
-             f"(`early.MEASURED_CHANGES`); the service uses prefixes up to {early.MAX_LATE_SECONDS:g} s late.", "",
+             "estimate makes stands only when it is an accept farther than "
+             f"{early.MARGIN:g} times the largest change measured here from every threshold (the calibrated one, the "
+             "raw floor, the replay cosine: `early.MEASURED_CHANGES`); every refusal and every close call is made "
+             f"again on the whole utterance. The service uses prefixes up to {early.MAX_LATE_SECONDS:g} s late.", "",
              "| set | prefix ends before the end | trials | raw score change p99 / max | calibrated change p99 / max "
              "| replay cosine change p99 / max | decisions changed by the estimate (verify / replay) "
              "| re-decided on the whole utterance | decisions changed after that | frames left after stop (median) |",

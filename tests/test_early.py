@@ -22,6 +22,7 @@ from bench.data import pcm16
 from .conftest import PCM16K, serve_enrolled
 
 LOGIN = "wav/ljspeech/LJ001-0004.wav"  # 5.1 s, not one of the enrollment clips
+STRANGER = "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0930.wav"
 SAME = 2e-4  # scores of one embedding, rounded, computed on one thread or two
 
 
@@ -35,7 +36,7 @@ def server(tmp_path_factory, engines, speech):
 def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
     """Log in as ``user`` over the WebSocket; return the result.
 
-    All but the last 0.3 s of ``audio`` is sent in 100 ms frames at twice real-time pace, then,
+    All but the last 0.3 s of ``audio`` is sent in 100 ms frames at 1.5 times real-time pace, then,
     ``settle`` seconds later (time for the server to finish its work on what came, even on a busy
     machine), the last 0.3 s and ``stop``. ``settle=0``: everything at once, as a file is sent.
     """
@@ -47,7 +48,7 @@ def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
         if settle:
             for start in range(0, end, 1600):
                 ws.send_binary(pcm16(audio[start:min(start + 1600, end)]))
-                time.sleep(0.05)
+                time.sleep(0.1 / 1.5)
             time.sleep(settle)
         else:
             ws.send_binary(pcm16(audio[:end]))
@@ -107,7 +108,7 @@ def test_a_login_spoken_live_is_decided_from_the_work_done_while_speaking(server
     assert at_once["score"] == pytest.approx(reference["score"], abs=SAME), (at_once, reference)
 
 
-def test_a_close_call_is_decided_on_the_whole_utterance(server, speech):
+def test_a_refusal_and_a_close_call_are_decided_on_the_whole_utterance(server, speech):
     audio = speech.load(LOGIN)
     reference = whole(server, "lj", speech.path(LOGIN))
     floor = server.app.config.get("POLICY_THRESHOLD")
@@ -121,5 +122,10 @@ def test_a_close_call_is_decided_on_the_whole_utterance(server, speech):
             server.app.config.pop("POLICY_THRESHOLD")
         else:
             server.app.config["POLICY_THRESHOLD"] = floor
-    assert embedded(server).get("close_call", 0) == before.get("close_call", 0) + 1
+    assert embedded(server).get("redecided", 0) == before.get("redecided", 0) + 1
     assert live["state"] == "accept" and live["score"] == pytest.approx(reference["score"], abs=SAME), (live, reference)
+    # A refusal, however clear, is made on the whole utterance too (last: it counts as a failure).
+    before = embedded(server)
+    refused = speak(server, "lj", speech.load(STRANGER))
+    assert refused["state"] == "reject" and "score" not in refused, refused
+    assert embedded(server).get("redecided", 0) == before.get("redecided", 0) + 1

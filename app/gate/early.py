@@ -6,9 +6,10 @@ the frame features of everything so far are computed (``SpeakerEncoder.prefix``)
 about a third of the work for a 5 s utterance, and a prefix still running is cancelled.
 
 That estimate is close to the whole utterance's embedding but not equal to it: a prefix's
-features are normalised on the beginning's statistics. A decision it makes near a threshold
-(``close_call``) is made again on the whole utterance, so that decisions are the whole
-utterance's (bench/early.py measures both on speech-more: docs/benchmarks.md).
+features are normalised on the beginning's statistics. Only an accept far enough from every
+threshold stands (``settled``); a refusal or a close call is made again on the whole
+utterance, so that decisions are the whole utterance's (bench/early.py measures both on
+speech-more: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -83,6 +84,16 @@ def close_call(match: Match, policy: Policy, bands: Bands, copy: float | None = 
     if abs(match.score - policy.threshold) < bands.raw:
         return True
     return match.runner_up is not None and abs(match.score - match.runner_up - policy.identify_margin) < 2 * bands.raw
+
+
+def settled(match: Match, policy: Policy, bands: Bands, copy: float | None = None) -> bool:
+    """Return True when an estimate's decision stands: an accept that is not a close call.
+
+    A refusal is always made again on the whole utterance: every refusal then takes as long,
+    near a threshold or not, so that its timing tells a caller nothing its answer does not (the
+    scores are withheld so that nobody can tune a voice against them).
+    """
+    return match.state == "accept" and not close_call(match, policy, bands, copy)
 
 
 @dataclass(frozen=True)

@@ -97,9 +97,10 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
                              counted=limit, hold=hold)
         return _shown(ctx, {**result, "state": "reject"})
     match, account, copy = _judge(embedding, claimed, policy, quality)
-    if estimate is not None and early.close_call(match, policy, estimate.bands, copy):
-        # Near a threshold, the estimate's small error could be the decision: take the whole utterance.
-        metrics.count_login_embedding("close_call")
+    if estimate is not None and not early.settled(match, policy, estimate.bands, copy):
+        # A refusal, or an accept near a threshold where the estimate's small error could be the
+        # decision: decided on the whole utterance.
+        metrics.count_login_embedding("redecided")
         embedding = run_model(ctx, ctx.engines.speaker.embed, audio)
         match, account, copy = _judge(embedding, claimed, policy, quality)
     elif estimate is not None:

@@ -64,7 +64,7 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
             prefix = engines.speaker.prefix(samples[:cut])
             estimates[path] = engines.speaker.embed_after(samples, prefix)
             timings.append(_left_after_stop(samples, prefix))
-        changed = redecided = changed_after_rule = 0
+        changed = redecided = changed_after_rule = accepts = accepts_standing = 0
         raw_moves, calibrated_moves = [], []
         for trial, whole_match in zip(speech.trials, exact):
             if trial.test not in estimates:
@@ -73,8 +73,11 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
             raw_moves.append(abs(match.score - whole_match.score))
             calibrated_moves.append(abs(match.calibrated - whole_match.calibrated))
             changed += match.state != whole_match.state
+            accepts += whole_match.state == "accept"
             if not early.settled(match, policy, bands):
                 redecided += 1
+            elif whole_match.state == "accept":
+                accepts_standing += 1
             else:
                 changed_after_rule += match.state != whole_match.state
         estimated = len(raw_moves)
@@ -96,6 +99,7 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
             "decisions_changed_by_the_estimate": changed,
             "redecided_on_the_whole_utterance": redecided,
             "redecided_share": round(redecided / max(1, estimated), 4),
+            "accepts_standing_on_the_estimate": accepts_standing, "accepts": accepts,
             "decisions_changed_after_the_rule": changed_after_rule,
             "replay_cosine_change": _spread(copy_moves),
             "replay_decisions_changed_by_the_estimate": replay_changed,
@@ -164,7 +168,8 @@ def report_section(results: dict) -> list[str]:
              f"again on the whole utterance. The service uses prefixes up to {early.MAX_LATE_SECONDS:g} s late.", "",
              "| set | prefix ends before the end | trials | raw score change p99 / max | calibrated change p99 / max "
              "| replay cosine change p99 / max | decisions changed by the estimate (verify / replay) "
-             "| re-decided on the whole utterance | decisions changed after that | frames left after stop (median) |",
+             "| re-decided on the whole utterance (all / of the accepts) | decisions changed after that "
+             "| frames left after stop (median) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, result in results.items():
         if name == "run":
@@ -175,7 +180,8 @@ def report_section(results: dict) -> list[str]:
                 f"| {name} | {late} s | {row['trials_estimated']} | {raw['p99']:.3f} / {raw['max']:.3f} "
                 f"| {calibrated['p99']:.2f} / {calibrated['max']:.2f} | {replay['p99']:.3f} / {replay['max']:.3f} "
                 f"| {row['decisions_changed_by_the_estimate']} / {row['replay_decisions_changed_by_the_estimate']} "
-                f"| {row['redecided_share']:.0%} | {row['decisions_changed_after_the_rule']} / "
+                f"| {row['redecided_share']:.0%} / {1 - row['accepts_standing_on_the_estimate'] / max(1, row['accepts']):.0%} "
+                f"| {row['decisions_changed_after_the_rule']} / "
                 f"{row['replay_decisions_changed_after_the_rule']} | {row['share_of_frames_left_after_stop']['median']:.0%} |")
     return lines
 

@@ -64,7 +64,7 @@ def bands(late_seconds: float) -> Bands:
     """Return the close-call bands of an estimate from a prefix ``late_seconds`` before the end."""
     for late, measured in MEASURED_CHANGES:
         if late_seconds <= late:
-            return Bands(measured.raw * MARGIN, measured.calibrated * MARGIN, measured.replay * MARGIN)
+            return Bands(*(round(value * MARGIN, 4) for value in (measured.raw, measured.calibrated, measured.replay)))
     raise ValueError(f"no measured bands for a prefix {late_seconds:g} s before the end")
 
 

@@ -37,10 +37,11 @@ FEATURES_FILE = "fbank.npz"
 SOURCE_FILE = "embedding_model.ckpt"
 # An export whose embeddings stray further than this from PyTorch's (cosine) is not used.
 ONNX_MIN_COSINE = 0.9999
-# Frames of ECAPA's frame features (10 ms each) that depend on audio after them, and on audio
-# before them, enough for the features to settle (measured: docs/benchmarks.md, "Deciding
-# while the person speaks"). A prefix keeps all its frames but the last RIGHT; the frames after
-# it are computed with CONTEXT frames before them, which are then dropped.
+# Frames of ECAPA's frame features (10 ms each) redone after a prefix: the last RIGHT of the
+# prefix (they lacked the audio after them), and CONTEXT before those as their context, then
+# dropped. ECAPA's layers see about 0.65 s each way, but its features mostly settle within 0.5 s;
+# what the estimate costs in accuracy is measured in docs/benchmarks.md, "Deciding while the
+# person speaks".
 PREFIX_RIGHT = 50
 PREFIX_CONTEXT = 50
 

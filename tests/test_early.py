@@ -36,9 +36,11 @@ def server(tmp_path_factory, engines, speech):
 def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
     """Log in as ``user`` over the WebSocket; return the result.
 
-    All but the last 0.3 s of ``audio`` is sent in 100 ms frames at 1.5 times real-time pace, then,
-    ``settle`` seconds later (time for the server to finish its work on what came, even on a busy
-    machine), the last 0.3 s and ``stop``. ``settle=0``: everything at once, as a file is sent.
+    All but the last 0.3 s of ``audio`` is sent in 100 ms frames at 1.5 times real-time pace;
+    then, after ``settle`` seconds, 10 ms more, and after ``settle`` seconds again the rest and
+    ``stop``. The pauses give the server time to finish its work on what came, even on a busy
+    machine, as it has while a person speaks in real time; the 10 ms start its work on all of it.
+    ``settle=0``: everything at once, as a file is sent.
     """
     ws = websocket.create_connection(live.ws_url, timeout=60)
     try:
@@ -50,6 +52,9 @@ def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
                 ws.send_binary(pcm16(audio[start:min(start + 1600, end)]))
                 time.sleep(0.1 / 1.5)
             time.sleep(settle)
+            ws.send_binary(pcm16(audio[end:end + 160]))
+            time.sleep(settle)
+            end += 160
         else:
             ws.send_binary(pcm16(audio[:end]))
         ws.send_binary(pcm16(audio[end:]))

@@ -144,9 +144,8 @@ class SpeakerEncoder:
         utterance changes a little: ``embed_after`` gives an estimate of ``embed``, not ``embed``.
         ``cancel``: a handle that ends the call early (it then raises Cancelled).
         """
-        decibels = self._features.decibels(np.asarray(audio, dtype=np.float32)[None])
-        frames = self._frame_features(self._features.normalise(decibels), cancel)
-        frames = frames[0, :, :max(0, decibels.shape[1] - PREFIX_RIGHT)]
+        features = self._features(np.asarray(audio, dtype=np.float32)[None])
+        frames = self._frame_features(features, cancel)[0, :, :max(0, features.shape[1] - PREFIX_RIGHT)]
         return Prefix(audio.size, frames, self._pooling.project(frames))
 
     def embed_after(self, audio: np.ndarray, prefix: Prefix) -> np.ndarray:
@@ -261,20 +260,13 @@ class Fbank:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Return the normalised features (batch × frames × 80, float32) of equal-length clips (batch × samples)."""
-        return self.normalise(self.decibels(batch))
-
-    def decibels(self, batch: np.ndarray) -> np.ndarray:
-        """Return the log-mel filterbanks in dB (batch × frames × 80); each frame depends on its own samples only."""
         half = self.n_fft // 2
         padded = np.pad(batch, ((0, 0), (half, half)))  # torch.stft(center=True, pad_mode="constant")
         frames = 1 + (padded.shape[1] - self.n_fft) // self.hop
         index = np.arange(self.n_fft)[None, :] + self.hop * np.arange(frames)[:, None]
         spectrum = np.fft.rfft(padded[:, index] * self.window, axis=-1)
         power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
-        return self.multiplier * np.log10(np.maximum(power @ self.matrix, self.amin)) - self.db_offset
-
-    def normalise(self, decibels: np.ndarray) -> np.ndarray:
-        """Return ``decibels`` clipped under each clip's peak and less each clip's mean (sentence-level)."""
+        decibels = self.multiplier * np.log10(np.maximum(power @ self.matrix, self.amin)) - self.db_offset
         decibels = np.maximum(decibels, decibels.max(axis=(1, 2), keepdims=True) - self.top_db)
         return (decibels - decibels.mean(axis=1, keepdims=True)).astype(np.float32)
 

@@ -137,7 +137,6 @@ class EarlyFrames:
         A prefix still running is cancelled, not waited for: it would hold the cores the
         estimate (or the whole utterance) needs, for longer than either takes.
         """
-        self._collect()
         self.close()
         prefix = self._latest
         if prefix is None or samples - prefix.samples > MAX_LATE_SECONDS * SAMPLE_RATE:

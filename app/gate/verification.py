@@ -217,6 +217,6 @@ class VerifySession:
         return []
 
     def close(self) -> None:
-        """Drop an early pass not yet started."""
+        """End an early pass still running."""
         if self._early is not None:
             self._early.close()

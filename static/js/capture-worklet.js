@@ -1,6 +1,9 @@
 // AudioWorklet processor: mixes the microphone down to mono, resamples it to 16 kHz with a
 // windowed-sinc low-pass, and posts 50 ms chunks of 16-bit PCM with their level.
 // Runs on the audio thread; `sampleRate` is the AudioContext's rate (often 44100 or 48000).
+// Each chunk also says how far the audio thread is behind the wall clock since capture began
+// (`behind`, seconds): frames that came late are caught up, so what stays behind was lost
+// (the thread was starved or the context stalled while the microphone went on).
 
 const OUT_RATE = 16000;
 const CHUNK = 800; // samples at 16 kHz: 50 ms
@@ -72,6 +75,8 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.sumSquares = 0;
     this.peak = 0;
     this.mono = new Float32Array(128);
+    this.startedAt = null; // wall clock (ms) of the first processed frame
+    this.frames = 0; // input frames processed since then
     this.emit = (value) => {
       const clamped = Math.max(-1, Math.min(1, value));
       this.sumSquares += clamped * clamped;
@@ -83,17 +88,24 @@ class CaptureProcessor extends AudioWorkletProcessor {
 
   post() {
     const pcm = this.chunk.buffer;
-    this.port.postMessage({ pcm, rms: Math.sqrt(this.sumSquares / CHUNK), peak: this.peak }, [pcm]);
+    this.port.postMessage({ pcm, rms: Math.sqrt(this.sumSquares / CHUNK), peak: this.peak, behind: this.behind() }, [pcm]);
     this.chunk = new Int16Array(CHUNK);
     this.filled = 0;
     this.sumSquares = 0;
     this.peak = 0;
   }
 
+  /** Return the seconds of wall-clock time since the first frame that no frame has covered. */
+  behind() {
+    return Math.max(0, (Date.now() - this.startedAt) / 1000 - this.frames / sampleRate);
+  }
+
   process(inputs) {
     const channels = inputs[0];
     if (channels && channels.length) {
       const frames = channels[0].length;
+      if (this.startedAt === null) this.startedAt = Date.now();
+      this.frames += frames;
       if (this.mono.length !== frames) this.mono = new Float32Array(frames);
       this.mono.fill(0);
       for (const channel of channels) {

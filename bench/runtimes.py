@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from . import machine, metrics
-from .data import DEFAULT_DATA, SAMPLE_RATE, SpeechSet
-from .suite import DEV_REPORT, RESULTS
+from .data import SAMPLE_RATE, SpeechSet
+from .paths import DEFAULT_DATA, DEV_REPORT, RESULTS
 
 logger = logging.getLogger(__name__)
 

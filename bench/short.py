@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DEFAULT_DATA, SpeechSet
+from .data import SpeechSet
 from .output import save
-from .suite import RESULTS
+from .paths import DEFAULT_DATA, RESULTS
 
 LENGTHS = (0.6, 0.8, 1.0, 1.2)
 THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60)

@@ -106,6 +106,8 @@ def test_a_clip_that_lost_audio_or_stalled_is_called_broken_not_silent(live, spe
         assert stalled["reason"] == "broken_audio" and stalled["longest_gap_seconds"] >= 1.0 and stalled["lost_seconds"] == 0
         lost = clip([lj], lost=1.5)
         assert lost["reason"] == "broken_audio" and lost["lost_seconds"] == 1.5 and not lost["accepted"]
+        # A little lost audio harms no voiceprint, but may be why a clip seemed silent.
+        assert clip([silence], lost=0.5)["reason"] == "broken_audio"
         # Late but whole: the words all came, so the clip is judged on them.
         late = clip([lj[: lj.size // 2], lj[lj.size // 2:]], stall=1.5, lost=0.02)
         assert late["accepted"] and late["longest_gap_seconds"] >= 1.0

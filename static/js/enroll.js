@@ -22,8 +22,8 @@ let mic = null;
 let socket = null;
 let recording = false;
 let recorded = 0; // seconds in the current clip
-let behind = 0; // how far the capture is behind the wall clock (the worklet's count), latest chunk
-let behindAtStart = 0; // ... when the current clip began: what grows between the two was lost
+let lostSoFar = 0; // audio lost since the microphone opened (the worklet's count), at the latest chunk
+let lostAtStart = null; // ... at the clip's first chunk
 let checking = false;
 let finished = false;
 let keepalive = null;
@@ -149,7 +149,7 @@ async function startClip() {
   }
   pause.reset();
   recorded = 0;
-  behindAtStart = behind;
+  lostAtStart = null;
   recording = true;
   const item = currentClip();
   say(item.querySelector(".clip-result"), "");
@@ -162,15 +162,17 @@ function stopClip() {
   if (!recording) return;
   recording = false;
   checking = true;
-  socket.stop({ lost_seconds: Math.round(Math.max(0, behind - behindAtStart) * 100) / 100 });
+  const lostInClip = lostAtStart === null ? 0 : Math.max(0, lostSoFar - lostAtStart);
+  socket.stop({ lost_seconds: Math.round(lostInClip * 100) / 100 });
   say(status, "Checking the clip…", "busy");
   setButtons();
 }
 
 function onChunk(chunk) {
   showLevel(meter, chunk.dbfs);
-  behind = chunk.behind;
+  lostSoFar = chunk.lost;
   if (!recording) return;
+  if (lostAtStart === null) lostAtStart = chunk.lost;
   socket.sendAudio(chunk.pcm);
   const seconds = chunk.pcm.byteLength / 2 / FORMAT.sample_rate;
   recorded += seconds;

@@ -1,0 +1,248 @@
+"""The Wyoming speech-to-text server, driven by the ``wyoming`` package's own client as Home Assistant drives it.
+
+A real server on 127.0.0.1 with the real models: the LJ Speech reader enrolled and on the
+household roster, the LibriVox reader enrolled but not on it (a guest), a CMU ARCTIC speaker
+never enrolled (a stranger). The client sends what Home Assistant's Wyoming integration sends
+(transcribe, audio-start, audio-chunk..., audio-stop) and reads the transcript.
+"""
+from __future__ import annotations
+
+import asyncio
+import wave
+
+import jiwer
+import numpy as np
+import pytest
+from whisper_normalizer.english import EnglishTextNormalizer
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+
+from app.gate import settings
+from app.protocols.wyoming import WyomingServer
+from app.store.models import AuditEvent, User
+from bench.meetings import compose
+
+from .conftest import serve_enrolled
+
+normalise = EnglishTextNormalizer()
+MEMBER, GUEST = "lj", "sas"
+GUEST_ENROLL = ["wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0870.wav",
+                "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0890.wav",
+                "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0920.wav"]
+MEMBER_SAYS = "wav/ljspeech/LJ001-0004.wav"  # not one of the enrollment clips
+GUEST_SAYS = "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0880.wav"
+STRANGER_SAYS = "wav/arctic-aew/arctic_a0001.wav"
+SAMPLES_PER_CHUNK = 1024  # as wyoming-faster-whisper's tests send
+# Waits for a transcript: a loaded CI machine takes seconds per command, never this long.
+REPLY_SECONDS = 120
+LIMITS = {"CONNECTIONS_PER_ADDRESS": 4, "POLICY_IDLE_SECONDS": 3.0, "POLICY_MAX_FRAME_BYTES": 64 * 1024}
+
+
+@pytest.fixture(scope="module")
+def household(tmp_path_factory, engines, speech):
+    """A server with LJ on the roster and the LibriVox reader enrolled off it; its Wyoming server on a free port."""
+    from clients import voicegate as client
+
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("wyoming"), engines, speech, name=MEMBER, **LIMITS)
+    enrolled = client.run("enroll", [speech.path(f) for f in GUEST_ENROLL], live.ws_url, invite=live.invite(GUEST),
+                          echo=lambda _: None)
+    assert enrolled["state"] == "enrolled", enrolled
+    with live.app.app_context():
+        User.by_name(MEMBER).display_name = "Linda Johnson"
+        settings.save_household([User.by_name(MEMBER).public_id], "test")
+    wyoming = WyomingServer(live.app, "127.0.0.1", 0).start()
+    yield live, wyoming
+    wyoming.stop()
+    stop()
+
+
+def _words(speech, file: str) -> str:
+    return normalise(next(u.transcript for u in speech.utterances if u.file == file))
+
+
+def _pcm(audio: np.ndarray, rate: int = 16000, channels: int = 1) -> bytes:
+    """Return 16 kHz float32 audio as 16-bit PCM at ``rate`` with ``channels`` copies of it."""
+    if rate != 16000:
+        audio = np.interp(np.arange(int(audio.size * rate / 16000)) * 16000 / rate, np.arange(audio.size), audio)
+    samples = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    return np.repeat(samples, channels).tobytes()
+
+
+async def _command(port: int, audio: bytes, rate: int = 16000, channels: int = 1, language: str | None = "en"):
+    """Send one command as Home Assistant does; return the server's last event (transcript or error), or None."""
+    async with AsyncTcpClient("127.0.0.1", port, read_timeout=REPLY_SECONDS) as client:
+        await client.write_event(Transcribe(language=language).event())
+        await client.write_event(AudioStart(rate=rate, width=2, channels=channels).event())
+        step = SAMPLES_PER_CHUNK * 2 * channels
+        for begin in range(0, len(audio), step):
+            await client.write_event(AudioChunk(rate=rate, width=2, channels=channels,
+                                                audio=audio[begin:begin + step]).event())
+        await client.write_event(AudioStop().event())
+        return await _reply(client)
+
+
+async def _reply(client: AsyncTcpClient) -> Event | None:
+    while True:
+        event = await client.read_event()
+        if event is None or Transcript.is_type(event.type) or Error.is_type(event.type):
+            return event
+
+
+def _transcript(port: int, audio: bytes, **kwargs) -> Transcript:
+    event = asyncio.run(_command(port, audio, **kwargs))
+    assert event is not None and Transcript.is_type(event.type), event
+    return Transcript.from_event(event)
+
+
+def test_describe_names_voicegate_and_its_languages(household):
+    _, wyoming = household
+
+    async def describe():
+        async with AsyncTcpClient("127.0.0.1", wyoming.port, read_timeout=REPLY_SECONDS) as client:
+            await client.write_event(Describe().event())
+            return await client.read_event()
+
+    event = asyncio.run(describe())
+    assert Info.is_type(event.type), event
+    asr = Info.from_event(event).asr
+    assert [program.name for program in asr] == ["voicegate"]
+    model = asr[0].models[0]
+    assert model.installed and model.name == "tiny.en" and model.languages == ["en"]
+
+
+def test_a_household_member_gets_their_words_and_is_named(household, speech):
+    live, wyoming = household
+    transcript = _transcript(wyoming.port, _pcm(speech.load(MEMBER_SAYS)))
+    wer = jiwer.wer(_words(speech, MEMBER_SAYS), normalise(transcript.text))
+    print(f"\nWER {wer:.1%}: {transcript.text!r} {transcript.context}")
+    assert wer <= 0.2
+    assert transcript.context["speakers"] == [{"user": MEMBER, "name": "Linda Johnson"}]
+    with live.app.app_context():
+        rows = AuditEvent.query.filter_by(request_id=transcript.context["request_id"]).all()
+    assert rows and {(r.kind, r.protocol) for r in rows} == {("command", "wyoming")}
+    assert {r.matched_user for r in rows if r.decision == "accept"} == {MEMBER}
+
+
+def test_audio_in_another_rate_and_stereo_is_converted(household, speech):
+    _, wyoming = household
+    transcript = _transcript(wyoming.port, _pcm(speech.load(MEMBER_SAYS), rate=44100, channels=2), rate=44100, channels=2)
+    wer = jiwer.wer(_words(speech, MEMBER_SAYS), normalise(transcript.text))
+    print(f"\nWER {wer:.1%} from 44.1 kHz stereo: {transcript.text!r}")
+    assert wer <= 0.2
+
+
+@pytest.mark.parametrize("file", [STRANGER_SAYS, GUEST_SAYS], ids=["stranger", "enrolled-guest"])
+def test_anyone_off_the_roster_gets_an_empty_transcript(household, speech, file):
+    live, wyoming = household
+    transcript = _transcript(wyoming.port, _pcm(speech.load(file)))
+    assert transcript.text == "" and transcript.context["speakers"] == []
+    with live.app.app_context():
+        rows = AuditEvent.query.filter_by(request_id=transcript.context["request_id"]).all()
+    assert rows and all(r.decision != "accept" and r.matched_user is None for r in rows)
+
+
+def test_a_joined_recording_gives_no_word_of_the_other_voice(household, speech):
+    _, wyoming = household
+    joined = compose("joined", [(MEMBER, "", speech.load(MEMBER_SAYS)), (None, "", speech.load(GUEST_SAYS))], gap=0.0)
+    transcript = _transcript(wyoming.port, _pcm(joined.audio))
+    heard = set(normalise(transcript.text).split())
+    theirs = set(_words(speech, GUEST_SAYS).split()) - set(_words(speech, MEMBER_SAYS).split())
+    print(f"\njoined: {transcript.text!r}")
+    assert not heard & theirs, heard & theirs
+    assert transcript.context["speakers"] == [{"user": MEMBER, "name": "Linda Johnson"}]
+    assert jiwer.wer(_words(speech, MEMBER_SAYS), normalise(transcript.text)) <= 0.35
+
+
+def test_nobody_speaks_without_a_roster(household, speech):
+    live, wyoming = household
+    with live.app.app_context():
+        roster = settings.household()
+        settings.save_household([], "test")
+    try:
+        event = asyncio.run(_command(wyoming.port, _pcm(speech.load(MEMBER_SAYS)[:16000])))
+    finally:
+        with live.app.app_context():
+            settings.save_household(roster, "test")
+    assert Error.is_type(event.type) and Error.from_event(event).code == "no_roster", event
+
+
+def test_unreadable_settings_transcribe_nothing(household, speech):
+    live, wyoming = household
+    from app.store.db import db
+    from app.store.models import Setting
+
+    with live.app.app_context():
+        Setting.put(settings.HOUSEHOLD_KEY, "not a list", "test")
+        db.session.commit()
+    try:
+        event = asyncio.run(_command(wyoming.port, _pcm(speech.load(MEMBER_SAYS)[:16000])))
+    finally:
+        with live.app.app_context():
+            settings.save_household([User.by_name(MEMBER).public_id], "test")
+    assert Error.is_type(event.type) and Error.from_event(event).code == "busy", event
+
+
+# --------------------------------------------------------------------------- limits
+
+def _error(event: Event | None) -> str:
+    assert event is not None and Error.is_type(event.type), event
+    return Error.from_event(event).code
+
+
+async def _send_then_read(port: int, events: list[Event]) -> Event | None:
+    async with AsyncTcpClient("127.0.0.1", port, read_timeout=REPLY_SECONDS) as client:
+        try:
+            for event in events:
+                await client.write_event(event)
+        except ConnectionError:
+            pass  # the server may close before the last is written: its error is waiting
+        return await _reply(client)
+
+
+def test_an_endless_stream_is_cut_with_an_error(household):
+    _, wyoming = household
+    second = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(32000)).event()  # 1 s of silence
+    events = [AudioStart(rate=16000, width=2, channels=1).event()] + [second] * 40
+    assert _error(asyncio.run(_send_then_read(wyoming.port, events))) == "too_long"
+
+
+def test_an_oversized_event_is_refused(household):
+    _, wyoming = household
+    huge = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(LIMITS["POLICY_MAX_FRAME_BYTES"] + 2)).event()
+    assert _error(asyncio.run(_send_then_read(wyoming.port, [huge]))) == "frame_too_large"
+
+
+def test_a_silent_client_is_dropped(household):
+    _, wyoming = household
+    start = AudioStart(rate=16000, width=2, channels=1).event()
+    assert _error(asyncio.run(_send_then_read(wyoming.port, [start]))) == "idle"
+
+
+def test_bad_audio_formats_are_refused(household):
+    _, wyoming = household
+    assert _error(asyncio.run(_send_then_read(wyoming.port, [AudioStart(rate=16000, width=7, channels=1).event()]))) \
+        == "bad_format"
+    odd = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(3)).event()
+    assert _error(asyncio.run(_send_then_read(wyoming.port, [odd]))) == "bad_audio"
+
+
+def test_one_address_may_hold_only_so_many_connections(household):
+    _, wyoming = household
+
+    async def crowd():
+        held = [AsyncTcpClient("127.0.0.1", wyoming.port, read_timeout=REPLY_SECONDS)
+                for _ in range(LIMITS["CONNECTIONS_PER_ADDRESS"])]
+        for client in held:
+            await client.connect()
+        try:
+            async with AsyncTcpClient("127.0.0.1", wyoming.port, read_timeout=REPLY_SECONDS) as extra:
+                return await extra.read_event()
+        finally:
+            for client in held:
+                await client.disconnect()
+
+    assert _error(asyncio.run(crowd())) == "too_many_connections"

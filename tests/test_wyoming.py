@@ -246,3 +246,36 @@ def test_one_address_may_hold_only_so_many_connections(household):
                 await client.disconnect()
 
     assert _error(asyncio.run(crowd())) == "too_many_connections"
+
+
+# --------------------------------------------------------------------------- the admin's household
+
+def test_the_admin_chooses_the_household_on_the_settings_screen(app, client):
+    from .test_admin import add_admin, add_voiceprint, post, sign_in
+
+    add_admin(app)
+    assert sign_in(client).status_code == 302
+    add_voiceprint(app, "ada")
+    add_voiceprint(app, "bob")
+    with app.app_context():
+        ada, bob = User.by_name("ada").public_id, User.by_name("bob").public_id
+    page = client.get("/admin/settings").text
+    assert "Home Assistant voice commands" in page and "VOICEGATE_WYOMING_PORT" in page  # the server is off
+    assert f'value="{ada}"' in page and f'value="{bob}"' in page
+
+    response = post(client, "/admin/settings/household", member=[ada, "no-such-id"])
+    assert response.status_code == 302
+    with app.app_context():
+        assert settings.household() == [ada]
+        note = AuditEvent.query.filter_by(kind="admin", decision="settings_changed").one()
+        assert note.reason.startswith("household roster")
+        User.by_name("ada").active = False
+        from app.store.db import db
+
+        db.session.commit()
+    page = client.get("/admin/settings").text
+    assert "cannot speak: disabled" in page  # still on the roster, and why it cannot speak
+
+    post(client, "/admin/settings/household")  # nobody ticked: nobody speaks
+    with app.app_context():
+        assert settings.household() == []

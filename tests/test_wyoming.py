@@ -279,3 +279,40 @@ def test_the_admin_chooses_the_household_on_the_settings_screen(app, client):
     post(client, "/admin/settings/household")  # nobody ticked: nobody speaks
     with app.app_context():
         assert settings.household() == []
+
+
+def _sign_in_user(app, client, name: str) -> None:
+    """Sign ``name`` in as an accepted voice login's token does (POST /session)."""
+    import re
+
+    from app.gate import tokens
+
+    with app.app_context():
+        user = User.by_name(name)
+        token = tokens.issue(app.config["SECRET_KEY"], user.public_id, user.name, "test")
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/login").text).group(1)
+    assert client.post("/session", json={"token": token}, headers={"X-CSRFToken": csrf}).status_code == 200
+
+
+def test_me_links_to_the_set_up_with_this_servers_host_and_port(tmp_path, engines):
+    from .conftest import make_app
+    from .test_admin import add_voiceprint
+
+    app = make_app(tmp_path, engines, WYOMING_PORT=10300, WYOMING_HOST="0.0.0.0")
+    add_voiceprint(app, "ada")
+    client = app.test_client()
+    _sign_in_user(app, client, "ada")
+    assert 'href="/me/home-assistant"' in client.get("/me").text
+    page = client.get("/me/home-assistant").text
+    assert '<dd class="mono" id="ha-host">localhost</dd>' in page  # 0.0.0.0: the name this page was reached by and '<dd class="mono" id="ha-port">10300</dd>' in page
+    assert "You are not in the household yet" in page
+    with app.app_context():
+        settings.save_household([User.by_name("ada").public_id], "test")
+    assert "You are in the household" in client.get("/me/home-assistant").text
+
+    off = make_app(tmp_path / "off", engines)
+    add_voiceprint(off, "ada")
+    client = off.test_client()
+    _sign_in_user(off, client, "ada")
+    assert "not switched on" in client.get("/me/home-assistant").text
+    assert client.get("/me/home-assistant").status_code == 200

@@ -305,7 +305,7 @@ def test_me_links_to_the_set_up_with_this_servers_host_and_port(tmp_path, engine
     assert 'href="/me/home-assistant"' in client.get("/me").text
     page = client.get("/me/home-assistant").text
     assert '<dd class="mono" id="ha-host">localhost</dd>' in page  # 0.0.0.0: the name this page was reached by and '<dd class="mono" id="ha-port">10300</dd>' in page
-    assert "You are not in the household yet" in page
+    assert "You are not in the household yet" in page and "the name you reached this page by" in page
     with app.app_context():
         settings.save_household([User.by_name("ada").public_id], "test")
     assert "You are in the household" in client.get("/me/home-assistant").text
@@ -315,4 +315,9 @@ def test_me_links_to_the_set_up_with_this_servers_host_and_port(tmp_path, engine
     client = off.test_client()
     _sign_in_user(off, client, "ada")
     assert "not switched on" in client.get("/me/home-assistant").text
-    assert client.get("/me/home-assistant").status_code == 200
+
+    local = make_app(tmp_path / "local", engines, WYOMING_PORT=10300)  # on 127.0.0.1 only, the default
+    add_voiceprint(local, "ada")
+    client = local.test_client()
+    _sign_in_user(local, client, "ada")
+    assert "reached only from this machine" in client.get("/me/home-assistant").text

@@ -176,19 +176,22 @@ def home_assistant():
 
 
 def wyoming_setup(user: User) -> dict:
-    """Return what Home Assistant needs for the Wyoming server: ``host``, ``port`` (None: off) and ``member``.
+    """Return what Home Assistant needs for the Wyoming server: host, port (None: off), whether ``user`` is a member.
 
-    ``member``: whether ``user`` is in the household (None: the settings cannot be read). A server
-    listening on every address is reached by the name this page was reached by.
+    Membership is None when the settings cannot be read. A server listening on every address is
+    shown by the name this page was reached by (``wyoming_guessed``); ``wyoming_local_only``: it
+    listens on loopback only.
     """
     host, port = current_app.config["WYOMING_HOST"], current_app.config["WYOMING_PORT"]
-    if host in ("0.0.0.0", "::", ""):
+    everywhere = host in ("0.0.0.0", "::", "")
+    if everywhere:
         host = urlsplit(request.host_url).hostname
     try:
         member = user.public_id in household()
     except SettingsUnavailable:
         member = None
-    return {"wyoming_host": host, "wyoming_port": port, "household_member": member}
+    return {"wyoming_host": host, "wyoming_port": port, "household_member": member,
+            "wyoming_guessed": everywhere, "wyoming_local_only": not everywhere and host in ("127.0.0.1", "localhost", "::1")}
 
 
 @bp.route("/lost-invite", methods=["GET", "POST"])

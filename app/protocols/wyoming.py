@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL = "wyoming"
 VERSION = "1"
-# What a client may send per second of its command, in events: Home Assistant sends 10 to 30.
+# Events a client may send per second of the longest command: Home Assistant sends a few tens (a chunk each).
 EVENTS_PER_SECOND = 100
 # After an error, what the client still sends is read and dropped for up to this long before the
 # close: closing with unread data resets the connection, which can destroy the error in flight.

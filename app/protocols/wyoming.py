@@ -18,6 +18,7 @@ client may take to send it. Audio stays in memory and is dropped with the comman
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
 import time
@@ -52,6 +53,9 @@ EVENTS_PER_SECOND = 100
 # After an error, what the client still sends is read and dropped for up to this long before the
 # close: closing with unread data resets the connection, which can destroy the error in flight.
 LINGER_SECONDS = 2.0
+# A new gunicorn worker (a reload, a replaced worker) may start while the old one still holds the
+# port for up to its graceful timeout (10 s, scripts/serve.sh): it waits that long, and a little more.
+BIND_WAIT_SECONDS = 15.0
 # Formats a chunk may come in (AudioChunkConverter makes 16 kHz mono s16 of them).
 RATES, WIDTHS, MAX_CHANNELS = (8000, 96000), (1, 2, 3, 4), 8
 
@@ -326,10 +330,14 @@ class WyomingServer:
         self._server: AsyncTcpServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> WyomingServer:
-        """Listen on host:port (0: any free port, then in ``port``) and serve on a thread; raise OSError if it cannot."""
+    def start(self, bind_wait: float = 0.0) -> WyomingServer:
+        """Listen on host:port (0: any free port, then in ``port``) and serve on a thread; raise OSError if it cannot.
+
+        ``bind_wait``: how long a port still held by another process may be waited for.
+        """
         ready, failed = threading.Event(), []
-        self._thread = threading.Thread(target=self._serve, args=(ready, failed), name="wyoming", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(ready, failed, bind_wait), name="wyoming",
+                                        daemon=True)
         self._thread.start()
         ready.wait()
         if failed:
@@ -337,19 +345,25 @@ class WyomingServer:
         logger.info("Wyoming speech-to-text server on %s:%d", self.host, self.port)
         return self
 
-    def _serve(self, ready: threading.Event, failed: list) -> None:
+    def _serve(self, ready: threading.Event, failed: list, bind_wait: float) -> None:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        try:
-            self._server = AsyncTcpServer(self.host, self.port)
-            loop.run_until_complete(self._server.start(self._connection))
-            # AsyncTcpServer keeps asyncio's server here: read the port it bound (for port 0).
-            self.port = self._server._server.sockets[0].getsockname()[1]
-        except OSError as error:
-            failed.append(error)
-            ready.set()
-            loop.close()
-            return
+        deadline = time.monotonic() + bind_wait
+        while True:
+            try:
+                self._server = AsyncTcpServer(self.host, self.port)
+                loop.run_until_complete(self._server.start(self._connection))
+                break
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                    time.sleep(0.5)  # the worker being replaced is still closing
+                    continue
+                failed.append(error)
+                ready.set()
+                loop.close()
+                return
+        # AsyncTcpServer keeps asyncio's server here: read the port it bound (for port 0).
+        self.port = self._server._server.sockets[0].getsockname()[1]
         ready.set()
         loop.run_forever()
         loop.close()
@@ -397,4 +411,4 @@ def serve_in_background(app: Flask) -> WyomingServer | None:
     port = app.config.get("WYOMING_PORT")
     if not port:
         return None
-    return WyomingServer(app, app.config["WYOMING_HOST"], int(port)).start()
+    return WyomingServer(app, app.config["WYOMING_HOST"], int(port)).start(bind_wait=BIND_WAIT_SECONDS)

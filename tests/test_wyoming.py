@@ -8,6 +8,7 @@ never enrolled (a stranger). The client sends what Home Assistant's Wyoming inte
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 
 import jiwer
@@ -324,3 +325,29 @@ def test_me_links_to_the_set_up_with_this_servers_host_and_port(tmp_path, engine
     client = local.test_client()
     _sign_in_user(local, client, "ada")
     assert "reached only from this machine" in client.get("/me/home-assistant").text
+
+
+def test_clients_that_vanish_mid_event_give_their_connections_back(household):
+    _, wyoming = household
+
+    async def vanish():
+        reader, writer = await asyncio.open_connection("127.0.0.1", wyoming.port)
+        # A header that promises a payload, and half of it: then the client is gone.
+        writer.write(b'{"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, '
+                     b'"payload_length": 1000}\n' + bytes(500))
+        await writer.drain()
+        writer.close()
+
+    for _ in range(2 * LIMITS["CONNECTIONS_PER_ADDRESS"]):
+        asyncio.run(vanish())
+    deadline = time.monotonic() + REPLY_SECONDS
+    while wyoming.open_connections() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wyoming.open_connections() == 0
+
+    async def describe():
+        async with AsyncTcpClient("127.0.0.1", wyoming.port, read_timeout=REPLY_SECONDS) as client:
+            await client.write_event(Describe().event())
+            return await client.read_event()
+
+    assert Info.is_type(asyncio.run(describe()).type)  # still served

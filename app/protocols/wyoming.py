@@ -165,6 +165,9 @@ class CommandHandler(AsyncEventHandler):
         started = time.monotonic()
         try:
             event = await asyncio.wait_for(async_read_event(self.reader), timeout=max(wait, 0.0))
+        except (asyncio.IncompleteReadError, ConnectionError):  # the client left mid-event
+            logger.info("wyoming client %s left", self.address)
+            return None
         except (TypeError, AttributeError, KeyError):  # a header whose data is not an object
             await self._fail("bad_event", "an event's header and data must be JSON objects")
             return None
@@ -380,6 +383,11 @@ class WyomingServer:
                 return False
             self._held[address] += 1
             return True
+
+    def open_connections(self) -> int:
+        """Return how many connections are open now."""
+        with self._held_lock:
+            return sum(self._held.values())
 
     def release(self, address: str | None) -> None:
         """Give back one connection of ``address``."""

@@ -268,7 +268,7 @@ class CommandHandler(AsyncEventHandler):
         return await self.server.blocking(fn, *args)
 
     async def disconnect(self) -> None:
-        """Give back the slot and the address's connection (a command cut short audits what it showed)."""
+        """Give back the dictation slot of an unfinished command and the address's connection."""
         session, self.session, self.pending = self.session, None, []
         try:
             if session is not None:
@@ -293,8 +293,9 @@ def _parse(event: Event):
     if isinstance(request, (AudioStart, AudioChunk)) and not all(
             isinstance(v, int) for v in (request.rate, request.width, request.channels)):
         raise SessionError("bad_event", f"a {event.type!r} event's rate, width and channels must be integers")
-    if isinstance(request, Transcribe) and request.language is not None and not isinstance(request.language, str):
-        raise SessionError("bad_event", "transcribe's language must be a string")
+    if isinstance(request, Transcribe) and request.language is not None and not (
+            isinstance(request.language, str) and len(request.language) <= 16):
+        raise SessionError("bad_event", "transcribe's language must be a language code such as \"en\"")
     return request
 
 

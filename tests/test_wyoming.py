@@ -122,6 +122,7 @@ def test_a_household_member_gets_their_words_and_is_named(household, speech):
     print(f"\nWER {wer:.1%}: {transcript.text!r} {transcript.context}")
     assert wer <= 0.2
     assert transcript.context["speakers"] == [{"user": MEMBER, "name": "Linda Johnson"}]
+    assert transcript.language == "en"
     with live.app.app_context():
         rows = AuditEvent.query.filter_by(request_id=transcript.context["request_id"]).all()
     assert rows and {(r.kind, r.protocol) for r in rows} == {("command", "wyoming")}
@@ -351,3 +352,12 @@ def test_clients_that_vanish_mid_event_give_their_connections_back(household):
             return await client.read_event()
 
     assert Info.is_type(asyncio.run(describe()).type)  # still served
+
+
+def test_the_language_asked_for_is_the_models_when_it_knows_it():
+    from app.gate.household import model_language
+
+    multilingual = ["en", "de", "cs", "nl"]
+    assert model_language("de", multilingual) == "de" and model_language("nl-NL", multilingual) == "nl"
+    assert model_language("xx", multilingual) is None and model_language(None, multilingual) is None  # detected
+    assert model_language("de", ["en"]) == "en"  # an English-only model transcribes English whatever is asked

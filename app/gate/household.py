@@ -13,8 +13,10 @@ import logging
 from dataclasses import dataclass
 
 from . import settings, store
-from .base import Context, SessionError, standing
+from ..audio.vad import SAMPLE_RATE
+from .base import Context, SessionError, run_model, standing
 from .meeting import MeetingSession, Member
+from .stream import MIN_TEXT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +37,17 @@ class CommandSession(MeetingSession):
     noun = "voice command"
     audit_kind = "command"
 
-    def __init__(self, ctx: Context, roster: list[Member]):
+    def __init__(self, ctx: Context, roster: list[Member], language: str | None = None):
         super().__init__(ctx, roster, live=True, shows_scores=False)
         self.partials = False  # one transcript at the end: drafts would cost CPU and show nothing
+        self.language = language
         self._lines: list[dict] = []
+
+    def _transcribe(self, begin: int, end: int) -> str:
+        """Transcribe a released stretch in the command's language (None: the model detects it)."""
+        if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
+            return ""
+        return run_model(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(begin, end), self.language).text
 
     def feed(self, samples) -> None:
         """Take more of the command (16 kHz mono float32)."""
@@ -55,8 +64,20 @@ class CommandSession(MeetingSession):
                        [{"user": user, "name": name} for user, name in speakers.items()], self.request_id)
 
 
-def open_command(ctx: Context) -> CommandSession:
+def model_language(requested: str | None, languages: list[str]) -> str | None:
+    """Return the language to transcribe in: the model's only one, the requested one ("en-US" is "en"), or None (detect)."""
+    if len(languages) == 1:
+        return languages[0]
+    if not requested:
+        return None
+    code = requested.replace("_", "-").split("-", 1)[0].lower()
+    return code if code in languages else None
+
+
+def open_command(ctx: Context, language: str | None = None) -> CommandSession:
     """Return a command session over the household roster, or raise SessionError.
+
+    ``language``: what the client asked for; transcribed in it when the model knows it, else detected.
 
     A member who cannot be verified (deleted, disabled, not enrolled) is left out; with
     nobody left (or no roster), nothing may be transcribed: ``no_roster``. Unreadable
@@ -73,4 +94,4 @@ def open_command(ctx: Context) -> CommandSession:
     if not members:
         raise SessionError("no_roster", "nobody may give voice commands here: an admin chooses the household "
                                         "on the settings screen, from enrolled users")
-    return CommandSession(ctx, members)
+    return CommandSession(ctx, members, model_language(language, ctx.engines.transcriber.languages))

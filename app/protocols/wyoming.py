@@ -205,7 +205,7 @@ class CommandHandler(AsyncEventHandler):
             logger.info("wyoming command %s: %d words from %s", command.request_id, len(command.text.split()),
                         ", ".join(s["user"] for s in command.speakers) or "no roster member")
             context = {"request_id": command.request_id, "speakers": command.speakers}
-            await self.write_event(Transcript(text=command.text, context=context, language=self.language).event())
+            await self.write_event(Transcript(text=command.text, context=context, language=self.session.language).event())
             return False
         return True  # events of other domains are not ours: ignored, as Wyoming servers do
 
@@ -230,7 +230,7 @@ class CommandHandler(AsyncEventHandler):
             raise SessionError("bad_format", f"audio must be {RATES[0]}-{RATES[1]} Hz, 8-32 bit, "
                                              f"1-{MAX_CHANNELS} channels (16 kHz mono 16-bit is best)")
         self.format = audio_format
-        self.session = await self._blocking(_open_command, self.server.app, self.address)
+        self.session = await self._blocking(_open_command, self.server.app, self.address, self.language)
 
     async def _audio(self, chunk: AudioChunk) -> None:
         if self.session is None:  # audio-start is optional before the first chunk
@@ -299,11 +299,11 @@ def _parse(event: Event):
     return request
 
 
-def _open_command(app: Flask, address: str | None) -> CommandSession:
+def _open_command(app: Flask, address: str | None, language: str | None) -> CommandSession:
     """Open a command behind the household gate (in the app's context); raise SessionError."""
     ctx = Context(engines=get_engines(app), policy=current_policy(), secret_key=app.config["SECRET_KEY"],
                   protocol=PROTOCOL, client_addr=address)
-    return open_command(ctx)
+    return open_command(ctx, language)
 
 
 def info(app: Flask) -> Info:

@@ -82,6 +82,15 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     # Another instance on the same database may have switched the Whisper model.
     app.before_request(lambda: follow_settings(app))
 
+    if app.config["WYOMING_PORT"]:
+        from functools import partial
+
+        from .protocols.wyoming import serve_in_background
+        from .serving import companions
+
+        # Started by the server process (app/serving/worker.py), never by `flask` commands or tests.
+        companions.register(app, partial(serve_in_background, app))
+
     if engines is not None:
         set_engines(app, engines)
     elif app.config["PRELOAD_MODELS"]:

@@ -69,6 +69,11 @@ class Config:
     HEADER_SECONDS = 10.0
     BODY_SECONDS = 60.0
     READ_IDLE_SECONDS = 10.0
+    # The Wyoming speech-to-text server for Home Assistant (docs/home-assistant.md): off unless a
+    # port is set (10300 is Wyoming's usual one). It runs inside the server process beside the
+    # HTTP side, on the same models and dictation slots. 0.0.0.0 to reach it from another machine.
+    WYOMING_PORT: int | None = None
+    WYOMING_HOST = "127.0.0.1"
     # Enrollment invites expire after this many hours.
     INVITE_HOURS = 72
     # Decision rules (thresholds, speech minimums, lockout, limits) are app.gate.policy.Policy's

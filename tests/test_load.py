@@ -65,6 +65,7 @@ class Front:
     tmp_dir: Path
     key: str = ""
     invite: str = ""
+    wyoming_port: int = 0
 
     @property
     def worker_pid(self) -> int:
@@ -86,7 +87,7 @@ def front(tmp_path_factory, speech):
         pytest.fail("nginx is not installed (scripts/test.sh installs Debian's package)")
     folder = tmp_path_factory.mktemp("load")
     app = make_app(folder)  # migrates the database; the served app is a separate process
-    port, nginx_port = _free_port(), _free_port()
+    port, nginx_port, wyoming_port = _free_port(), _free_port(), _free_port()
     tmp_dir = folder / "tmp"
     tmp_dir.mkdir()
     env = {**os.environ, "VOICEGATE_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
@@ -94,6 +95,7 @@ def front(tmp_path_factory, speech):
            "VOICEGATE_MODELS_DIR": str(MODELS_DIR), "VOICEGATE_PORT": str(port), "VOICEGATE_INFERENCE_WORKERS": "2",
            "VOICEGATE_TRUSTED_PROXIES": '["127.0.0.1"]', "VOICEGATE_BODY_SECONDS": str(BODY_SECONDS),
            "VOICEGATE_NGINX_LISTEN": f"127.0.0.1:{nginx_port}", "TMPDIR": str(tmp_dir),
+           "VOICEGATE_WYOMING_PORT": str(wyoming_port),  # Home Assistant's door, inside the same process
            # The served app is its own process, outside conftest's test config: these tests verify
            # the same dev sentence again and again (no spoken challenge, no replay memory).
            "VOICEGATE_POLICY_CHALLENGE": "off", "VOICEGATE_POLICY_REPLAY_SECONDS": "0"}
@@ -104,7 +106,7 @@ def front(tmp_path_factory, speech):
         nginx = subprocess.Popen([str(ROOT / "deploy" / "nginx.sh"), str(folder / "nginx")], env=env,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     front = Front(app, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{nginx_port}", server, server_log,
-                  folder / "nginx", tmp_dir)
+                  folder / "nginx", tmp_dir, wyoming_port=wyoming_port)
     try:
         _wait_until(lambda: requests.get(front.direct + "/healthz", timeout=2).json()["models"]["whisper"]["loaded"],
                     120, "loading the models under gunicorn")
@@ -290,3 +292,25 @@ def test_uploads_stay_in_memory(front):
     reply = requests.post(front.direct + "/api/v1/verify?user=lj", data=iter([bytes(1 << 20)] * 48), timeout=60,
                           headers={"Content-Type": "audio/wav"})
     assert reply.status_code == 413, reply.text
+
+
+def test_the_run_command_serves_home_assistant_from_the_same_process(front, speech):
+    """scripts/serve.sh with VOICEGATE_WYOMING_PORT: the worker that holds the models speaks Wyoming too."""
+    import asyncio
+
+    from app.gate import settings
+    from app.store.models import User
+
+    from .test_wyoming import _command, _pcm
+
+    with front.app.app_context():
+        settings.save_household([User.by_name("lj").public_id], "test")
+    files_before = {p for p in front.tmp_dir.rglob("*") if p.is_file()}
+    member = asyncio.run(_command(front.wyoming_port, _pcm(speech.load("wav/ljspeech/LJ001-0004.wav"))))
+    stranger = asyncio.run(_command(front.wyoming_port, _pcm(speech.load("wav/arctic-aew/arctic_a0001.wav"))))
+    assert member.type == "transcript" and "block books" in member.data["text"].lower(), member
+    assert member.data["context"]["speakers"][0]["user"] == "lj"
+    assert stranger.type == "transcript" and stranger.data["text"] == "", stranger
+    listening = next(line for line in front.log().splitlines() if "Wyoming speech-to-text server on" in line)
+    assert f"[{front.worker_pid}]" in listening, listening  # started by the worker, beside the HTTP side
+    assert {p for p in front.tmp_dir.rglob("*") if p.is_file()} == files_before  # no audio on disk

@@ -85,6 +85,11 @@ class Transcriber:
         self.idle: Callable[[], bool] = lambda: False
         self.fallbacks = 0  # short-window decodes done again over the 30 s window because they looked wrong
 
+    @property
+    def languages(self) -> list[str]:
+        """Return the language codes the model transcribes (["en"] for an English-only one)."""
+        return list(self._model.supported_languages)
+
     def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None,
                    draft: bool = False) -> Transcript:
         """Return the transcript of ``audio``; ``language`` None lets a multilingual model detect it.

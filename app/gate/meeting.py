@@ -108,6 +108,7 @@ class MeetingSession(GatedStream):
 
     mode = "meeting"
     noun = "meeting"
+    audit_kind = "meeting"  # what each line's audit row is (household commands reuse the meeting)
     TALLY = {"accept": "attributed", "reject": "unverified", "not_enough_speech": "too_short"}
 
     def __init__(self, ctx: Context, roster: list[Member], live: bool = True, shows_scores: bool = False,
@@ -168,7 +169,7 @@ class MeetingSession(GatedStream):
                 reason: str | None = None) -> None:
         """Audit one line's decision: who, how long, the score; never its text."""
         store.record(self.ctx.audit(
-            self.request_id, "meeting", state, claimed_user=self.opened_by, matched_user=whose,
+            self.request_id, self.audit_kind, state, claimed_user=self.opened_by, matched_user=whose,
             score=score, threshold=None,  # decided on calibrated scores
             reason=reason or (None if state == "accept" else "unknown_speaker" if state == "reject" else state),
             audio_seconds=seconds(end - begin),

@@ -21,13 +21,15 @@ from ..engines.runtime import engines_loaded, get_engines, switch_whisper, whisp
 from ..errors import SessionError
 from ..store import versions
 from ..store.db import db
-from ..store.models import Setting
+from ..store.models import Setting, User
 from .policy import Policy
 
 logger = logging.getLogger(__name__)
 
 WHISPER_KEY = "whisper_model"
 CHALLENGE_KEY = "challenge"
+# Who may give voice commands through the Wyoming server (app/protocols/wyoming.py): public ids.
+HOUSEHOLD_KEY = "household_roster"
 CHALLENGE_CHOICES = {"digits": "Say 6 random digits shown on screen (recommended)",
                      "off": "Off: any speech (a recording of the user can pass, unless it is a near-copy)"}
 
@@ -206,6 +208,35 @@ def reset(updated_by: str) -> None:
     for key in [row.key for row in db.session.scalars(db.select(Setting))]:
         Setting.put(key, None, updated_by)
     db.session.commit()
+
+
+# --------------------------------------------------------------------------- the household roster
+
+def household() -> list[str]:
+    """Return the public ids of the users who may give voice commands (the Wyoming server's roster).
+
+    Stored by public id, which is never reused, so that a deleted member's name taken by
+    someone new does not let the newcomer in. Raise SettingsUnavailable when the row cannot
+    be read or is not a list of ids: nobody speaks then.
+    """
+    roster = _stored().get(HOUSEHOLD_KEY, [])
+    if not isinstance(roster, list) or not all(isinstance(public_id, str) for public_id in roster):
+        logger.error("stored setting %s=%r is invalid, refusing to decide", HOUSEHOLD_KEY, roster)
+        raise SettingsUnavailable(f"{HOUSEHOLD_KEY}: {roster!r}")
+    return roster
+
+
+def save_household(public_ids: list[str], updated_by: str) -> bool:
+    """Store the household roster (ids of existing users, each once); return whether it changed."""
+    known = set(db.session.scalars(db.select(User.public_id).where(User.public_id.in_(public_ids))))
+    roster = sorted(known)
+    try:
+        before = household()
+    except SettingsUnavailable:
+        before = None  # an unreadable roster is what the admin is repairing
+    Setting.put(HOUSEHOLD_KEY, roster or None, updated_by)
+    db.session.commit()
+    return before is None or sorted(before) != roster
 
 
 # --------------------------------------------------------------------------- the engines follow the settings

@@ -26,7 +26,7 @@ from concurrent import futures
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from . import memory
+from . import companions, memory
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +150,9 @@ class GuardedWorker(ThreadWorker):
         super().init_process()
 
     def load_wsgi(self):
-        """Load the app, then take the limits from its configuration."""
+        """Load the app, take the limits from its configuration, and start its companion servers."""
         super().load_wsgi()
+        companions.start_all(self.wsgi)
         config = getattr(self.wsgi, "config", {})
         self.per_address = int(config.get("CONNECTIONS_PER_ADDRESS", self.per_address))
         self.trusted = frozenset(config.get("TRUSTED_PROXIES") or ())

@@ -9,6 +9,7 @@ KINDS = {
     "identify": "Voice login (who is it?)",
     "transcribe": "Dictation",
     "meeting": "Meeting line",
+    "command": "Voice command (Home Assistant)",
     "admin": "Admin action",
     "self": "Own account",
 }
@@ -120,6 +121,8 @@ def reason_text(event) -> str:
             return _join(REASONS[reason], numbers)
     if kind == "meeting" and reason in (None, "unknown_speaker"):
         return "a roster member's voice" if decision == "accept" else "nobody on the roster: not transcribed"
+    if kind == "command" and reason in (None, "unknown_speaker"):
+        return "a household member's voice" if decision == "accept" else "nobody in the household: not transcribed"
     if decision == "accept":
         if reason in REASONS:
             return REASONS[reason]

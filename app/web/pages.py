@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from flask import (Blueprint, current_app, flash, g, jsonify, redirect, render_template, request,
                    session, url_for)
@@ -24,7 +25,7 @@ from ..gate.store import Audit, record
 from ..store.models import AuditEvent, AuthSession, EnrollmentInvite, User, Voiceprint, utcnow
 from ..protocols import dictation_keys
 from ..protocols.dictation_keys import personal_url
-from ..gate.settings import current_policy
+from ..gate.settings import SettingsUnavailable, current_policy, household
 from . import labels
 from .sentences import passages
 
@@ -164,6 +165,33 @@ def reenroll():
     db.session.commit()
     _note_self("reenroll_started", g.user.name, "after a fresh voice login")
     return redirect(url_for("pages.enroll", token=token))
+
+
+@bp.get("/me/home-assistant")
+def home_assistant():
+    """Show how to set up Home Assistant's voice commands with this server, with the user's host and port."""
+    if g.user is None:
+        return redirect(url_for("pages.login"))
+    return render_template("pages/home_assistant.html", **wyoming_setup(g.user))
+
+
+def wyoming_setup(user: User) -> dict:
+    """Return what Home Assistant needs for the Wyoming server: host, port (None: off), whether ``user`` is a member.
+
+    Membership is None when the settings cannot be read. A server listening on every address is
+    shown by the name this page was reached by (``wyoming_guessed``); ``wyoming_local_only``: it
+    listens on loopback only.
+    """
+    host, port = current_app.config["WYOMING_HOST"], current_app.config["WYOMING_PORT"]
+    everywhere = host in ("0.0.0.0", "::", "")
+    if everywhere:
+        host = urlsplit(request.host_url).hostname
+    try:
+        member = user.public_id in household()
+    except SettingsUnavailable:
+        member = None
+    return {"wyoming_host": host, "wyoming_port": port, "household_member": member,
+            "wyoming_guessed": everywhere, "wyoming_local_only": not everywhere and host in ("127.0.0.1", "localhost", "::1")}
 
 
 @bp.route("/lost-invite", methods=["GET", "POST"])

@@ -18,7 +18,7 @@ from .blueprint import bp
 bp.add_app_template_global(labels.describe, "describe_event")
 
 PAGE_SIZE = 50
-KINDS = ("enroll", "verify", "identify", "transcribe", "meeting", "admin", "self")
+KINDS = ("enroll", "verify", "identify", "transcribe", "meeting", "command", "admin", "self")
 COLUMNS = ("created_at", "kind", "protocol", "claimed_user", "matched_user", "decision", "score", "threshold",
            "reason", "audio_seconds", "client_addr", "request_id")
 # The same event in words, after the raw columns (programs read the codes, people these).

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from ...gate import settings as rules
 from ...store.db import db
 from ...engines.runtime import switch_whisper, whisper_status
-from ...store.models import AuditEvent, Setting
+from ...gate.base import standing
+from ...store.models import AuditEvent, Setting, User
 from .blueprint import bp
 from .chart import histogram, shift
 from .common import note
@@ -58,7 +59,8 @@ def _page(submitted: dict[str, str]) -> str:
         proposed=proposed, shift=shift(accepted, rejected, proposed) if proposed is not None else None,
         whisper=whisper, whisper_default=current_app.config["WHISPER_MODEL"],
         whisper_choices=[(name, rules.whisper_present(name)) for name in rules.whisper_choices()],
-        whisper_status=whisper_status(current_app), submitted=submitted, challenge_choices=rules.CHALLENGE_CHOICES)
+        whisper_status=whisper_status(current_app), submitted=submitted, challenge_choices=rules.CHALLENGE_CHOICES,
+        household=household_choices(), wyoming=(current_app.config["WYOMING_HOST"], current_app.config["WYOMING_PORT"]))
 
 
 @bp.get("/settings/reset")
@@ -109,3 +111,36 @@ def scores():
     accepted, rejected = score_samples()
     return jsonify(accepted=[round(s, 4) for s in accepted], rejected=[round(s, 4) for s in rejected],
                    threshold=rules.current_policy(strict=False).threshold)
+
+
+# --------------------------------------------------------------------------- the household roster
+
+def household_choices() -> tuple[list[dict], bool]:
+    """Return every user who is or could be on the household roster, and whether the stored roster is readable.
+
+    Each is ``{public_id, name, display, on, problem}``: enrolled active users, and members who can
+    no longer speak (disabled, voice erased), shown so that the admin sees why.
+    """
+    try:
+        roster, readable = set(rules.household()), True
+    except rules.SettingsUnavailable:
+        roster, readable = set(), False
+    users = db.session.scalars(select(User).order_by(User.name)).all()
+    choices = []
+    for user in users:
+        problem = standing(user)
+        if problem is None or user.public_id in roster:
+            choices.append({"public_id": user.public_id, "name": user.name, "display": user.display_name,
+                            "on": user.public_id in roster, "problem": problem})
+    return choices, readable
+
+
+@bp.post("/settings/household")
+def save_household():
+    """Store who may give voice commands through the Wyoming server."""
+    if rules.save_household(request.form.getlist("member"), g.admin.username):
+        note("settings_changed", detail="household roster")
+        flash("Saved the household: in force for the next voice command.", "success")
+    else:
+        flash("Nothing changed.", "info")
+    return redirect(url_for("admin.settings") + "#household")

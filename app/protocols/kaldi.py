@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from dataclasses import replace
 from urllib.parse import parse_qsl
@@ -24,9 +23,8 @@ from ..audio.vad import SAMPLE_RATE
 from ..context import release_db, session_context
 from ..engines.runtime import engines_loaded, get_engines
 from ..extensions import csrf, sock
-from ..gate import store
 from ..serving import uploads
-from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
+from ..gate.base import PROBLEM_MESSAGES, Context, SessionError
 from ..gate.dictation import DictateSession
 from ..gate.opening import open_dictation
 from . import dictation_keys
@@ -45,7 +43,6 @@ _STATUS = {"busy": NOT_AVAILABLE, "unknown_user": NOT_ALLOWED, "disabled": NOT_A
            "not_enrolled": NOT_ALLOWED, "locked": NOT_ALLOWED}
 _HTTP_STATUS = {SUCCESS: 200, NO_SPEECH: 200, ABORTED: 400, NOT_ALLOWED: 403, NOT_AVAILABLE: 503}
 KEY_HEADER = "X-Dictation-Key"
-_KEY = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
 
 
 class KaldiError(Exception):
@@ -85,10 +82,8 @@ def open_kaldi_dictation(ctx: Context, key: str | None, partials: bool, live: bo
     A missing or wrong key is audited like the sessions' own refusals. Without
     ``partials`` the session computes none (they would only cost CPU).
     """
-    user = dictation_keys.user_for(key, ctx.secret_key) if key and _KEY.match(key) else None
+    user = dictation_keys.keyed_user(ctx, key)
     if user is None:
-        reason = "bad_key" if key else "no_key"
-        store.record(ctx.audit(new_request_id(), "transcribe", reason, reason=reason))
         raise KaldiError(NOT_ALLOWED, "this dictation URL holds no valid key; ask for your personal URL "
                          "(it changes when the key is revoked)")
     pool = ctx.engines.pool

@@ -85,6 +85,11 @@ def personal_url(user: User, secret_key: str, base_url: str) -> str:
     return dictation_url(base_url, key_for(user, secret_key))
 
 
+def openai_base_url(base_url: str) -> str:
+    """Return the base URL OpenAI clients take (``.../v1``); the dictation key is their API key."""
+    return f"{base_url.rstrip('/')}/v1"
+
+
 def recognize_url(base_url: str, key: str) -> str:
     """Return the HTTP URL that transcribes a whole recording for the key's user."""
     return f"{base_url.rstrip('/')}{RECOGNIZE_PATH}?key={quote(key, safe='')}"

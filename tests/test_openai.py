@@ -184,3 +184,24 @@ def test_the_key_reaches_no_log_line(server, speech, caplog):
     with open(speech.path(OWNER), "rb") as file:
         _client(server, key).audio.transcriptions.create(model="whisper-1", file=file)
     assert caplog.records and key not in caplog.text and "[redacted]" in caplog.text
+
+
+def test_me_shows_the_base_url_and_key_that_the_sdk_then_uses(server):
+    import html
+    import re
+    from datetime import timedelta
+
+    from app.models import AuthSession, User
+
+    with server.app.app_context():
+        token = AuthSession.start(timedelta(hours=1), user_id=User.by_name("lj").id)
+        db.session.commit()
+    browser = server.app.test_client()
+    with browser.session_transaction(base_url=server.url) as session:
+        session["user_session"] = token
+    page = browser.get("/me", base_url=server.url).get_data(as_text=True)
+    base_url = html.unescape(re.search(r'id="openai-base-url"[^>]* value="([^"]+)"', page).group(1))
+    key = html.unescape(re.search(r'id="openai-api-key"[^>]* value="([^"]+)"', page).group(1))
+    assert base_url == f"{server.url}/v1" and key == _key(server)
+    assert f'api_key="{key}"' in html.unescape(page) and f"Bearer {key}" in html.unescape(page)
+    assert "whisper-1" in [model.id for model in openai.OpenAI(base_url=base_url, api_key=key).models.list()]

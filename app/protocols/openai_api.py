@@ -36,7 +36,7 @@ csrf.exempt(bp)
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 # The model id clients hard-code; any model named is served by the server's own Whisper.
 ALIAS = "whisper-1"
-_STATUS = {"busy": 503, "voiceprint_unavailable": 503, "not_enrolled": 403, "disabled": 403, "locked": 403,
+_STATUS = {"busy": 503, "voiceprint_unavailable": 503, "not_enrolled": 403, "disabled": 403,
            "too_large": 413, "too_long": 413}
 _TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
           413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}

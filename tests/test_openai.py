@@ -16,8 +16,8 @@ import srt
 import webvtt
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from app.db import db
-from app.models import AuditEvent
+from app.store.db import db
+from app.store.models import AuditEvent
 from app.serving.logs import install_redaction
 
 from .conftest import serve_enrolled
@@ -191,7 +191,7 @@ def test_me_shows_the_base_url_and_key_that_the_sdk_then_uses(server):
     import re
     from datetime import timedelta
 
-    from app.models import AuthSession, User
+    from app.store.models import AuthSession, User
 
     with server.app.app_context():
         token = AuthSession.start(timedelta(hours=1), user_id=User.by_name("lj").id)

@@ -13,10 +13,10 @@ import hmac
 import re
 from urllib.parse import quote
 
-from ..db import db
 from ..gate import store
 from ..gate.base import Context, new_request_id
-from ..models import User
+from ..store.db import db
+from ..store.models import User
 
 # What a key can look like; anything else is refused before the database is asked.
 KEY_FORMAT = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")

@@ -18,11 +18,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..audio.decode import AudioError, AudioLimits, decode
-from ..context import release_db, session_context
-from ..errors import VoiceGateError
-from ..extensions import csrf
+from .context import release_db, session_context
+from ..errors import SessionError, VoiceGateError
+from ..serving.extensions import csrf
 from ..gate import transcript_export
-from ..gate.base import PROBLEM_MESSAGES, Context, SessionError
+from ..gate.base import PROBLEM_MESSAGES, Context
 from ..gate.dictation import summary_state, transcribe_recording
 from ..gate.opening import open_dictation
 from . import dictation_keys

@@ -5,7 +5,7 @@ bearer token (``Authorization: Bearer``), an enrollment link its invite token (`
 ``?invite=``), and any of them can reach a log line: the request line, the
 referer of the pages' own requests, or a message. The redaction happens where records are made
 (a log record factory), so it holds whatever the handlers and formats are (text or the JSON of
-app/logs.py), tracebacks included. Used as gunicorn's ``--logger-class`` (scripts/serve.sh).
+app/observe/logs.py), tracebacks included. Used as gunicorn's ``--logger-class`` (scripts/serve.sh).
 """
 from __future__ import annotations
 

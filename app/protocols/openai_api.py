@@ -24,7 +24,7 @@ from ..serving.extensions import csrf
 from ..gate import transcript_export
 from ..gate.base import PROBLEM_MESSAGES, Context
 from ..gate.dictation import summary_state, transcribe_recording
-from ..gate.opening import open_dictation
+from ..gate.opening import checked_language, open_dictation
 from . import dictation_keys
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ _STATUS = {"busy": 503, "voiceprint_unavailable": 503, "not_enrolled": 403, "dis
            "too_large": 413, "too_long": 413}
 _TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
           413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
-# Whisper's language codes (faster-whisper's tokenizer holds the same list).
-_KNOWN_LANGUAGE = frozenset(
-    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr ht hu hy "
-    "id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa pl ps pt ro ru sa "
-    "sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo yue zh".split())
 
 
 class OpenAIError(Exception):
@@ -119,13 +114,17 @@ def transcriptions():
     fmt = fields.get("response_format") or "json"
     if fmt not in FORMATS:
         raise OpenAIError(400, f"response_format must be one of {', '.join(FORMATS)}", "response_format", "invalid_value")
-    _check_options(fields, ctx.engines.transcriber.multilingual)
+    _check_options(fields)
+    try:
+        language = checked_language(ctx, fields.get("language") or None)
+    except SessionError as error:
+        raise OpenAIError(400, error.message, "language", "unsupported_value") from None
     pool = ctx.engines.pool
     if pool.pending >= pool.capacity:
         raise OpenAIError(503, "the server is at capacity; try again in a moment", None, "busy")
     audio = _audio(ctx.policy.max_dictation_seconds)
     try:
-        session = open_dictation(ctx, user, live=False, signed_in=True)  # the key is the credential
+        session = open_dictation(ctx, user, live=False, signed_in=True, language=language)  # the key is the credential
     except SessionError as error:
         raise OpenAIError(_STATUS.get(error.code, 400), PROBLEM_MESSAGES.get(error.code, error.message),
                           None, error.code) from None
@@ -141,7 +140,7 @@ def transcriptions():
     state = summary_state(session.emitted)
     logger.info("openai transcription %s for %s: %s, %d of %d segments, %.2f s", session.request_id, user,
                 state, len(cues), len(session.emitted), time.perf_counter() - started)
-    response = _respond(fmt, cues, audio.size / 16000, "en" if not ctx.engines.transcriber.multilingual else None)
+    response = _respond(fmt, cues, audio.size / 16000, session.written_language)
     response.headers["X-VoiceGate-State"] = state  # accept, reject (another voice), not_enough_speech, no_speech
     response.headers["X-Request-Id"] = session.request_id
     return response
@@ -186,15 +185,10 @@ def _form():
     return request.form
 
 
-def _check_options(fields, multilingual: bool) -> None:
-    """Check ``model``, ``language``, ``temperature`` and ``stream``; ``prompt`` is taken and not used."""
+def _check_options(fields) -> None:
+    """Check ``model``, ``temperature`` and ``stream``; ``prompt`` is taken and not used."""
     if not fields.get("model"):
         raise OpenAIError(400, "you must provide a model parameter", "model", "missing_required_parameter")
-    language = fields.get("language") or None
-    if language is not None and language not in _KNOWN_LANGUAGE:
-        raise OpenAIError(400, f"language {language!r} is not an ISO-639-1 code Whisper knows", "language", "invalid_value")
-    if language not in (None, "en") and not multilingual:
-        raise OpenAIError(400, "this server's Whisper model transcribes English only", "language", "unsupported_value")
     temperature = fields.get("temperature")
     if temperature:
         try:

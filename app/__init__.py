@@ -56,11 +56,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     app.register_blueprint(http_api.bp)
     from .web.admin import bp as admin_bp
     from .protocols.kaldi import bp as kaldi_bp  # Kõnele's endpoints (docs/konele.md)
+    from .protocols.openai_api import bp as openai_bp  # /v1/audio/transcriptions (docs/openai.md)
     from .protocols.openapi import bp as openapi_bp  # /api/v1/openapi.json and /api/v1/docs
     from .observe.metrics import bp as metrics_bp  # /metrics
     from .web.pages import bp as pages_bp
 
     app.register_blueprint(kaldi_bp)
+    app.register_blueprint(openai_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(pages_bp)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import sys
 from datetime import timedelta
 
@@ -74,10 +75,11 @@ def users_invite(name: str, hours: float | None) -> None:
 @users.command("key")
 @click.argument("name")
 @click.option("--revoke", is_flag=True, help="Invalidate the current key first; the URL printed is the new one.")
-@click.option("--base-url", envvar="VOICEGATE_PUBLIC_URL", default="http://127.0.0.1:8000", show_default=True,
-              help="The server's public address (default: $VOICEGATE_PUBLIC_URL, else the local one).")
-def users_key(name: str, revoke: bool, base_url: str) -> None:
-    """Print NAME's personal dictation URLs; the one to put in Kõnele is the last line."""
+@click.option("--base-url", envvar="VOICEGATE_PUBLIC_URL", default=None,
+              help="The server's public address (default: $VOICEGATE_PUBLIC_URL, else http://$VOICEGATE_HOST:"
+                   "$VOICEGATE_PORT, where scripts/run.sh serves: 127.0.0.1:8000 unless they are set).")
+def users_key(name: str, revoke: bool, base_url: str | None) -> None:
+    """Print NAME's personal dictation URLs and OpenAI settings; the one to put in Kõnele is the last line."""
     from .protocols import dictation_keys
 
     user = User.by_name(name)
@@ -89,10 +91,29 @@ def users_key(name: str, revoke: bool, base_url: str) -> None:
         click.echo(f"revoked {name}'s previous dictation key")
     if not user.enrolled:
         click.echo(f"note: {name} has not enrolled a voice yet; dictation is refused until they do", err=True)
+    base_url = base_url or _served_url()
     key = dictation_keys.key_for(user, current_app.config["SECRET_KEY"])
+    click.echo(f"OpenAI clients: base URL {dictation_keys.openai_base_url(base_url)}, API key {key}")
     click.echo(f"HTTP (whole recordings): {dictation_keys.recognize_url(base_url, key)}")
     click.echo(f"Kõnele WebSocket URL for {name}:")
     click.echo(dictation_keys.dictation_url(base_url, key))
+
+
+def _served_url() -> str:
+    """Return the address the server listens on (VOICEGATE_HOST, VOICEGATE_PORT: scripts/serve.sh's bind).
+
+    A server bound to every interface is reached by this machine's name; say so, since only
+    the admin knows the address a phone reaches it by (VOICEGATE_PUBLIC_URL).
+    """
+    host = os.environ.get("VOICEGATE_HOST") or str(current_app.config.get("HOST") or "127.0.0.1")
+    port = os.environ.get("VOICEGATE_PORT") or str(current_app.config.get("PORT") or "8000")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+        click.echo(f"note: the server listens on every address; {host} is this machine's name. Set "
+                   "VOICEGATE_PUBLIC_URL (or --base-url) to the address clients reach it by", err=True)
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address in a URL
+    return f"http://{host}:{port}"
 
 
 @users.command("delete")

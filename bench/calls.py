@@ -173,11 +173,11 @@ class Dictation:
         return sum(1 for f in self.finals if f["state"] == state)
 
 
-def dictate(ws_url: str, user: str, audio: np.ndarray, realtime: bool) -> Dictation:
-    """Dictate one recording as ``user`` and return its finals with their arrival times."""
+def dictate(ws_url: str, user: str, audio: np.ndarray, realtime: bool, language: str | None = None) -> Dictation:
+    """Dictate one recording as ``user`` (in ``language``; None: detected) and return its finals with their arrival times."""
     outcome = Dictation(audio_seconds=audio.size / 16000)
     began = time.perf_counter()
-    session = _Session(ws_url, {"mode": "dictate", "user": user})
+    session = _Session(ws_url, {"mode": "dictate", "user": user, **({"language": language} if language else {})})
     try:
         ready = session.ready()
         if ready["type"] != "ready":

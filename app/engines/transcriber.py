@@ -47,13 +47,21 @@ DRAFT_MIN_TOKENS = 16
 TRUNCATED_SECONDS = 1.0
 
 
+# The languages multilingual Whisper writes (ISO-639-1 codes, as faster-whisper's tokenizer names them).
+LANGUAGES = frozenset(
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr ht hu hy "
+    "id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa pl ps pt ro ru sa "
+    "sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo yue zh".split())
+
+
 @dataclass(frozen=True)
 class Transcript:
-    """What was said: the joined text, its segments' texts, and the language."""
+    """What was said: the joined text, its segments' texts, and the language (with Whisper's confidence when detected)."""
 
     text: str
     segments: tuple[str, ...]
     language: str
+    language_probability: float = 1.0  # 1.0: the language was given, not detected
 
 
 class Transcriber:
@@ -117,7 +125,8 @@ class Transcriber:
             vad_filter=False,
         )
         texts = tuple(segment.text.strip() for segment in segments)
-        return Transcript(" ".join(t for t in texts if t), texts, info.language)
+        return Transcript(" ".join(t for t in texts if t), texts, info.language,
+                          1.0 if language else float(info.language_probability))
 
     def _transcribe_short(self, audio: np.ndarray, language: str, beam_size: int, min_seconds: float) -> str | None:
         """Decode an utterance under 28 s from an encoder pass over its length (at least ``min_seconds``); None if it looks wrong.

@@ -38,8 +38,8 @@ class DictateSession(GatedStream):
     TALLY = {"accept": "accepted", "reject": "rejected", "not_enough_speech": "unverified"}
 
     def __init__(self, ctx: Context, user_name: str, live: bool = True, shows_scores: bool = True,
-                 standing: str | None = None):
-        super().__init__(ctx, live)
+                 standing: str | None = None, language: str | None = None):
+        super().__init__(ctx, live, language)
         self.user = user_name
         self.shows_scores, self.standing = shows_scores, standing
         voiceprint = None if standing else store.find_user(user_name).voiceprint
@@ -52,7 +52,7 @@ class DictateSession(GatedStream):
 
     def _result(self) -> dict:
         return {"type": "result", "mode": "dictate", "user": self.user, "request_id": self.request_id,
-                "utterances": len(self.emitted), **self._tally}
+                "utterances": len(self.emitted), "language": self.written_language, **self._tally}
 
     def _partial_message(self, begin: int, whose: str | None, text: str) -> dict:
         return {"type": "partial", "utterance": len(self.emitted) + 1, "text": text}
@@ -96,6 +96,8 @@ class DictateSession(GatedStream):
         final = {"type": "final", "utterance": len(self.emitted) + 1, "state": state, "text": text,
                  "score": None if span.score is None else round(span.score, 4),
                  "threshold": self.ctx.policy.threshold, "start": seconds(begin), "end": seconds(span.end)}
+        if text:
+            final["language"] = self.written_language
         if not self.shows_scores:
             del final["score"], final["threshold"]  # scores are for the user and admins only
         return final

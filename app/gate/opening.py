@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import tokens
 from . import store
+from ..engines.transcriber import LANGUAGES
 from ..errors import SessionError
 from .base import PROBLEM_MESSAGES, Context, new_request_id, user_problem
 from .dictation import DictateSession
@@ -40,7 +41,8 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
         if not user:
             raise SessionError("user_required", "dictation needs a user (or a session token)")
         # The browser's dictation page: the user's own sign-in cookie, on a same-origin socket.
-        return open_dictation(ctx, user, signed_in=signed_in or admin or user == ctx.signed_in_user)
+        return open_dictation(ctx, user, signed_in=signed_in or admin or user == ctx.signed_in_user,
+                              language=checked_language(ctx, start.get("language")))
     if mode == "verify" and not admin and not signed_in:
         # Decided after the audio, like a wrong voice: a stranger learns nothing from the start.
         return VerifySession(ctx, user)
@@ -51,7 +53,25 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
     return VerifySession(ctx, user)
 
 
-def open_dictation(ctx: Context, user: str, live: bool = True, *, signed_in: bool = False) -> DictateSession:
+def checked_language(ctx: Context, language) -> str | None:
+    """Return the language a client asks Whisper to write (None or "auto": detect it); raise SessionError if it cannot.
+
+    A code Whisper does not know, or another language than English on an English-only model,
+    is refused (``bad_language``): the words would come out wrong, or in English.
+    """
+    if language is None or language in ("", "auto"):
+        return None
+    if not isinstance(language, str) or language.lower() not in LANGUAGES:
+        raise SessionError("bad_language", "language must be an ISO-639-1 code that Whisper knows (e.g. en, cs, nl), or auto")
+    language = language.lower()
+    if language != "en" and not ctx.engines.transcriber.multilingual:
+        raise SessionError("bad_language", "this server's Whisper model writes English only; an admin can choose "
+                                           "the multilingual one (base)")
+    return language
+
+
+def open_dictation(ctx: Context, user: str, live: bool = True, *, signed_in: bool = False,
+                   language: str | None = None) -> DictateSession:
     """Return a dictation for ``user`` behind the identity gate, or raise SessionError (audited) if they cannot dictate.
 
     ``signed_in``: the caller proved to be ``user`` (a session token or a dictation key), or is
@@ -59,11 +79,12 @@ def open_dictation(ctx: Context, user: str, live: bool = True, *, signed_in: boo
     do not apply, and the scores are theirs to see. Anyone else naming a user who does not
     exist, is disabled or has not enrolled gets what a wrong voice gets: a session whose every
     utterance is rejected (after the same work), so that the name's standing stays private.
+    ``language``: as checked_language returns it (None: detected).
     """
     problem = user_problem(ctx, user, new_request_id(), "transcribe", limit=not signed_in)
     if problem == "locked" or (problem and signed_in):
         raise SessionError(problem, PROBLEM_MESSAGES[problem])
-    return DictateSession(ctx, user, live=live, shows_scores=signed_in, standing=problem)
+    return DictateSession(ctx, user, live=live, shows_scores=signed_in, standing=problem, language=language)
 
 
 def token_user(ctx: Context, token, claimed: str | None = None) -> str:

@@ -34,6 +34,9 @@ MIN_WINDOW_SPEECH = 1.0
 SNAP_SECONDS = 0.3
 # Accepted stretches shorter than this hold no word worth transcribing.
 MIN_TEXT_SECONDS = 0.3
+# Whisper's confidence in a language it detected from which a stream keeps that language; below
+# it, the next stretch is detected again (base tells Czech from Polish badly on a few seconds).
+LANGUAGE_SURE = 0.5
 # Audio is handed to an engine in blocks this long, as a live stream would arrive.
 BLOCK = SAMPLE_RATE // 4
 # A lone live stream that has shown no text for this many seconds of its audio waits for the
@@ -70,9 +73,14 @@ class GatedStream:
     noun = "stream"
     TALLY: dict[str, str] = {}  # a settled stretch's state -> the result counter it adds to
 
-    def __init__(self, ctx: Context, live: bool):
+    def __init__(self, ctx: Context, live: bool, language: str | None = None):
         self.ctx = ctx
         self.request_id = new_request_id()
+        # What Whisper writes: the asked language, or (None) the one it detects in the first
+        # transcribed stretch where it is sure (LANGUAGE_SURE), kept for the rest of the stream so
+        # that every stretch is in one language and the fast short-window decode applies (it needs one).
+        self.language = language
+        self.detected: str | None = None  # the language detected last while none was kept
         self.done = False
         policy = ctx.policy
         self.partials = live and policy.partial_interval != float("inf")
@@ -90,6 +98,11 @@ class GatedStream:
         self._slot = False
         self.emitted: list[dict] = []  # every settled stretch's message, for callers that answer once (HTTP)
         self._tally = dict.fromkeys(self.TALLY.values(), 0)
+
+    @property
+    def written_language(self) -> str | None:
+        """Return the language the stream's text is written in: the kept one, else the last detected; None before any text."""
+        return self.language or self.detected
 
     def _take_slot(self) -> None:
         """Hold one of the server's dictation slots; call it last, so nothing after it can fail and leave it taken."""
@@ -292,7 +305,13 @@ class GatedStream:
     def _transcribe(self, begin: int, end: int) -> str:
         if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
             return ""
-        return run_model(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(begin, end)).text
+        transcript = run_model(self.ctx, partial(self.ctx.engines.transcriber.transcribe, language=self.language),
+                               self._slice(begin, end))
+        if self.language is None and transcript.text:
+            self.detected = transcript.language
+            if transcript.language_probability >= LANGUAGE_SURE:
+                self.language = transcript.language
+        return transcript.text
 
     def _start_partial(self) -> None:
         """Transcribe the accepted stretch that is still growing, when a worker is free and enough is new."""
@@ -310,7 +329,8 @@ class GatedStream:
         self._last_partial = settled
         try:
             # Not counted as load by admission (pool.StreamSlots): streams are admitted for what they must do.
-            future = pool.submit_courtesy(partial(self.ctx.engines.transcriber.transcribe, draft=True),
+            future = pool.submit_courtesy(partial(self.ctx.engines.transcriber.transcribe, language=self.language,
+                                                  draft=True),
                                           self._slice(growing.begin, settled))
             self._partial = (growing.begin, _whose(growing), future)
         except Busy:

@@ -101,3 +101,20 @@ def export(lines: list[dict], fmt: str, roster: list | None = None) -> str:
     if fmt == "json":
         return to_json(lines, roster)
     raise ExportError(f"format must be one of {', '.join(FORMATS)}")
+
+
+def plain_subtitles(cues: list[dict], fmt: str) -> str:
+    """Return ``{start, end, text}`` cues of one speaker as WebVTT or SRT (``fmt``), without speaker names.
+
+    The shape Whisper's own writers give (OpenAI's ``response_format`` vtt and srt).
+    """
+    if fmt not in ("vtt", "srt"):
+        raise ExportError("format must be vtt or srt")
+    separator = "." if fmt == "vtt" else ","
+    out = ["WEBVTT", ""] if fmt == "vtt" else []
+    for index, cue in enumerate(cues, 1):
+        text = " ".join(str(cue["text"]).split())
+        if fmt == "vtt":
+            text = _escape(text)
+        out += [str(index), f"{_clock(cue['start'], separator)} --> {_clock(cue['end'], separator)}", text, ""]
+    return "\n".join(out)

@@ -10,10 +10,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from urllib.parse import quote
 
+from ..gate import store
+from ..gate.base import Context, new_request_id
 from ..store.db import db
 from ..store.models import User
+
+# What a key can look like; anything else is refused before the database is asked.
+KEY_FORMAT = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
 
 
 def _mac(secret_key: str, user: User) -> str:
@@ -35,6 +41,18 @@ def user_for(key: str | None, secret_key: str) -> User | None:
     user = db.session.get(User, int(user_id))
     if user is None or not user.public_id or not hmac.compare_digest(mac, _mac(secret_key, user)):
         return None
+    return user
+
+
+def keyed_user(ctx: Context, key: str | None) -> User | None:
+    """Return the user whose current dictation key ``key`` is; audit a missing or wrong key and return None.
+
+    Every surface a key opens (Kõnele's, OpenAI's) checks it here, so each refusal is audited alike.
+    """
+    user = user_for(key, ctx.secret_key) if key and KEY_FORMAT.match(key) else None
+    if user is None:
+        reason = "bad_key" if key else "no_key"
+        store.record(ctx.audit(new_request_id(), "transcribe", reason, reason=reason))
     return user
 
 
@@ -65,6 +83,11 @@ def dictation_url(base_url: str, key: str) -> str:
 def personal_url(user: User, secret_key: str, base_url: str) -> str:
     """Return ``user``'s personal Kõnele URL on the server at ``base_url`` (the one builder pages and CLI use)."""
     return dictation_url(base_url, key_for(user, secret_key))
+
+
+def openai_base_url(base_url: str) -> str:
+    """Return the base URL OpenAI clients take (``.../v1``); the dictation key is their API key."""
+    return f"{base_url.rstrip('/')}/v1"
 
 
 def recognize_url(base_url: str, key: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from dataclasses import replace
 from urllib.parse import parse_qsl
@@ -24,11 +23,10 @@ from ..audio.vad import SAMPLE_RATE
 from .context import release_db, session_context
 from ..engines.runtime import engines_loaded, get_engines
 from ..serving.extensions import csrf, sock
-from ..gate import store
 from ..serving import uploads
-from ..gate.base import PROBLEM_MESSAGES, Context, new_request_id
+from ..gate.base import PROBLEM_MESSAGES, Context
 from ..gate.dictation import DictateSession
-from ..gate.opening import open_dictation
+from ..gate.opening import checked_language, open_dictation
 from . import dictation_keys
 from .frames import receive_frame
 from .kaldi_audio import AudioIntake, has_header, parse_caps
@@ -45,7 +43,6 @@ _STATUS = {"busy": NOT_AVAILABLE, "unknown_user": NOT_ALLOWED, "disabled": NOT_A
            "not_enrolled": NOT_ALLOWED, "locked": NOT_ALLOWED}
 _HTTP_STATUS = {SUCCESS: 200, NO_SPEECH: 200, ABORTED: 400, NOT_ALLOWED: 403, NOT_AVAILABLE: 503}
 KEY_HEADER = "X-Dictation-Key"
-_KEY = re.compile(r"^\d{1,18}\.[A-Za-z0-9_-]{1,64}$")
 
 
 class KaldiError(Exception):
@@ -79,16 +76,31 @@ def request_key(params: dict[str, str]) -> str | None:
     return params.get("key") or request.headers.get(KEY_HEADER) or None
 
 
-def open_kaldi_dictation(ctx: Context, key: str | None, partials: bool, live: bool = True) -> DictateSession:
+def kaldi_language(ctx: Context, tag: str | None) -> str | None:
+    """Return the language Kõnele's ``lang`` (a tag such as ``cs-CZ``) asks for; None to detect it.
+
+    Kõnele sends its phone's or its combo's language. An English-only model writes English
+    whatever it says (as before languages were taken); ``und`` or none means detect. A code
+    Whisper does not know is refused (status 2), not guessed.
+    """
+    code = (tag or "").replace("_", "-").split("-")[0].strip().lower()
+    if code in ("", "und") or not ctx.engines.transcriber.multilingual:
+        return None
+    try:
+        return checked_language(ctx, code)
+    except SessionError as error:
+        raise KaldiError(ABORTED, error.message) from None
+
+
+def open_kaldi_dictation(ctx: Context, key: str | None, partials: bool, live: bool = True,
+                         lang: str | None = None) -> DictateSession:
     """Return a dictation session for the key's user, or raise KaldiError (5 not allowed, 9 busy).
 
     A missing or wrong key is audited like the sessions' own refusals. Without
     ``partials`` the session computes none (they would only cost CPU).
     """
-    user = dictation_keys.user_for(key, ctx.secret_key) if key and _KEY.match(key) else None
+    user = dictation_keys.keyed_user(ctx, key)
     if user is None:
-        reason = "bad_key" if key else "no_key"
-        store.record(ctx.audit(new_request_id(), "transcribe", reason, reason=reason))
         raise KaldiError(NOT_ALLOWED, "this dictation URL holds no valid key; ask for your personal URL "
                          "(it changes when the key is revoked)")
     pool = ctx.engines.pool
@@ -96,8 +108,9 @@ def open_kaldi_dictation(ctx: Context, key: str | None, partials: bool, live: bo
         raise KaldiError(NOT_AVAILABLE, "the server is at capacity; try again in a moment")
     if not partials:
         ctx = replace(ctx, policy=replace(ctx.policy, partial_interval=float("inf")))
+    language = kaldi_language(ctx, lang)
     try:
-        return open_dictation(ctx, user.name, live=live, signed_in=True)  # the key is the credential
+        return open_dictation(ctx, user.name, live=live, signed_in=True, language=language)  # the key is the credential
     except SessionError as error:
         message = PROBLEM_MESSAGES.get(error.code, error.message)
         raise KaldiError(_STATUS.get(error.code, ABORTED), f"dictation is not allowed: {message}") from None
@@ -160,6 +173,7 @@ class KaldiDictation:
         if not message["text"]:
             return []  # nothing Whisper could write: an empty final would insert nothing
         result = self._result(message["text"], final=True)
+        result["language"] = message.get("language")  # not kaldi's: what Whisper wrote (asked by lang, or detected)
         result.update({"segment-start": message["start"], "segment-length": round(message["end"] - message["start"], 3),
                        "total-length": round(self._received / SAMPLE_RATE, 3)})
         self.finals.append(message["text"])
@@ -221,7 +235,7 @@ class SpeechChannel:
 
     def _open(self) -> None:
         partials = self.params.get("partial", "").lower() == "true"
-        session = open_kaldi_dictation(self.ctx, self.key, partials)
+        session = open_kaldi_dictation(self.ctx, self.key, partials, lang=self.params.get("lang"))
         try:
             fmt = parse_caps(self.params.get("content-type"))
         except AudioError as error:
@@ -345,7 +359,7 @@ def recognize():
     params = request_params()
     session = None
     try:
-        session = open_kaldi_dictation(ctx, request_key(params), partials=False, live=False)
+        session = open_kaldi_dictation(ctx, request_key(params), partials=False, live=False, lang=params.get("lang"))
         caps = params.get("content-type")
         if caps is None and request.mimetype.startswith("audio/"):
             caps = request.headers["Content-Type"]
@@ -367,4 +381,4 @@ def recognize():
             session.close()
         _requests().done()
     text = " ".join(t for t in dictation.finals if t)
-    return jsonify(status=SUCCESS, id=dictation.id, hypotheses=[{"utterance": text}])
+    return jsonify(status=SUCCESS, id=dictation.id, hypotheses=[{"utterance": text}], language=session.written_language)

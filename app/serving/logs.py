@@ -1,7 +1,8 @@
 """Logs without secrets: every log record, gunicorn's access and error lines and the app's own, redacted.
 
-A Kõnele URL carries the user's dictation key (``?key=``), an enrollment link its invite token
-(``/enroll/<token>``, ``?invite=``), and either can reach a log line: the request line, the
+A Kõnele URL carries the user's dictation key (``?key=``), an OpenAI client the same key as its
+bearer token (``Authorization: Bearer``), an enrollment link its invite token (``/enroll/<token>``,
+``?invite=``), and any of them can reach a log line: the request line, the
 referer of the pages' own requests, or a message. The redaction happens where records are made
 (a log record factory), so it holds whatever the handlers and formats are (text or the JSON of
 app/observe/logs.py), tracebacks included. Used as gunicorn's ``--logger-class`` (scripts/serve.sh).
@@ -17,12 +18,14 @@ from gunicorn import glogging
 REDACTED = "[redacted]"
 _QUERY_SECRET = re.compile(r"(?i)(\b(?:key|invite|token)=)[^&\s\"'#]+")
 _ENROLL_TOKEN = re.compile(r"(/enroll/)[^/\s?#\"']+")
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"',]+")
 _TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with dictation keys and invite tokens replaced by [redacted]."""
-    return _ENROLL_TOKEN.sub(r"\1" + REDACTED, _QUERY_SECRET.sub(r"\1" + REDACTED, text))
+    """Return ``text`` with dictation keys, bearer tokens and invite tokens replaced by [redacted]."""
+    text = _BEARER.sub(r"\1" + REDACTED, _QUERY_SECRET.sub(r"\1" + REDACTED, text))
+    return _ENROLL_TOKEN.sub(r"\1" + REDACTED, text)
 
 
 def install_redaction() -> None:

@@ -128,17 +128,19 @@ def sign_out():
 
 @bp.get("/me")
 def me():
-    """Show the signed-in user's account: Kõnele set-up, their history, and what they can do themselves."""
+    """Show the signed-in user's account: Kõnele and OpenAI-client set-up, their history, what they can do themselves."""
     if g.user is None:
         return redirect(url_for("pages.login"))
     url = _dictation_url(g.user)
+    key = dictation_keys.key_for(g.user, current_app.config["SECRET_KEY"])
     events = db.session.scalars(
         select(AuditEvent)
         .where(or_(AuditEvent.claimed_user == g.user.name, AuditEvent.matched_user == g.user.name))
         .order_by(AuditEvent.id.desc()).limit(HISTORY_ROWS)).all()
     return render_template("pages/me.html", dictation_url=url, qr_svg=qr_svg(url, "QR code of your dictation address"),
                            events=[(event, labels.describe(event)) for event in events],
-                           reenroll_left=_reenroll_seconds_left(), reenroll_minutes=REENROLL_SECONDS // 60)
+                           reenroll_left=_reenroll_seconds_left(), reenroll_minutes=REENROLL_SECONDS // 60,
+                           openai_base_url=dictation_keys.openai_base_url(request.host_url), dictation_key=key)
 
 
 @bp.post("/me/revoke-key")

@@ -167,6 +167,11 @@ def models_fetch(names: tuple[str, ...], fetch_all: bool) -> None:
                 from .engines.speaker import export_onnx
 
                 export_onnx(directory, log=click.echo)
+            elif name == "campplus":
+                # Our own network on the shipped state dict; the server runs the export, without torch.
+                from .engines.campplus import export_onnx as export_campplus
+
+                export_campplus(directory, log=click.echo)
     except modelstore.ModelError as error:
         raise click.ClickException(str(error)) from None
 

@@ -28,7 +28,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     if test_config:
         app.config.from_mapping(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
-    from .logs import configure as configure_logs
+    from .observe.logs import configure as configure_logs
 
     configure_logs(app.config["LOG_FORMAT"])
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url(app.config["DATABASE_URL"], app.instance_path)
@@ -36,12 +36,14 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     # The weights are local files; a missing one must fail at once, not reach for a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from . import cli, health, models  # noqa: F401  (models registers tables)
+    from . import cli
+    from .observe import health
+    from .store import models  # noqa: F401  (models registers tables)
     from .protocols import http_api, voice_ws  # noqa: F401  (voice_ws registers a route)
     from .serving import uploads
-    from .db import db
+    from .store.db import db
     from .engines.runtime import get_engines, set_engines
-    from .extensions import csrf, migrate, sock
+    from .serving.extensions import csrf, migrate, sock
 
     uploads.init_app(app)
     db.init_app(app)
@@ -55,7 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     from .web.admin import bp as admin_bp
     from .protocols.kaldi import bp as kaldi_bp  # Kõnele's endpoints (docs/konele.md)
     from .protocols.openapi import bp as openapi_bp  # /api/v1/openapi.json and /api/v1/docs
-    from .metrics import bp as metrics_bp  # /metrics
+    from .observe.metrics import bp as metrics_bp  # /metrics
     from .web.pages import bp as pages_bp
 
     app.register_blueprint(kaldi_bp)
@@ -70,9 +72,14 @@ def create_app(test_config: Mapping[str, Any] | None = None, engines=None) -> Fl
     # Behind nginx, the per-client limits must count the real client (docs/deployment.md).
     app.wsgi_app = trust_proxies(app.wsgi_app, app.config["TRUSTED_PROXIES"])
 
-    from .versions import follow_settings
+    from .engines.runtime import Wiring, wire
+    from .gate.settings import follow_settings, whisper_to_load
+    from .store.leases import shared_slots
 
-    # Another instance on the same database may have switched the Whisper model (app/versions.py).
+    # The engines learn the stored Whisper choice and the shared dictation slots from here,
+    # so that they import nothing above them.
+    wire(app, Wiring(wanted_whisper=whisper_to_load, shared_slots=shared_slots))
+    # Another instance on the same database may have switched the Whisper model.
     app.before_request(lambda: follow_settings(app))
 
     if engines is not None:

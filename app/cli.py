@@ -12,8 +12,8 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from .engines import modelstore
-from .db import db
-from .models import AdminAccount, EnrollmentInvite, User, Voiceprint
+from .store.db import db
+from .store.models import AdminAccount, EnrollmentInvite, User, Voiceprint
 
 users = AppGroup("users", help="Manage the people who can enroll a voice.")
 admin = AppGroup("admin", help="Manage admin accounts.")
@@ -205,7 +205,7 @@ def _configured_models() -> tuple[str, ...]:
 @keys.command("check")
 def keys_check() -> None:
     """Report whether every voiceprint's key is in the keystore and opens with the secret; exit 1 if not."""
-    from . import vault
+    from .store import vault
 
     owners = dict(db.session.execute(
         select(Voiceprint.key_id, User.name).join(User, User.id == Voiceprint.user_id)).all())
@@ -227,8 +227,8 @@ def keys_check() -> None:
               help="A file holding the previous secret key (default: asked, not echoed).")
 def keys_rewrap(old_secret_file) -> None:
     """Re-wrap every voiceprint key wrapped with the previous secret under the current one (docs: README)."""
-    from .keystore import KeystoreError
-    from . import vault
+    from .store.keystore import KeystoreError
+    from .store import vault
 
     old = old_secret_file.read().strip() if old_secret_file else click.prompt("previous secret key", hide_input=True)
     if not old:
@@ -245,7 +245,7 @@ def keys_rewrap(old_secret_file) -> None:
               help="Seconds a key must have existed (spares enrollments being saved right now).")
 def keys_prune(min_age: float) -> None:
     """Destroy keys that no voiceprint uses any more (left by rows deleted outside VoiceGate)."""
-    from . import vault
+    from .store import vault
 
     store = vault.keystore()
     used = set(db.session.scalars(select(Voiceprint.key_id)))

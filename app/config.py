@@ -20,7 +20,7 @@ class Config:
     DATABASE_URL: str | None = None
     # None means: generated once and kept in the instance folder. It also wraps the voiceprint keys.
     SECRET_KEY: str | None = None
-    # The voiceprint keys, outside the database and its backups (app/keystore.py says why);
+    # The voiceprint keys, outside the database and its backups (app/store/keystore.py says why);
     # None means keystore.db in the instance folder. Server processes on one host share it.
     KEYSTORE_PATH: str | None = None
 

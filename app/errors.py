@@ -13,3 +13,7 @@ class VoiceGateError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class SessionError(VoiceGateError):
+    """A failure that ends the session; ``code`` is stable, ``message`` is for people."""

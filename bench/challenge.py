@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             from flask_migrate import upgrade
 
             from app.gate import store
-            from app.db import db
-            from app.models import User
+            from app.store.db import db
+            from app.store.models import User
 
             enroll_clips = {}
             with app.app_context():

@@ -167,7 +167,7 @@ def _timed_like(texts: list[str], http_texts: list[Text], http_finals: list[str 
 def _dictation_key(service, user: str) -> str:
     """Return ``user``'s personal dictation key, as `flask users key` prints it."""
     from app.protocols import dictation_keys
-    from app.models import User
+    from app.store.models import User
 
     with service._admin.app_context():
         return dictation_keys.key_for(User.by_name(user), service._admin.config["SECRET_KEY"])

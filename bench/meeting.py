@@ -236,8 +236,8 @@ def _enroll(service, name: str, clips) -> None:
 
 def _token(service, name: str) -> str:
     """Return a session token for ``name``, as an accepted voice login issues (the roster's chooser)."""
-    from app import tokens
-    from app.models import User
+    from app.gate import tokens
+    from app.store.models import User
 
     with service._admin.app_context():
         user = User.by_name(name)

@@ -124,8 +124,8 @@ class Service:
 
     def set_setting(self, name: str, value) -> None:
         """Store one admin setting in the server's database (sessions read settings as they start)."""
-        from app.db import db
-        from app.models import Setting
+        from app.store.db import db
+        from app.store.models import Setting
 
         with self._admin.app_context():
             Setting.put(name, value, "bench")

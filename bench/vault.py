@@ -26,9 +26,9 @@ from flask_migrate import upgrade
 from sqlalchemy import delete, select
 
 from app import create_app
-from app.db import db
+from app.store.db import db
 from app.gate import store
-from app.models import User, Voiceprint
+from app.store.models import User, Voiceprint
 
 from .output import save
 from .threshold import ROOT

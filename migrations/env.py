@@ -108,7 +108,7 @@ def run_migrations_online():
             context.run_migrations()
         if connection.dialect.name == "sqlite":
             # What a migration rewrote (0005 sealed the voiceprints in place) must not stay readable
-            # in the write-ahead log; secure_delete (app/db.py) has zeroed it in the file itself.
+            # in the write-ahead log; secure_delete (app/store/db.py) has zeroed it in the file itself.
             connection.commit()
             connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 

@@ -16,7 +16,7 @@ export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 log_config=()
 if [ "${VOICEGATE_LOG_FORMAT:-text}" = json ]; then
-  # gunicorn's own lines as JSON too, from its first one (app/logs.py does the app's).
+  # gunicorn's own lines as JSON too, from its first one (app/observe/logs.py does the app's).
   log_config=(--log-config-json scripts/logging-json.json)
 fi
 exec .venv/bin/gunicorn "${log_config[@]}" \

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from app.gate.policy import DEFAULT_TARGET_FAR
-from app.db import db
-from app.engines.runtime import _wanted_whisper, whisper_status
-from app.models import AdminAccount, AuditEvent, EnrollmentInvite, Setting, User, Voiceprint, utcnow
-from app.settings import SettingsUnavailable, current_policy
+from app.store.db import db
+from app.engines.runtime import whisper_status
+from app.gate.settings import whisper_to_load
+from app.store.models import AdminAccount, AuditEvent, EnrollmentInvite, Setting, User, Voiceprint, utcnow
+from app.gate.settings import SettingsUnavailable, current_policy
 
 from .conftest import BACKENDS, make_app
 
@@ -342,12 +343,12 @@ def test_a_whisper_model_not_on_disk_is_refused_with_a_clear_error(tmp_path, eng
     with app.app_context():
         Setting.put("whisper_model", "base", "hand")
         db.session.commit()
-    assert _wanted_whisper(app) == "tiny.en"
+    assert whisper_to_load(app) == "tiny.en"
     other = make_app(tmp_path / "other", engines)  # the real models folder, with base in it
     with other.app_context():
         Setting.put("whisper_model", "base", "hand")
         db.session.commit()
-    assert _wanted_whisper(other) == "base"
+    assert whisper_to_load(other) == "base"
 
 
 def test_switching_the_whisper_model_takes_effect_without_restart(tmp_path, engines, speech):

@@ -9,8 +9,8 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from clients import voicegate as client
-from app.db import db
-from app.models import AuditEvent, EnrollmentInvite
+from app.store.db import db
+from app.store.models import AuditEvent, EnrollmentInvite
 
 from .browser import chromium, new_page, screenshot
 from .test_voice_login import ENROLLABLE

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from app.db import db
-from app.models import AuditEvent, User
+from app.store.db import db
+from app.store.models import AuditEvent, User
 from app.web import labels
 
 from .conftest import BACKENDS

@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 
 from app.engines import modelstore
-from app.db import db
-from app.models import AdminAccount, AuditEvent, User
+from app.store.db import db
+from app.store.models import AdminAccount, AuditEvent, User
 
 from .conftest import make_app
 

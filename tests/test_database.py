@@ -9,8 +9,8 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, select
 
 from app import create_app
-from app.db import db
-from app.models import AuditEvent, User, Voiceprint
+from app.store.db import db
+from app.store.models import AuditEvent, User, Voiceprint
 
 from .conftest import BACKENDS
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from clients.voicegate import Conversation
-from app.db import db
-from app.models import User
+from app.store.db import db
+from app.store.models import User
 
 from .conftest import BACKENDS, PCM16K, pcm
 

@@ -17,12 +17,12 @@ import pytest
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import select, text
 
-from app import vault
-from app.db import db
+from app.store import vault
+from app.store.db import db
 from app.gate import store
-from app.keystore import Keystore
-from app.models import User, Voiceprint
-from app.vault import VoiceprintUnavailable
+from app.store.keystore import Keystore
+from app.store.models import User, Voiceprint
+from app.store.vault import VoiceprintUnavailable
 from clients import voicegate
 
 from .conftest import BACKENDS, LJ_ENROLL, make_app, serve

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app.db import db
+from app.store.db import db
 from app.gate import decide, gallery
 from app.gate.calibration import Quality, load_cohort
 from app.gate.policy import Policy
-from app.models import User, Voiceprint
+from app.store.models import User, Voiceprint
 
 from .conftest import BACKENDS, LJ_ENROLL, make_app
 

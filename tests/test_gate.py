@@ -17,7 +17,7 @@ import requests
 from app.gate.base import Context
 from app.gate.dictation import DictateSession
 from app.gate.release import ACCEPT, PENDING, REJECT, Check, horizon, spans
-from app.settings import current_policy
+from app.gate.settings import current_policy
 from bench.data import wav_bytes
 from bench.joined import Part, leaks, recall, recordings, synthetic_parts, words
 from clients import kaldi as kaldi_client
@@ -241,8 +241,8 @@ def _konele_url(live) -> str:
 
 
 def test_a_client_that_vanishes_after_partial_text_still_leaves_its_audit_row(gate, engines):
-    from app.db import db
-    from app.models import AuditEvent
+    from app.store.db import db
+    from app.store.models import AuditEvent
 
     live, joined_recordings, _ = gate
     audio = joined_recordings[0].owner.audio

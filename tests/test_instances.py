@@ -26,8 +26,8 @@ import requests
 import websocket
 from sqlalchemy import func, select
 
-from app.db import db
-from app.models import AdminAccount, AuditEvent, StreamLease, User, Voiceprint
+from app.store.db import db
+from app.store.models import AdminAccount, AuditEvent, StreamLease, User, Voiceprint
 from clients import voicegate as client
 
 from .conftest import LJ_ENROLL, MODELS_DIR, PCM16K, ROOT, LiveServer, make_app

@@ -17,11 +17,11 @@ import websocket
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from app.audio.decode import AudioError, AudioFormat, AudioLimits
-from app.db import db
+from app.store.db import db
 from app.protocols.dictation_keys import dictation_url, recognize_url
 from app.protocols.kaldi_audio import AudioIntake, parse_caps
 from clients.kaldi import KONELE_CAPS, Stream, run, with_params
-from app.models import AuditEvent, User
+from app.store.models import AuditEvent, User
 
 from .conftest import pcm, serve_enrolled
 

@@ -12,8 +12,8 @@ import requests
 from simple_websocket import Client
 
 from clients import voicegate as client
-from app.db import db
-from app.models import AuthSession, User
+from app.store.db import db
+from app.store.models import AuthSession, User
 from app.protocols import dictation_keys
 
 from .conftest import LJ_ENROLL, PCM16K, make_app, pcm, serve, serve_enrolled

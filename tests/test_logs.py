@@ -36,7 +36,7 @@ def test_json_logs_are_one_object_a_line(tmp_path):
 
 
 def test_text_logs_stay_the_default():
-    from app import logs
+    from app.observe import logs
 
     root = logging.getLogger()
     handlers = list(root.handlers)

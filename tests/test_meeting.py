@@ -16,11 +16,11 @@ import requests
 import srt
 import webvtt
 
-from app import tokens
+from app.gate import tokens
 from app.gate.base import Context
 from app.gate.meeting import Identified, attributed, open_meeting
 from app.gate.release import ACCEPT, PENDING, REJECT
-from app.settings import current_policy
+from app.gate.settings import current_policy
 from bench.data import wav_bytes
 from bench.meetings import compose, score
 from clients import voicegate as client
@@ -61,8 +61,8 @@ def meeting_server(tmp_path_factory, engines, speech):
                               echo=lambda _: None)
         assert enrolled["state"] == "enrolled", enrolled
     with live.app.app_context():  # 'lj' was made by serve_enrolled: name it now
-        from app.db import db
-        from app.models import User
+        from app.store.db import db
+        from app.store.models import User
 
         User.by_name(LJ).display_name = DISPLAY[LJ]
         db.session.commit()
@@ -84,7 +84,7 @@ def meeting_server(tmp_path_factory, engines, speech):
 
 def _token(live, name: str) -> str:
     """Return a session token for ``name``, as an accepted voice login issues."""
-    from app.models import User
+    from app.store.models import User
 
     with live.app.app_context():
         user = User.by_name(name)
@@ -132,8 +132,8 @@ def test_a_change_of_speaker_splits_the_utterance_and_the_stretch_between_goes_t
 # --------------------------------------------------------------------------- the engine
 
 def test_the_engine_names_each_line_audits_it_without_text_and_takes_one_slot(meeting_server, engines):
-    from app.db import db
-    from app.models import AuditEvent
+    from app.store.db import db
+    from app.store.models import AuditEvent
 
     live, meetings = meeting_server
     meeting = meetings["short"]

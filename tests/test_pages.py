@@ -124,7 +124,7 @@ def test_a_speaker_enrolls_through_the_invite_page(live, speech, tmp_path):
         screenshot(page, "enroll-5-done")
 
     with live.app.app_context():
-        from app.models import User
+        from app.store.models import User
         assert User.by_name("lj").voiceprint.clip_count == 3
     # The invite is used up: opening the link again says so.
     with chromium() as browser:
@@ -341,9 +341,9 @@ def test_a_dropped_connection_reconnects_and_dictation_goes_on(server, speech, s
 def test_signing_out_keeps_an_admin_signed_in(app):
     from datetime import timedelta
 
-    from app.context import same_origin
-    from app.models import AdminAccount, AuthSession, User
-    from app.db import db
+    from app.protocols.context import same_origin
+    from app.store.models import AdminAccount, AuthSession, User
+    from app.store.db import db
 
     with app.app_context():
         user, admin = User(name="lj"), AdminAccount(username="root", password_hash="x")

@@ -51,8 +51,8 @@ def server(tmp_path_factory, engines, speech):
     live, stop = serve_enrolled(tmp_path_factory.mktemp("self-service"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000,
                                  POLICY_LOCKOUT_CLIENT_ATTEMPTS=1000, POLICY_LOCKOUT_DELAY=0)
     with live.app.app_context():
-        from app.db import db
-        from app.models import AdminAccount
+        from app.store.db import db
+        from app.store.models import AdminAccount
 
         admin = AdminAccount(username="root")
         admin.set_password(PASSWORD)
@@ -178,8 +178,8 @@ def test_the_microphone_test_decides_nothing_and_counts_nothing(server, browser)
         with server.app.app_context():
             from sqlalchemy import func, select
 
-            from app.db import db
-            from app.models import AuditEvent, User
+            from app.store.db import db
+            from app.store.models import AuditEvent, User
 
             return db.session.scalar(select(func.count()).select_from(AuditEvent)), User.by_name("lj").failed_attempts
 

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from app.db import db
+from app.store.db import db
 from app.engines.pool import StreamSlots
-from app.leases import SharedStreamSlots, take_lease
-from app.models import StreamLease, utcnow
+from app.store.leases import SharedStreamSlots, take_lease
+from app.store.models import StreamLease, utcnow
 
 from .conftest import BACKENDS, make_app
 

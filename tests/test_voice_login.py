@@ -6,7 +6,7 @@ import pytest
 import requests
 from sqlalchemy import inspect, text
 
-from app.db import db
+from app.store.db import db
 from clients import voicegate as client
 
 from .conftest import BACKENDS, make_app, module_database_url, serve
@@ -119,7 +119,7 @@ def test_enrollment_reports_progress_and_stores_only_embeddings(default_server):
         "FROM users u JOIN voiceprints v ON v.user_id = u.id ORDER BY u.name")
     assert [r[0] for r in rows] == ["librivox", "ljspeech", "vctk"]
     for _, clips, dim, centroid_bytes, clip_bytes, speech_seconds in rows:
-        # float32 embeddings, sealed (app/vault.py: a version byte, a nonce and a tag around them).
+        # float32 embeddings, sealed (app/store/vault.py: a version byte, a nonce and a tag around them).
         sealed = 1 + 12 + 16
         assert dim == 192 and centroid_bytes == 192 * 4 + sealed and clip_bytes == clips * 192 * 4 + sealed
         assert speech_seconds >= 15.0

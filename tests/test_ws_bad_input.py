@@ -24,8 +24,8 @@ import websocket
 from sqlalchemy import func, select
 
 from clients import voicegate as voice_client
-from app.db import db
-from app.models import EnrollmentInvite, User, VoiceFailure, Voiceprint
+from app.store.db import db
+from app.store.models import EnrollmentInvite, User, VoiceFailure, Voiceprint
 from app.engines.pool import InferencePool, StreamSlots
 
 from .conftest import LiveServer, make_app, serve

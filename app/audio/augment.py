@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 SAMPLE_RATE = 16000
-# The channels a voiceprint keeps embeddings for, in stored order (app/models.py).
+# The channels a voiceprint keeps embeddings for, in stored order (app/store/models.py).
 CHANNELS = ("phone",)
 
 

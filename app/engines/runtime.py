@@ -11,8 +11,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from ..observe import metrics
 from . import modelstore
 from .pool import InferencePool, StreamSlots
 
@@ -129,6 +130,22 @@ _ERROR_KEY = "voicegate.engines_error"
 _WHISPER_KEY = "voicegate.whisper_switch"
 _load_lock = threading.Lock()
 _switch_lock = threading.Lock()
+_WIRING_KEY = "voicegate.engine_wiring"
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the app factory hands the engines from above them, so that they import none of it."""
+
+    # The Whisper model to load at start (an admin's stored choice).
+    wanted_whisper: Callable[[Flask], str]
+    # The dictation slots as every instance on the database counts them.
+    shared_slots: Callable[[Flask, StreamSlots], StreamSlots]
+
+
+def wire(app: Flask, wiring: Wiring) -> None:
+    """Give ``app``'s engines what they need from the settings and the database."""
+    app.extensions[_WIRING_KEY] = wiring
 
 
 def get_engines(app: Flask | None = None) -> Engines:
@@ -144,9 +161,10 @@ def get_engines(app: Flask | None = None) -> Engines:
         engines = app.extensions.get(_ENGINES_KEY)
         if engines is None:
             try:
+                wiring: Wiring | None = app.extensions.get(_WIRING_KEY)
                 engines = load_engines(
                     app.config["MODELS_DIR"],
-                    _wanted_whisper(app),
+                    wiring.wanted_whisper(app) if wiring else app.config["WHISPER_MODEL"],
                     workers=int(app.config["INFERENCE_WORKERS"]),
                     queue=int(app.config["INFERENCE_QUEUE"]),
                     beam_size=int(app.config["WHISPER_BEAM_SIZE"]),
@@ -159,9 +177,8 @@ def get_engines(app: Flask | None = None) -> Engines:
                 # Kept for /healthz; the caller still gets the exception.
                 app.extensions[_ERROR_KEY] = f"{error.__class__.__name__}: {error}"
                 raise
-            from ..leases import shared_slots
-
-            engines.streams = shared_slots(app, engines.streams)
+            if wiring:
+                engines.streams = wiring.shared_slots(app, engines.streams)
             app.extensions.pop(_ERROR_KEY, None)
             app.extensions[_ENGINES_KEY] = engines
     return engines
@@ -180,20 +197,6 @@ def engines_loaded(app: Flask) -> bool:
 def engines_error(app: Flask) -> str | None:
     """Return why the last attempt to load the models failed, if it did."""
     return app.extensions.get(_ERROR_KEY)
-
-
-def _wanted_whisper(app: Flask) -> str:
-    """Return the Whisper model to load: an admin's choice in the database, else the configured one."""
-    from ..settings import whisper_model, whisper_present
-
-    with app.app_context():
-        name = whisper_model()
-        if whisper_present(name) is False:
-            # A stored choice whose files have gone must not keep the service from starting.
-            logger.warning("Whisper %s is chosen in the settings but not on disk; loading %s",
-                           name, app.config["WHISPER_MODEL"])
-            return app.config["WHISPER_MODEL"]
-        return name
 
 
 def switch_whisper(app: Flask, name: str) -> None:
@@ -251,3 +254,17 @@ def whisper_status(app: Flask) -> dict:
                   "name": active, "error": error}
     status["active"] = active
     return status
+
+
+def _metrics_state(app: Flask) -> metrics.EngineState:
+    """Report the models' state to a scrape without ever loading them."""
+    engines = app.extensions.get(_ENGINES_KEY)
+    whisper = whisper_status(app)
+    if engines is None:
+        return metrics.EngineState(False, bool(engines_error(app)), whisper.get("active"), whisper.get("state"))
+    pool, streams = engines.pool, engines.streams
+    return metrics.EngineState(True, bool(engines_error(app)), whisper.get("active"), whisper.get("state"),
+                               pool.pending, pool.capacity, pool.workers, streams.open, streams.limit)
+
+
+metrics.register_engine_state(_metrics_state)

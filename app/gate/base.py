@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import VoiceGateError
+from ..errors import SessionError
 from . import store
-from .. import metrics
+from ..observe import metrics
 from .policy import Policy
 from .store import Audit
 from ..engines.pool import Busy
@@ -20,10 +20,6 @@ if TYPE_CHECKING:
     from ..engines.runtime import Engines
 
 logger = logging.getLogger(__name__)
-
-
-class SessionError(VoiceGateError):
-    """A failure that ends the session; ``code`` is stable, ``message`` is for people."""
 
 
 @dataclass(frozen=True)

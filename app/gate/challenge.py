@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..models import utcnow
+from ..store.models import utcnow
 
 DIGITS = 6
 CHALLENGE_SECONDS = 60

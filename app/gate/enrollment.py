@@ -5,7 +5,8 @@ import numpy as np
 
 from ..audio.augment import CHANNELS, channel
 from . import decide, store
-from .base import ClipBuffer, Context, SessionError, new_request_id, run_model, seconds
+from ..errors import SessionError
+from .base import ClipBuffer, Context, new_request_id, run_model, seconds
 
 
 class EnrollSession:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flask import current_app
 
-from .. import versions
+from ..store import versions
 from . import store
 from .calibration import CalibrationError, centred_cosines, load_cohort
 from .decide import SAME_PERSON

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import calibration, decide, store
-from .base import Context, SessionError, seconds, standing
+from ..errors import SessionError
+from .base import Context, seconds, standing
 from .release import ACCEPT, PENDING, REJECT, Check, spans
 from .stream import GatedStream, Utterance, run_recording
 from .transcript_export import UNVERIFIED_NAME as UNVERIFIED

@@ -1,9 +1,10 @@
 """Open a session from a client's ``start`` request: check the mode, the user, the token or the invite."""
 from __future__ import annotations
 
-from .. import tokens
+from . import tokens
 from . import store
-from .base import PROBLEM_MESSAGES, Context, SessionError, new_request_id, user_problem
+from ..errors import SessionError
+from .base import PROBLEM_MESSAGES, Context, new_request_id, user_problem
 from .dictation import DictateSession
 from .enrollment import EnrollSession
 from .meeting import open_meeting
@@ -84,7 +85,7 @@ def token_user(ctx: Context, token, claimed: str | None = None) -> str:
 
 
 def _open_enrollment(ctx: Context, user: str | None, invite_token: str | None, admin: bool) -> EnrollSession:
-    from ..models import EnrollmentInvite
+    from ..store.models import EnrollmentInvite
 
     if invite_token:
         invite = EnrollmentInvite.find_valid(str(invite_token))

@@ -11,10 +11,10 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import metrics, vault
-from ..db import db
-from ..models import (AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, Version, VoiceFailure,
-                      Voiceprint, utcnow)
+from ..observe import metrics
+from ..store import vault
+from ..store.db import db
+from ..store.models import AuditEvent, EnrollmentInvite, LoginChallenge, RecentVoice, User, Version, VoiceFailure, Voiceprint, utcnow
 from .challenge import Challenge, new_challenge
 from .policy import Policy
 

@@ -14,7 +14,8 @@ from functools import partial
 
 import numpy as np
 
-from .base import Context, SessionError, embed_window, new_request_id, run_model
+from ..errors import SessionError
+from .base import Context, embed_window, new_request_id, run_model
 from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, horizon
 from ..audio.vad import SAMPLE_RATE
 from ..engines.pool import Busy

@@ -7,8 +7,10 @@ from dataclasses import replace
 import numpy as np
 
 from . import calibration, decide, early, gallery, store
-from .. import metrics, tokens
-from .base import PROBLEM_MESSAGES, ClipBuffer, Context, SessionError, new_request_id, run_model, seconds, standing
+from ..observe import metrics
+from . import tokens
+from ..errors import SessionError
+from .base import PROBLEM_MESSAGES, ClipBuffer, Context, new_request_id, run_model, seconds, standing
 from .challenge import Challenge, answered, new_challenge
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import hashlib
 import hmac
 from urllib.parse import quote
 
-from ..db import db
-from ..models import User
+from ..store.db import db
+from ..store.models import User
 
 
 def _mac(secret_key: str, user: User) -> str:

@@ -6,14 +6,14 @@ import logging
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .. import tokens
-from ..errors import VoiceGateError
+from ..gate import tokens
+from ..errors import SessionError, VoiceGateError
 from ..gate import store
 from ..audio.decode import AudioError, AudioFormat, AudioLimits, decode
-from ..context import is_admin, session_context
-from ..models import EnrollmentInvite
-from ..settings import current_policy
-from ..gate.base import SessionError
+from .context import is_admin, session_context
+from ..store.models import EnrollmentInvite
+from ..gate.settings import current_policy
+
 from ..gate import transcript_export
 from ..gate.dictation import summary_state, transcribe_recording
 from ..gate.meeting import open_meeting, transcribe_meeting

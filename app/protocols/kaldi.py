@@ -19,14 +19,14 @@ from flask import Blueprint, current_app, jsonify, request
 from simple_websocket import ConnectionClosed
 
 from ..audio.decode import AudioError, AudioLimits
-from ..errors import VoiceGateError
+from ..errors import SessionError, VoiceGateError
 from ..audio.vad import SAMPLE_RATE
-from ..context import release_db, session_context
+from .context import release_db, session_context
 from ..engines.runtime import engines_loaded, get_engines
-from ..extensions import csrf, sock
+from ..serving.extensions import csrf, sock
 from ..gate import store
 from ..serving import uploads
-from ..gate.base import PROBLEM_MESSAGES, Context, SessionError, new_request_id
+from ..gate.base import PROBLEM_MESSAGES, Context, new_request_id
 from ..gate.dictation import DictateSession
 from ..gate.opening import open_dictation
 from . import dictation_keys
@@ -206,7 +206,7 @@ class SpeechChannel:
             self._refuse(_STATUS.get(error.code, ABORTED), error.message)
         except AudioError as error:
             self._refuse(ABORTED, error.message)
-        except VoiceGateError as error:  # e.g. a voiceprint whose key is gone (app/vault.py): transcribe nothing
+        except VoiceGateError as error:  # e.g. a voiceprint whose key is gone (app/store/vault.py): transcribe nothing
             self._refuse(ABORTED, error.message)
         except ConnectionClosed:
             # The client went away: its open utterance is dropped; finished ones are audited already.

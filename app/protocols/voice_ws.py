@@ -7,10 +7,10 @@ import logging
 from simple_websocket import ConnectionClosed
 
 from ..audio.decode import AudioError, AudioFormat, AudioLimits, PcmStream, decode
-from ..errors import VoiceGateError
-from ..context import release_db, session_context
-from ..extensions import sock
-from ..gate.base import Context, SessionError
+from ..errors import SessionError, VoiceGateError
+from .context import release_db, session_context
+from ..serving.extensions import sock
+from ..gate.base import Context
 from ..gate.opening import open_session
 from .frames import receive_frame
 
@@ -62,7 +62,7 @@ class Channel:
             self._fail(error.code, error.message)
         except AudioError as error:
             self._fail(error.code, error.message)
-        except VoiceGateError as error:  # e.g. a voiceprint whose key is gone (app/vault.py): decide nothing
+        except VoiceGateError as error:  # e.g. a voiceprint whose key is gone (app/store/vault.py): decide nothing
             self._fail(error.code, error.message)
         except ConnectionClosed:
             # The client went away: whatever it sent is dropped; an unfinished enrollment stores nothing.

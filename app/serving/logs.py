@@ -4,7 +4,7 @@ A Kõnele URL carries the user's dictation key (``?key=``), an enrollment link i
 (``/enroll/<token>``, ``?invite=``), and either can reach a log line: the request line, the
 referer of the pages' own requests, or a message. The redaction happens where records are made
 (a log record factory), so it holds whatever the handlers and formats are (text or the JSON of
-app/logs.py), tracebacks included. Used as gunicorn's ``--logger-class`` (scripts/serve.sh).
+app/observe/logs.py), tracebacks included. Used as gunicorn's ``--logger-class`` (scripts/serve.sh).
 """
 from __future__ import annotations
 

@@ -15,16 +15,16 @@ from flask import (Blueprint, current_app, flash, g, jsonify, redirect, render_t
 from markupsafe import Markup
 from sqlalchemy import or_, select
 
-from .. import tokens
-from ..context import USER_SESSION_KEY, current_user, is_admin
-from ..db import db
+from ..gate import tokens
+from ..protocols.context import USER_SESSION_KEY, current_user, is_admin
+from ..store.db import db
 from ..gate.base import new_request_id
 from ..gate.meeting import MAX_ROSTER, MIN_ROSTER
 from ..gate.store import Audit, record
-from ..models import AuditEvent, AuthSession, EnrollmentInvite, User, Voiceprint, utcnow
+from ..store.models import AuditEvent, AuthSession, EnrollmentInvite, User, Voiceprint, utcnow
 from ..protocols import dictation_keys
 from ..protocols.dictation_keys import personal_url
-from ..settings import current_policy
+from ..gate.settings import current_policy
 from . import labels
 from .sentences import passages
 

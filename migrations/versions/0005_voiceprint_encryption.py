@@ -1,7 +1,7 @@
 """Voiceprints at rest are sealed with a key of their own, kept in the keystore outside the database.
 
-Every existing voiceprint gets a fresh key (app/keystore.py) and its centroid and clip embeddings
-are encrypted in place (app/vault.py); the replay memory of recent accepts is sealed with the
+Every existing voiceprint gets a fresh key (app/store/keystore.py) and its centroid and clip embeddings
+are encrypted in place (app/store/vault.py); the replay memory of recent accepts is sealed with the
 same key. Runs through ``flask db upgrade``: it needs the app's keystore path and secret key.
 
 Copies of the database taken BEFORE this upgrade hold the voiceprints in plain form: replace
@@ -35,7 +35,7 @@ def _app():
 
 
 def upgrade():
-    from app import vault
+    from app.store import vault
 
     store = vault.keystore(_app())
     op.add_column('voiceprints', sa.Column('key_id', sa.String(length=32), nullable=True))
@@ -63,7 +63,7 @@ def upgrade():
 
 
 def downgrade():
-    from app import vault
+    from app.store import vault
 
     store = vault.keystore(_app())
     connection = op.get_bind()

@@ -10,10 +10,10 @@ from datetime import date, datetime, timedelta
 from flask import Response, render_template, request, stream_with_context, url_for
 from sqlalchemy import Select, func, or_, select
 
-from ...db import db
-from ...models import AuditEvent, User, utcnow
+from ...store.db import db
+from ...store.models import AuditEvent, User, utcnow
 from .. import labels
-from . import bp
+from .blueprint import bp
 
 bp.add_app_template_global(labels.describe, "describe_event")
 

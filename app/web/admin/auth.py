@@ -1,6 +1,6 @@
 """Admin sign-in, sign-out and password change; wrong passwords slow down the client that sent them.
 
-Sign-in starts a server-side session (app.models.AuthSession) whose token the cookie
+Sign-in starts a server-side session (app.store.models.AuthSession) whose token the cookie
 holds: signing out deletes it, and a password change deletes the admin's other ones.
 Failures are counted per client address only, never per account, so that nobody can
 lock an admin out by guessing at their name (behind a proxy, list it in TRUSTED_PROXIES);
@@ -16,10 +16,10 @@ from flask import current_app, flash, g, redirect, render_template, request, ses
 from sqlalchemy import delete, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from ...context import ADMIN_SESSION_KEY
-from ...db import db
-from ...models import AdminAccount, AdminSigninFailure, AuthSession, Version, utcnow
-from . import bp
+from ...protocols.context import ADMIN_SESSION_KEY
+from ...store.db import db
+from ...store.models import AdminAccount, AdminSigninFailure, AuthSession, Version, utcnow
+from .blueprint import bp
 from .common import current_admin, note, safe_next
 
 logger = logging.getLogger(__name__)

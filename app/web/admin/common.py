@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 from flask import g, request
 
-from ... import context
-from ...models import AdminAccount
+from ...protocols import context
+from ...store.models import AdminAccount
 from ...gate.base import new_request_id
 from ...gate.store import Audit, record
 

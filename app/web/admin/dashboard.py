@@ -7,10 +7,10 @@ from datetime import date, datetime, timedelta
 from flask import current_app, render_template
 from sqlalchemy import func, select
 
-from ...db import db
+from ...store.db import db
 from ...engines.runtime import whisper_status
-from ...models import AuditEvent, User, Voiceprint, utcnow
-from . import bp
+from ...store.models import AuditEvent, User, Voiceprint, utcnow
+from .blueprint import bp
 
 ATTEMPT_KINDS = ("enroll", "verify", "identify", "transcribe")
 

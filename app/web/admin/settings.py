@@ -6,11 +6,11 @@ from dataclasses import asdict
 from flask import current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from ... import settings as rules
-from ...db import db
+from ...gate import settings as rules
+from ...store.db import db
 from ...engines.runtime import switch_whisper, whisper_status
-from ...models import AuditEvent, Setting
-from . import bp
+from ...store.models import AuditEvent, Setting
+from .blueprint import bp
 from .chart import histogram, shift
 from .common import note
 

@@ -10,10 +10,10 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from sqlalchemy import func, or_, select, text
 
 from ...protocols import dictation_keys
-from ...db import db
-from ...models import AuditEvent, EnrollmentInvite, User, utcnow
+from ...store.db import db
+from ...store.models import AuditEvent, EnrollmentInvite, User, utcnow
 from ...gate import store
-from . import bp
+from .blueprint import bp
 from .common import note
 
 NAME = re.compile(r"^[\w.@-]{1,64}$")
@@ -240,7 +240,7 @@ def confirm(user_id: int, action: str):
 def _scrub() -> None:
     """Push deleted voiceprint pages out of SQLite's write-ahead log into the (zeroed) database file.
 
-    With secure_delete (app/db.py) SQLite overwrites freed content; the checkpoint makes the WAL,
+    With secure_delete (app/store/db.py) SQLite overwrites freed content; the checkpoint makes the WAL,
     which still holds the old pages, empty, so the embeddings are gone from disk at once.
     """
     if db.engine.dialect.name == "sqlite":

@@ -18,7 +18,7 @@ from flask import Flask, current_app
 from sqlalchemy import delete, func, select, update
 
 from .db import db
-from .engines.pool import StreamSlots
+from ..engines.pool import StreamSlots
 from .models import StreamLease, Version, utcnow
 
 logger = logging.getLogger(__name__)

@@ -1,16 +1,16 @@
 """Build a session Context for the current request (the bridge from Flask to the sessions),
-and find who the request's cookie signs in as (server-side sessions, app.models.AuthSession)."""
+and find who the request's cookie signs in as (server-side sessions, app.store.models.AuthSession)."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request, session
 
-from .db import db
-from .engines.runtime import get_engines
-from .gate.base import Context
-from .models import AdminAccount, AuthSession, User
-from .settings import current_policy
+from ..store.db import db
+from ..engines.runtime import get_engines
+from ..gate.base import Context
+from ..store.models import AdminAccount, AuthSession, User
+from ..gate.settings import current_policy
 
 # Cookie keys holding the token of a server-side session: an admin's and a user's, kept apart.
 ADMIN_SESSION_KEY, USER_SESSION_KEY = "admin_session", "user_session"

@@ -8,17 +8,21 @@ deciding by the configured defaults.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flask import current_app
+from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from .engines import modelstore
-from .db import db
-from .models import Setting
-from .gate.base import SessionError
-from .gate.policy import Policy
+from ..engines import modelstore
+from ..engines.runtime import engines_loaded, get_engines, switch_whisper, whisper_status
+from ..errors import SessionError
+from ..store import versions
+from ..store.db import db
+from ..store.models import Setting
+from .policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -202,3 +206,62 @@ def reset(updated_by: str) -> None:
     for key in [row.key for row in db.session.scalars(db.select(Setting))]:
         Setting.put(key, None, updated_by)
     db.session.commit()
+
+
+# --------------------------------------------------------------------------- the engines follow the settings
+
+def whisper_to_load(app: Flask) -> str:
+    """Return the Whisper model to load: an admin's choice in the database, else the configured one."""
+    with app.app_context():
+        name = whisper_model()
+        if whisper_present(name) is False:
+            # A stored choice whose files have gone must not keep the service from starting.
+            logger.warning("Whisper %s is chosen in the settings but not on disk; loading %s",
+                           name, app.config["WHISPER_MODEL"])
+            return app.config["WHISPER_MODEL"]
+        return name
+
+
+# How often an instance at most looks whether another one changed the settings.
+FOLLOW_SECONDS = 1.0
+_FOLLOW_KEY = "voicegate.settings_follow"
+
+
+class _Follow:
+    def __init__(self):
+        self.checked = 0.0
+        self.seen: int | None = None
+        self.lock = threading.Lock()
+
+
+def follow_settings(app: Flask) -> None:
+    """Switch the Whisper model when another instance changed it (looks at most once a second).
+
+    The policy itself is read from the database for every session, so only what a process
+    holds in memory (the loaded Whisper model) needs following.
+    """
+    follow: _Follow = app.extensions.setdefault(_FOLLOW_KEY, _Follow())
+    now = time.monotonic()
+    if now - follow.checked < FOLLOW_SECONDS or not engines_loaded(app) or not follow.lock.acquire(blocking=False):
+        return
+    try:
+        follow.checked = now
+        try:
+            version = versions.current("settings")
+        except SQLAlchemyError as error:  # looked at again on a later request
+            db.session.rollback()
+            logger.warning("could not read the settings version: %s", error)
+            return
+        if version == follow.seen:
+            return
+        follow.seen = version
+        wanted = whisper_model()
+        if whisper_present(wanted) is False:
+            logger.warning("Whisper %s is chosen in the settings but not on disk here; keeping the one loaded", wanted)
+            return
+        status = whisper_status(app)
+        if wanted != (status.get("wanted") or get_engines(app).whisper_name):
+            logger.info("the settings changed elsewhere: switching Whisper to %s", wanted)
+            switch_whisper(app, wanted)
+    finally:
+        follow.lock.release()

@@ -10,8 +10,10 @@ import hmac
 import ipaddress
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -59,6 +61,33 @@ def timed_model_call(fn):
             histogram.observe(time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class EngineState:
+    """What a scrape reports of one process's models (see ``register_engine_state``)."""
+
+    loaded: bool
+    load_failed: bool
+    whisper_name: str | None
+    # The Whisper switch: loading, loaded, failed, or not_loaded.
+    whisper_state: str | None
+    pool_pending: int = 0
+    pool_capacity: int = 0
+    pool_workers: int = 0
+    streams_open: int = 0
+    streams_limit: int = 0
+
+
+# Set by the engines (app.engines.runtime), which sit below nothing here: metrics reads their
+# state through this one function and imports none of them, so the arrows point one way.
+_engine_state: Callable[[Flask], EngineState] | None = None
+
+
+def register_engine_state(reader: Callable[[Flask], EngineState]) -> None:
+    """Name the function that reports the models' state to a scrape (it must never load them)."""
+    global _engine_state
+    _engine_state = reader
+
+
 class _AppState:
     """Gauges read from one app when scraped: models, pool, live streams."""
 
@@ -66,34 +95,29 @@ class _AppState:
         self.app = app
 
     def collect(self):
-        from .engines.runtime import engines_error, engines_loaded, get_engines, whisper_status
-
-        # Never loads the models: a scrape only reports.
-        engines = get_engines(self.app) if engines_loaded(self.app) else None
+        state = _engine_state(self.app) if _engine_state is not None else EngineState(False, False, None, None)
         loaded = GaugeMetricFamily("voicegate_model_loaded", "1 when the model is loaded in this process",
                                    labels=["model", "name"])
-        whisper = whisper_status(self.app)
-        loaded.add_metric(["speaker", "ecapa"], 1 if engines is not None else 0)
-        loaded.add_metric(["whisper", str(whisper.get("active") or self.app.config["WHISPER_MODEL"])],
-                          1 if engines is not None else 0)
+        loaded.add_metric(["speaker", "ecapa"], 1 if state.loaded else 0)
+        loaded.add_metric(["whisper", str(state.whisper_name or self.app.config["WHISPER_MODEL"])],
+                          1 if state.loaded else 0)
         yield loaded
         failed = GaugeMetricFamily("voicegate_model_load_failed", "1 when loading the models failed")
-        failed.add_metric([], 1 if engines_error(self.app) else 0)
+        failed.add_metric([], 1 if state.load_failed else 0)
         yield failed
         switching = GaugeMetricFamily("voicegate_whisper_switch", "1 for the state of a Whisper model switch",
                                       labels=["state"])
-        for state in ("loading", "loaded", "failed"):
-            switching.add_metric([state], 1 if whisper.get("state") == state else 0)
+        for name in ("loading", "loaded", "failed"):
+            switching.add_metric([name], 1 if state.whisper_state == name else 0)
         yield switching
-        if engines is None:
+        if not state.loaded:
             return
-        pool, streams = engines.pool, engines.streams
         for name, text, value in (
-            ("voicegate_pool_queue_depth", "Model calls running or waiting on the inference pool", pool.pending),
-            ("voicegate_pool_capacity", "Model calls the pool takes before answering busy", pool.capacity),
-            ("voicegate_pool_workers", "Inference workers", pool.workers),
-            ("voicegate_live_streams", "Live dictations holding a stream slot", streams.open),
-            ("voicegate_live_streams_limit", "Live dictations admitted at once", streams.limit),
+            ("voicegate_pool_queue_depth", "Model calls running or waiting on the inference pool", state.pool_pending),
+            ("voicegate_pool_capacity", "Model calls the pool takes before answering busy", state.pool_capacity),
+            ("voicegate_pool_workers", "Inference workers", state.pool_workers),
+            ("voicegate_live_streams", "Live dictations holding a stream slot", state.streams_open),
+            ("voicegate_live_streams_limit", "Live dictations admitted at once", state.streams_limit),
         ):
             gauge = GaugeMetricFamily(name, text)
             gauge.add_metric([], value)

@@ -1,7 +1,7 @@
 """Voiceprints at rest: sealed with their own key (AES-256-GCM), kept in the keystore, not the database.
 
 A voiceprint's embeddings (centroid, clip embeddings, recent accepted attempts) are stored only
-as ciphertext. Their key lives in the keystore (app/keystore.py, which says why outside the
+as ciphertext. Their key lives in the keystore (app/store/keystore.py, which says why outside the
 database); erasing a voiceprint destroys its key first, so no copy of the database, however old,
 can give the voice back. Each sealed value is bound to its key and its purpose (which column it
 fills), so a ciphertext cannot be moved to another user or another field.
@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import current_app
 
-from .errors import VoiceGateError
+from ..errors import VoiceGateError
 from .keystore import Keystore, KeystoreError
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from .errors import VoiceGateError
+from ..errors import VoiceGateError
 
 _SALT = "voicegate.voice-session"
 

@@ -1,7 +1,7 @@
 """The database rows: users, voiceprints, the audit log, admin accounts, invites, settings.
 
 No audio is ever stored: a voiceprint is a handful of embeddings (float32 bytes), and those are
-stored only sealed with the voiceprint's own key, which lives outside the database (app/vault.py).
+stored only sealed with the voiceprint's own key, which lives outside the database (app/store/vault.py).
 """
 from __future__ import annotations
 

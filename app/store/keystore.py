@@ -2,7 +2,7 @@
 
 Why outside: erasure must hold for copies of the database made before the erasure (a backup,
 a replica, the WAL, free pages, PostgreSQL's dead tuples). Each voiceprint is encrypted with a
-key of its own (app/vault.py). If that key were kept in the database, even wrapped, a backup from
+key of its own (app/store/vault.py). If that key were kept in the database, even wrapped, a backup from
 before the deletion would still hold it, and the server's secret would unwrap it. So the keys
 live here instead, in a small SQLite file that is *not* part of the database or its backups;
 destroying a key here makes every copy of that voiceprint, wherever it is, unreadable.

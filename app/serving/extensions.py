@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
 
-from .serving.sockets import GuardedSock
+from .sockets import GuardedSock
 
 csrf = CSRFProtect()
 migrate = Migrate()

@@ -7,11 +7,11 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import vault
-from .engines import modelstore
-from .db import db
-from .models import Voiceprint
-from .engines.runtime import engines_error, engines_loaded, get_engines, whisper_status
+from ..store import vault
+from ..engines import modelstore
+from ..store.db import db
+from ..store.models import Voiceprint
+from ..engines.runtime import engines_error, engines_loaded, get_engines, whisper_status
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -59,7 +59,7 @@ def healthz():
 
 
 def _keystore() -> dict:
-    """Report whether the voiceprints' keys can be read (app/vault.py): without them nothing is accepted."""
+    """Report whether the voiceprints' keys can be read (app/store/vault.py): without them nothing is accepted."""
     try:
         key_ids = set(db.session.scalars(select(Voiceprint.key_id)))
         db.session.commit()

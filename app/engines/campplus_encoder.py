@@ -1,7 +1,7 @@
 """CAM++ speaker embeddings in the server: Kaldi fbank in numpy, the network in ONNX Runtime (no torch).
 
-``flask models fetch`` exports the network (campplus.py) beside its weights; without a current
-export, ``runtime="torch"`` runs the PyTorch network on torchaudio's fbank instead.
+``flask models fetch`` exports the network (campplus.py) beside its weights; this module never
+imports torch or campplus.py.
 """
 from __future__ import annotations
 
@@ -69,30 +69,21 @@ def _mel_matrix(bands: int, n_fft: int, rate: int, low: float, high: float) -> n
 
 
 class CampplusEncoder:
-    """Turn 16 kHz mono float32 speech into L2-normalised 192-dim CAM++ embeddings."""
+    """Turn 16 kHz mono float32 speech into L2-normalised 192-dim CAM++ embeddings (ONNX Runtime on the export)."""
 
     model_id = "3d-speaker/speech_campplus_sv_zh_en_16k-common_advanced"
+    runtime = "onnx"
 
-    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, runtime: str = "auto"):
-        """Load CAM++ from ``model_dir``; ``runtime``: onnx, torch, or auto (onnx when a current export is there)."""
-        if runtime not in ("auto", "onnx", "torch"):
-            raise ValueError(f"runtime must be auto, onnx or torch, not {runtime!r}")
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None):
+        """Load the export in ``model_dir``; without a current one, raise ModelError (PyTorch runs it in campplus.py)."""
+        from .modelstore import ModelError
+
         directory = Path(model_dir)
+        if not onnx_export_current(directory):
+            raise ModelError(f"no current ONNX export of CAM++ in {directory}; run 'flask models fetch campplus'")
         self.idle: Callable[[], bool] = lambda: False
-        self._session = self._network = None
-        if runtime == "onnx" or (runtime == "auto" and onnx_export_current(directory)):
-            self._session = onnx_session(directory / ONNX_FILE, threads or 1)
-            self._features = KaldiFbank()
-            self.runtime = "onnx"
-            return
-        import torch
-
-        from . import campplus
-
-        if threads:
-            torch.set_num_threads(threads)
-        self._network = campplus.load(directory)
-        self.runtime = "torch"
+        self._session = onnx_session(directory / ONNX_FILE, threads or 1)
+        self._features = KaldiFbank()
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         """Return the unit-length embedding (float32, 192) of 16 kHz mono float32 audio."""
@@ -105,17 +96,10 @@ class CampplusEncoder:
                 raise ValueError(f"embed() takes a 1-D array of at least {MIN_SAMPLES} samples at 16 kHz")
         if not clips:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        if self._network is not None or len({audio.size for audio in clips}) > 1:
-            return np.stack([self._embed_one(audio) for audio in clips])
+        if len({audio.size for audio in clips}) > 1:
+            return np.stack([self.embed_many([audio])[0] for audio in clips])
         features = self._features(np.stack([np.asarray(a, dtype=np.float32) for a in clips]))
         return np.stack([normalise(vector) for vector in self._session.run(None, {"features": features})[0]])
-
-    def _embed_one(self, audio: np.ndarray) -> np.ndarray:
-        if self._network is None:
-            return self.embed_many([audio])[0]
-        from . import campplus
-
-        return campplus.embed(self._network, audio)
 
 
 def onnx_session(path: Path, threads: int):

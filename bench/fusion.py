@@ -70,10 +70,15 @@ class Embedded:
     seconds: dict[str, float]  # "condition/label" -> seconds of speech (VAD)
 
 
-def load(data: Path, hard_dir: Path | None, models: tuple[str, ...] = MODELS) -> Embedded:
-    """Embed a set and its hard variant with ``models`` (cached); ECAPA's pass also measures speech seconds."""
+def load(data: Path, hard_dir: Path | None, models: tuple[str, ...] = MODELS, only: str | None = None) -> Embedded:
+    """Embed a set and its hard variant with ``models`` (cached); ECAPA's pass also measures speech seconds.
+
+    ``only``: the conditions to keep (comma-separated), else all of the hard variant's.
+    """
     speech = SpeechSet(data.resolve())
     hard_set = SpeechSet((hard_dir or default_out(speech.root)).resolve())
+    if only:
+        hard_set.trials = [t for t in hard_set.trials if condition_of(hard_set.label(t.test)) in only.split(",")]
     paths = [u.path for u in speech.utterances]
     tests = sorted({t.test for t in hard_set.trials})
     clean, hard, seconds = {}, {}, {}
@@ -269,8 +274,8 @@ def cross_validate(more: Embedded, heldout: list[Embedded]) -> dict:
     joined = {s: np.concatenate([scored[0][s], scored[1][s]]) for s in SYSTEMS}
     cuts = {s: np.concatenate([thresholds[0][s], thresholds[1][s]]) for s in SYSTEMS}
     results = {"folds": about, "sets": {f"{more.name}_cross_validated": per_condition(joined, cuts, pooled, more.conditions)}}
-    for k in (0, 1):
-        results["sets"][f"{more.name}_half{k + 1}_checked"] = per_condition(scored[1 - k], thresholds[1 - k],
+    for k in (0, 1):  # each half alone, scored by the fit on the other
+        results["sets"][f"{more.name}_half{2 - k}_checked"] = per_condition(scored[k], thresholds[k],
                                                                             fold_trials[1 - k], more.conditions)
     for other in heldout:
         trials = all_pairs(other, set(other.speaker_of.values()))
@@ -280,6 +285,25 @@ def cross_validate(more: Embedded, heldout: list[Embedded]) -> dict:
         cut = {s: np.full(trials.target.size, (fits[0][1][s] + fits[1][1][s]) / 2) for s in SYSTEMS}
         results["sets"][f"{other.name}_all_pairs"] = per_condition(scores, cut, trials, other.conditions)
     return results
+
+
+def speed(data: Path, repeats: int = 7) -> dict:
+    """Return each model's median time to embed the same ~5 s of speech, one thread, ONNX Runtime (as the server runs them)."""
+    from .embedcache import model_encoder
+
+    speech = SpeechSet(data.resolve())
+    audio = np.concatenate([speech.audio(u.path) for u in speech.utterances[:3]])[:5 * 16000]
+    out = {"audio_seconds": round(audio.size / 16000, 2), "load_average": round(os.getloadavg()[0], 2)}
+    for model in MODELS:
+        encoder = model_encoder(model)
+        encoder.embed(audio)  # the first call sets up the runtime's buffers
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            encoder.embed(audio)
+            times.append(time.perf_counter() - started)
+        out[f"{model}_p50_ms"] = round(float(np.median(times)) * 1000, 1)
+    return out
 
 
 def show(name: str, per: dict) -> None:
@@ -293,6 +317,22 @@ def show(name: str, per: dict) -> None:
         print(f"{condition:<15} {row['ecapa']['targets']:>6}/{row['ecapa']['nontargets']:<6} {cells}")
 
 
+def markdown(per: dict) -> str:
+    """Return one set's figures as a Markdown table (docs/benchmarks.md)."""
+    names = {"ecapa": "ECAPA", "campplus": "CAM++", "fused": "fused", "fused+speech": "fused+speech"}
+    systems = " / ".join(names[s] for s in SYSTEMS)
+    lines = [f"| condition | genuine / impostor | EER: {systems} | FRR at FAR 0.5%: {systems} | minDCF: {systems} "
+             f"| threshold of the other half, FAR / FRR: ECAPA; fused+speech |",
+             "|---|---|---|---|---|---|"]
+    for condition, row in per.items():
+        eer = " / ".join(f"{row[s]['eer']:.2%}" for s in SYSTEMS)
+        frr = " / ".join(f"{row[s]['frr_at_far_0.005']:.1%}" for s in SYSTEMS)
+        dcf = " / ".join(f"{row[s]['min_dcf']:.3f}" for s in SYSTEMS)
+        cv = "; ".join(f"{row[s]['cv_far']:.2%} / {row[s]['cv_frr']:.1%}" for s in ("ecapa", "fused+speech"))
+        lines.append(f"| {condition} | {row['ecapa']['targets']} / {row['ecapa']['nontargets']} | {eer} | {frr} | {dcf} | {cv} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Embed (cached), cross-validate the fusion, print and write the figures."""
     parser = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__.split("\n\n")[0])
@@ -300,24 +340,29 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
     parser.add_argument("--heldout", type=Path, action="append", help="another set, scored with both fits (default: speech-dev)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fusion.json")
+    parser.add_argument("--conditions", help="measure only these conditions of the hard variants (comma-separated)")
     parser.add_argument("--embed", choices=MODELS, help="only embed every file with this model (fills the cache), then stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     heldout_paths = args.heldout if args.heldout is not None else [DEV]
     if args.embed:
-        load(args.data, args.hard, (args.embed,))
+        load(args.data, args.hard, (args.embed,), args.conditions)
         for path in heldout_paths:
-            load(path, None, (args.embed,))
+            load(path, None, (args.embed,), args.conditions)
         return None
     started = time.time()
-    more = load(args.data, args.hard)
-    heldout = [load(path, None) for path in heldout_paths]
+    more = load(args.data, args.hard, only=args.conditions)
+    heldout = [load(path, None, only=args.conditions) for path in heldout_paths]
     results = {"made_by": "python -m bench.fusion", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "target_far": TARGET_FAR, "p_target": P_TARGET, **cross_validate(more, heldout)}
+    results["speed"] = speed(heldout_paths[0] if heldout_paths else args.data)
     results["seconds"] = round(time.time() - started, 1)
     for name, per in results["sets"].items():
         show(name, per)
+    print(f"\nspeed (one thread, ONNX Runtime, this machine's load): {results['speed']}")
+    for name, per in results["sets"].items():
+        print(f"\n{name}\n\n{markdown(per)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {args.out}")

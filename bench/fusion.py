@@ -322,13 +322,13 @@ def markdown(per: dict) -> str:
     names = {"ecapa": "ECAPA", "campplus": "CAM++", "fused": "fused", "fused+speech": "fused+speech"}
     systems = " / ".join(names[s] for s in SYSTEMS)
     lines = [f"| condition | genuine / impostor | EER: {systems} | FRR at FAR 0.5%: {systems} | minDCF: {systems} "
-             f"| threshold of the other half, FAR / FRR: ECAPA; fused+speech |",
+             f"| other half's threshold, FAR / FRR: ECAPA; CAM++; fused+speech |",
              "|---|---|---|---|---|---|"]
     for condition, row in per.items():
         eer = " / ".join(f"{row[s]['eer']:.2%}" for s in SYSTEMS)
         frr = " / ".join(f"{row[s]['frr_at_far_0.005']:.1%}" for s in SYSTEMS)
         dcf = " / ".join(f"{row[s]['min_dcf']:.3f}" for s in SYSTEMS)
-        cv = "; ".join(f"{row[s]['cv_far']:.2%} / {row[s]['cv_frr']:.1%}" for s in ("ecapa", "fused+speech"))
+        cv = "; ".join(f"{row[s]['cv_far']:.2%} / {row[s]['cv_frr']:.1%}" for s in ("ecapa", "campplus", "fused+speech"))
         lines.append(f"| {condition} | {row['ecapa']['targets']} / {row['ecapa']['nontargets']} | {eer} | {frr} | {dcf} | {cv} |")
     return "\n".join(lines)
 

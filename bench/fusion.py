@@ -40,12 +40,12 @@ from . import metrics
 from .data import SpeechSet
 from .degrade import condition_of, default_out
 from .embedcache import embedding_set, measure_set
+from .paths import DEFAULT_DATA as DEV
+from .paths import RESULTS
+from .paths import SPEECH_MORE as MORE
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-MORE = Path(os.environ.get("VOICEGATE_SPEECH_MORE", ROOT.parent / "shared" / "data" / "speech-more"))
-DEV = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
 MODELS = ("ecapa", "campplus")
 SYSTEMS = ("ecapa", "campplus", "fused", "fused+speech")
 TARGET_FAR = 0.005
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--data", type=Path, default=MORE)
     parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
     parser.add_argument("--heldout", type=Path, action="append", help="another set, scored with both fits (default: speech-dev)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fusion.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fusion.json")
     parser.add_argument("--conditions", help="measure only these conditions of the hard variants (comma-separated)")
     parser.add_argument("--embed", choices=MODELS, help="only embed every file with this model (fills the cache), then stop")
     args = parser.parse_args(argv)

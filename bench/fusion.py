@@ -8,7 +8,8 @@
 Systems: plain ECAPA cosine and plain CAM++ cosine against the clean centroid of the enrollment
 list, and two fusions by logistic regression: over the two cosines, each z-normalised on the
 fitting trials' impostors (``fused``), and over those with the test's seconds of speech and its
-products with them (``fused+speech``). Trials are all pairs, as bench.calibrate makes them:
+products with them (``fused+speech``); and CAM++'s alone with the speech terms (``campplus+speech``),
+to tell the speech terms' share of a gain from ECAPA's. Trials are all pairs, as bench.calibrate makes them:
 every enrollment list of the set's trials.tsv against every other file of the speakers, under
 every condition of the hard variant (enrollment stays clean).
 
@@ -47,7 +48,7 @@ from .paths import SPEECH_MORE as MORE
 logger = logging.getLogger(__name__)
 
 MODELS = ("ecapa", "campplus")
-SYSTEMS = ("ecapa", "campplus", "fused", "fused+speech")
+SYSTEMS = ("ecapa", "campplus", "campplus+speech", "fused", "fused+speech")
 TARGET_FAR = 0.005
 P_TARGET = 0.01
 # Speech seconds are read as log2, clipped: below 0.5 s and above 16 s they say nothing more.
@@ -152,14 +153,17 @@ def all_pairs(sets: Embedded, speakers: set[str]) -> Trials:
 
 
 class Fusion:
-    """Logistic regression over z-normalised cosines (and, with ``speech``, speech seconds and their products)."""
+    """Logistic regression over z-normalised cosines (and, with ``speech``, speech seconds and their products).
 
-    def __init__(self, speech: bool):
-        self.speech = speech
+    ``models``: whose cosines; CAM++ alone with speech asks how much of a fusion's gain is the speech term's.
+    """
+
+    def __init__(self, speech: bool, models: tuple[str, ...] = MODELS):
+        self.speech, self.models = speech, models
 
     def features(self, trials: Trials) -> np.ndarray:
         """Return the design matrix of trials (intercept first)."""
-        z = [(trials.cosine[m] - self.norms[m][0]) / self.norms[m][1] for m in MODELS]
+        z = [(trials.cosine[m] - self.norms[m][0]) / self.norms[m][1] for m in self.models]
         columns = [np.ones_like(z[0]), *z]
         if self.speech:
             q = np.clip(np.log2(np.maximum(trials.speech, 1e-3)), *SPEECH_RANGE)
@@ -170,7 +174,7 @@ class Fusion:
         """Fit on ``trials``: impostor statistics for the z-norm, then weights balanced between the two classes."""
         impostor = ~trials.target
         self.norms = {m: (float(trials.cosine[m][impostor].mean()), float(trials.cosine[m][impostor].std()))
-                      for m in MODELS}
+                      for m in self.models}
         x, y = self.features(trials), trials.target.astype(np.float64)
         weight = np.where(trials.target, 0.5 / trials.target.sum(), 0.5 / impostor.sum())
         self.w = _logistic(x, y, weight)
@@ -182,10 +186,10 @@ class Fusion:
 
     def about(self) -> dict:
         """Return the fitted numbers."""
-        names = ["intercept", "z_ecapa", "z_campplus"] + (["speech", "z_ecapa*speech", "z_campplus*speech"]
-                                                         if self.speech else [])
+        names = ["intercept", *(f"z_{m}" for m in self.models)]
+        names += ["speech", *(f"z_{m}*speech" for m in self.models)] if self.speech else []
         return {"weights": dict(zip(names, (round(float(w), 4) for w in self.w))),
-                "impostor_norms": {m: [round(v, 4) for v in self.norms[m]] for m in MODELS}}
+                "impostor_norms": {m: [round(v, 4) for v in self.norms[m]] for m in self.models}}
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, iterations: int = 50) -> np.ndarray:
@@ -255,7 +259,8 @@ def cross_validate(more: Embedded, heldout: list[Embedded]) -> dict:
     fits, scored, thresholds, about = [], [], [], []
     for k in (0, 1):
         fit_on, check_on = fold_trials[k], fold_trials[1 - k]
-        fusions = {"fused": Fusion(False).fit(fit_on), "fused+speech": Fusion(True).fit(fit_on)}
+        fusions = {"campplus+speech": Fusion(True, ("campplus",)).fit(fit_on), "fused": Fusion(False).fit(fit_on),
+                   "fused+speech": Fusion(True).fit(fit_on)}
         fitted = system_scores(fit_on, fusions)
         # The operating point is the fitting half's too: where its own impostors pass at 0.5%.
         cut = {s: threshold_at(fitted[s][~fit_on.target], TARGET_FAR) for s in SYSTEMS}
@@ -319,7 +324,8 @@ def show(name: str, per: dict) -> None:
 
 def markdown(per: dict) -> str:
     """Return one set's figures as a Markdown table (docs/benchmarks.md)."""
-    names = {"ecapa": "ECAPA", "campplus": "CAM++", "fused": "fused", "fused+speech": "fused+speech"}
+    names = {"ecapa": "ECAPA", "campplus": "CAM++", "campplus+speech": "CAM++ +speech", "fused": "fused",
+             "fused+speech": "fused+speech"}
     systems = " / ".join(names[s] for s in SYSTEMS)
     lines = [f"| condition | genuine / impostor | EER: {systems} | FRR at FAR 0.5%: {systems} | minDCF: {systems} "
              f"| other half's threshold, FAR / FRR: ECAPA; CAM++; fused+speech |",

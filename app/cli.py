@@ -174,12 +174,12 @@ def _add_admin(username: str, password: str) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "fetch_all", is_flag=True, help="Every known model, Whisper base included.")
 def models_fetch(names: tuple[str, ...], fetch_all: bool) -> None:
-    """Download, extract and verify model weights (default: ECAPA and the configured Whisper model)."""
+    """Download, extract and verify model weights (default: ECAPA, CAM++ and the configured Whisper model)."""
     models_dir = current_app.config["MODELS_DIR"]
     if fetch_all:
         names = tuple(modelstore.MODELS)
     elif not names:
-        names = _configured_models()
+        names = _configured_models() + (modelstore.SECOND_SPEAKER,)
     try:
         for name in names:
             directory = modelstore.fetch(models_dir, name, log=click.echo)
@@ -188,6 +188,11 @@ def models_fetch(names: tuple[str, ...], fetch_all: bool) -> None:
                 from .engines.speaker import export_onnx
 
                 export_onnx(directory, log=click.echo)
+            elif name == "campplus":
+                # Our own network on the shipped state dict; the server runs the export, without torch.
+                from .engines.campplus import export_onnx as export_campplus
+
+                export_campplus(directory, log=click.echo)
     except modelstore.ModelError as error:
         raise click.ClickException(str(error)) from None
 

@@ -141,3 +141,45 @@ def edge_set(speech: SpeechSet, files: list[Path]) -> dict[Path, float]:
         np.savez(tmp, labels=np.array(labels), edges=np.array([cached[k] for k in labels]))
         tmp.replace(path)
     return {p: cached[speech.label(p)] for p in files}
+
+
+def embedding_set(speech: SpeechSet, files: list[Path], model: str, encoder=None) -> dict[Path, np.ndarray]:
+    """Return every file's embedding by speaker model ``model`` (ecapa or campplus), cached like the others.
+
+    Only the embedding is kept (measure_set holds ECAPA's together with the speech measurements).
+    """
+    key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
+    path = cache_dir() / f"{model}-{speech.root.name}-{key}.npz"
+    cached: dict[str, np.ndarray] = {}
+    if path.is_file():
+        with np.load(path) as data:
+            cached = {str(label): row for label, row in zip(data["labels"], data["embeddings"])}
+    missing = [p for p in files if speech.label(p) not in cached]
+    if missing:
+        encoder = encoder or model_encoder(model)
+        logger.info("embedding %d files of %s with %s (%d cached)", len(missing), speech.root, model, len(cached))
+        for index, file in enumerate(missing):
+            cached[speech.label(file)] = encoder.embed(speech.audio(file))
+            speech._audio.pop(file, None)
+            if (index + 1) % 100 == 0 or index + 1 == len(missing):
+                logger.info("%s: embedded %d/%d", model, index + 1, len(missing))
+                labels = sorted(cached)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.npz")
+                np.savez(tmp, labels=np.array(labels), embeddings=np.stack([cached[k] for k in labels]))
+                tmp.replace(path)
+    return {p: cached[speech.label(p)] for p in files}
+
+
+def model_encoder(model: str, threads: int = 1):
+    """Return the encoder of speaker model ``model`` as the server runs it (ONNX where exported)."""
+    from app.engines import modelstore
+
+    models = os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models")
+    if model == "campplus":
+        from app.engines.campplus_encoder import CampplusEncoder
+
+        return CampplusEncoder(modelstore.model_dir(models, "campplus"), threads=threads)
+    from app.engines.speaker import SpeakerEncoder
+
+    return SpeakerEncoder(modelstore.model_dir(models, "ecapa"), threads=threads, precision="float32")

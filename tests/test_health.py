@@ -22,6 +22,7 @@ def test_healthz_reports_database_and_models(client):
     assert speaker["runtime"] in ("onnx float32", "torch float32", "torch bfloat16")
     assert body["models"]["whisper"]["name"] == "tiny.en" and body["models"]["whisper"]["present"] is True
     assert body["models"]["vad"] == {"name": "silero", "loaded": True}
+    assert body["models"]["campplus"] == {"name": "campplus", "present": True, "used": False}
 
 
 def test_healthz_is_503_without_model_files(tmp_path):
@@ -29,6 +30,7 @@ def test_healthz_is_503_without_model_files(tmp_path):
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["models"]["speaker"]["present"] is False
+    assert response.get_json()["models"]["campplus"]["present"] is False
 
 
 def test_healthz_is_503_when_the_database_is_unreachable(tmp_path, engines):

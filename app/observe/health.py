@@ -42,6 +42,9 @@ def healthz():
             "present": modelstore.is_complete(models_dir, whisper) if whisper in modelstore.WHISPER_MODELS else None,
             "loaded": loaded,
         },
+        # Fetched beside ECAPA but not used to decide yet (docs/benchmarks.md, "A second speaker model"),
+        # so its absence does not make the service unavailable.
+        "campplus": {"name": "campplus", "present": modelstore.is_complete(models_dir, "campplus"), "used": False},
         # Silero ships inside faster-whisper's wheel: present whenever the package is installed.
         "vad": {"name": "silero", "loaded": loaded and get_engines(current_app).vad is not None},
     }

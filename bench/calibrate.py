@@ -5,8 +5,8 @@
     python -m bench.calibrate [--data DIR] [--hard DIR] [--heldout ../shared/data/speech-dev] [--write-cohort]
                               [--out bench/results/calibration.json]
 
-Speakers are split in two: ``COHORT_SPEAKERS`` (held out: their embeddings become the shipped
-cohort, and the calibration is fitted on their trials among each other) and the rest, on which
+Speakers are split in two: ``COHORT_SPEAKERS`` (bench/cohort.py; held out: their embeddings become
+the shipped cohort, and the calibration is fitted on their trials among each other) and the rest, on which
 everything is measured, per degradation condition, with the trials of the set's trials.tsv and,
 for false-accept rates fine enough to see 1 in 1000, every enrollment list against every other
 evaluation speaker's files. ``--heldout`` sets are measured with that fit, all their speakers.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,23 +29,14 @@ from app.gate.calibration import COHORT_PATH, COHORT_SHA256, NARROW_EDGE_DB, Cal
 from app.gate.policy import DEFAULT_TARGET_FAR
 
 from . import metrics
+from .cohort import COHORT_CONDITIONS, COHORT_SPEAKERS
 from .data import SpeechSet
 from .degrade import condition_of, default_out
 from .embedcache import Measured, channel_set, edge_set, measure_set
+from .paths import RESULTS, ROOT, SPEECH_MORE
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-MORE = Path(os.environ.get("VOICEGATE_SPEECH_MORE", ROOT.parent / "shared" / "data" / "speech-more"))
-# Held out from evaluation: the cohort and the calibration's fitting trials. Chosen to span the
-# set's collections, genders and ages (adults and children), before any score was looked at.
-COHORT_SPEAKERS = (
-    "fillets-cs-small", "fillets-nl-big", "vctk-p226", "vctk-p228", "speechocean-0006", "speechocean-0131",
-    "speechocean-0567", "speechocean-1260", "speechocean-2016", "speechocean-2282", "speechocean-4005",
-    "speechocean-8002", "speechocean-9607",
-)
-# Conditions whose cohort embeddings are shipped (the test side meets degraded audio).
-COHORT_CONDITIONS = ("clean", "noise5", "babble10", "opus12", "g711", "crop2", "crop1.5noise10")
 TOP_K = 100
 # The previous release (top 30, voices not centred), measured beside the shipped scoring in the same run.
 PREVIOUS_TOP_K = 30
@@ -372,11 +362,11 @@ def show(name: str, per: dict, default_far: float) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Fit, measure, print and write."""
     parser = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=MORE)
+    parser.add_argument("--data", type=Path, default=SPEECH_MORE)
     parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
     parser.add_argument("--heldout", type=Path, action="append", default=[],
                         help="another set (with its hard variant where bench.degrade writes it) measured with the fit, all its speakers")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
     parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)}")
     parser.add_argument("--top-k", type=int, default=TOP_K)
     parser.add_argument("--default-far", type=float, default=DEFAULT_TARGET_FAR, help="the target marked on the plots")

@@ -35,7 +35,7 @@ from app.engines.runtime import load_engines
 from .data import wav_bytes
 from .output import save
 from .replay import opus
-from .threshold import ROOT
+from .paths import RESULTS, ROOT
 
 DEFAULT_DIGITS = Path(os.environ.get("VOICEGATE_DIGITS", ROOT.parent / "shared" / "data" / "digits"))
 ENROLL_REPS, TEST_REPS = (0, 1, 2), (3, 4)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digits", type=Path, default=DEFAULT_DIGITS)
     parser.add_argument("--trials", type=int, default=8, help="genuine and impostor attempts per speaker")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "challenge.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "challenge.json")
     args = parser.parse_args(argv)
     rng = random.Random(12)
     wav = args.digits / "wav"

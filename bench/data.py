@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import subprocess
 import wave
 from dataclasses import dataclass
@@ -16,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
 SAMPLE_RATE = 16000
 
 

@@ -24,7 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from .data import DEFAULT_DATA, SAMPLE_RATE, SpeechSet, Trial
+from .cohort import COHORT_SPEAKERS
+from .data import SAMPLE_RATE, SpeechSet, Trial
+from .paths import DEFAULT_DATA, ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(CONDITIONS)}")
     parser.add_argument("--trials-per-condition", type=int, help="a balanced sample of this many trials (default: all)")
     parser.add_argument("--without-cohort-speakers", action="store_true",
-                        help="leave out trials of the speakers held out for the shipped cohort (bench.calibrate)")
+                        help="leave out trials of the speakers held out for the shipped cohort (bench/cohort.py)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
@@ -261,12 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown conditions {unknown}; choose from {', '.join(CONDITIONS)}")
     source = args.source.resolve()
     out = (args.out or default_out(source)).resolve()
-    if out.is_relative_to(Path(__file__).resolve().parents[1]):
+    if out.is_relative_to(ROOT):
         parser.error("write generated audio outside the repository")
     exclude = frozenset()
     if args.without_cohort_speakers:
-        from .calibrate import COHORT_SPEAKERS
-
         exclude = frozenset(COHORT_SPEAKERS)
     print(make(source, out, conditions, args.trials_per_condition, exclude))
     return 0

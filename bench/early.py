@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DEFAULT_DATA, SpeechSet
+from .data import SpeechSet
 from .output import quiet_logging, save
-from .suite import DEV_REPORT, RESULTS
+from .paths import DEV_REPORT, RESULTS, SPEECH_MORE
 
 logger = logging.getLogger("bench.early")
 LATE = (0.15, 0.3, 0.45, 0.6)  # the service uses prefixes up to early.MAX_LATE_SECONDS late
@@ -131,7 +131,7 @@ def _spread(values: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Measure each set given and write the results."""
     parser = argparse.ArgumentParser(prog="python -m bench.early", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, nargs="+", default=[DEFAULT_DATA.parent / "speech-more"])
+    parser.add_argument("--data", type=Path, nargs="+", default=[SPEECH_MORE])
     parser.add_argument("--late", type=float, nargs="+", default=list(LATE))
     parser.add_argument("--out", type=Path, default=RESULTS / "early.json")
     args = parser.parse_args(argv)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .data import SpeechSet
+from .paths import ROOT
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,11 @@ import jiwer
 import requests
 
 from . import calls, machine
-from .data import DEFAULT_DATA, SpeechSet, pcm16
+from .cohort import COHORT_SPEAKERS
+from .data import SpeechSet, pcm16
 from .joined import Part, Text, leaks, recall, recordings, synthetic_parts, timed, words
 from .output import quiet_logging, save
-from .suite import RESULTS
+from .paths import DEFAULT_DATA, RESULTS
 
 logger = logging.getLogger("bench.gate")
 KONELE_CAPS = "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)S16LE, channels=(int)1"
@@ -65,8 +66,6 @@ def _owners(speech: SpeechSet, count: int) -> list[list]:
     voice against the cohort voices nearest it, so such a speaker is never accepted
     (docs/threshold.md, caveats), which would measure the cohort, not the gate.
     """
-    from .calibrate import COHORT_SPEAKERS
-
     eligible = [group for group in speech.by_speaker().values()
                 if group[0].speaker not in COHORT_SPEAKERS
                 and len([u for u in group if u.transcript and u.language == "en"]) >= 5]

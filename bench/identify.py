@@ -28,9 +28,8 @@ from .data import SpeechSet
 from .embedcache import measure_set
 from .machine import describe
 from .output import save
+from .paths import RESULTS, SPEECH_MORE
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SPEECH_MORE", ROOT.parent / "shared" / "data" / "speech-more"))
 ENROLL_FILES = 3
 MIN_SPEECH = 0.8  # the policy's minimum speech for a decision: shorter probes are not decided at all
 
@@ -107,10 +106,10 @@ def run(voices: dict[str, np.ndarray], probes: list, size: int, count: int, rng:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark, print a table, and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=SPEECH_MORE)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--probes", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "identify.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "identify.json")
     args = parser.parse_args(argv)
     voices, probes = real_voices(args.data)
     rng = np.random.default_rng(13)

@@ -26,9 +26,9 @@ import numpy as np
 from clients.kaldi import KONELE_CAPS, run
 
 from . import calls, machine, metrics
-from .data import DEFAULT_DATA, SpeechSet, pcm16
+from .data import SpeechSet, pcm16
 from .output import quiet_logging, save
-from .suite import RESULTS
+from .paths import DEFAULT_DATA, RESULTS
 
 logger = logging.getLogger(__name__)
 

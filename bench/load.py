@@ -26,8 +26,8 @@ from clients import voicegate as client
 
 from . import machine
 from .abuse import Abuse
-from .data import DEFAULT_DATA
-from .suite import DEV_REPORT, QUIET_LOGGERS, RESULTS
+from .output import QUIET_LOGGERS
+from .paths import DEFAULT_DATA, DEV_REPORT, RESULTS
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,11 @@ from pathlib import Path
 import requests
 
 from . import calls, machine
-from .data import DEFAULT_DATA, SpeechSet, espeak, pcm16
+from .cohort import COHORT_SPEAKERS
+from .data import SpeechSet, espeak, pcm16
 from .meetings import compose, plain_found, score
 from .output import quiet_logging, save
-from .suite import RESULTS
+from .paths import DEFAULT_DATA, RESULTS
 
 logger = logging.getLogger("bench.meeting")
 STYLES = {"pauses": 1.0, "back_to_back": 0.0, "interrupting": -0.5}
@@ -78,8 +79,6 @@ def _eligible(speech: SpeechSet, named: list[str] | None = None, stranger: str |
     the cohort voices nearest it, so such a speaker is never named: that would measure the
     cohort, not meetings), and the stranger is one too few files to enroll, else the last one.
     """
-    from .calibrate import COHORT_SPEAKERS
-
     groups = {name: [u for u in group if u.transcript and u.language == "en"]
               for name, group in speech.by_speaker().items()}
     missing = [n for n in (named or []) + ([stranger] if stranger else []) if not groups.get(n)]

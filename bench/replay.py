@@ -22,8 +22,9 @@ from app.audio.decode import decode
 from app.engines.runtime import load_engines
 from app.engines.speaker import cosine
 
+from .data import SpeechSet
 from .output import save
-from .threshold import DEFAULT_DATA, ROOT, speech_set
+from .paths import DEFAULT_DATA, RESULTS, ROOT
 
 CANDIDATES = (0.80, 0.85, 0.88, 0.90, 0.92, 0.95)
 
@@ -81,11 +82,13 @@ def summary(values: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "replay.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "replay.json")
     args = parser.parse_args(argv)
     engines = load_engines(os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models"), "tiny.en", workers=1, queue=4)
     try:
-        groups = speech_set(args.data)
+        speech = SpeechSet(args.data)
+        groups = {speaker: [speech.audio(u.path) for u in utterances]
+                  for speaker, utterances in speech.by_speaker().items()}
         embed = engines.speaker.embed
         originals = {speaker: [embed(a) for a in clips] for speaker, clips in groups.items()}
         genuine = [cosine(x, y) for embeddings in originals.values() for x, y in itertools.combinations(embeddings, 2)]

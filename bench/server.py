@@ -23,9 +23,10 @@ from pathlib import Path
 
 import requests
 
+from .paths import ROOT
+
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 # Trial lists enroll on one to three short clips, fewer than the default policy asks for, and
 # impostor trials would lock users out: these minimums let every list stand as a user. The
 # trials verify dev sentences (no spoken challenge) and the latency checks send the same

@@ -19,14 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import asr, machine, report, speed, sv
-from .data import DEFAULT_DATA, SpeechSet
+from .data import SpeechSet
 from .output import QUIET_LOGGERS
+from .paths import DEFAULT_DATA, DEV_REPORT, RESULTS, ROOT
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-DEV_REPORT = ROOT / "docs" / "benchmarks.md"
 # Files timed again with another thread count per call (enough for a median, short enough to stay cheap).
 OTHER_THREADS_FILES = 10
 

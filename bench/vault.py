@@ -31,7 +31,7 @@ from app.gate import store
 from app.store.models import User, Voiceprint
 
 from .output import save
-from .threshold import ROOT
+from .paths import RESULTS
 
 
 def _median_ms(fn, runs: int) -> float:
@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--database-url", help="an empty PostgreSQL database (default: an SQLite file)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "vault.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "vault.json")
     args = parser.parse_args()
     results = []
     for users in args.users:

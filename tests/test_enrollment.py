@@ -1,6 +1,9 @@
 """Enrollment refuses clips it cannot trust, says why, and stores nothing until complete."""
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 
@@ -77,3 +80,39 @@ def test_re_enrollment_replaces_the_voiceprint(live, speech):
     # The voiceprint keeps the clips' telephone copy as an embedding (for phone-band logins), never audio.
     assert set(channels) == {"phone"} and np.isclose(np.linalg.norm(channels["phone"]), 1.0, atol=1e-4)
     assert 0.5 < float(channels["phone"] @ after) < 0.99
+
+
+def test_a_clip_that_lost_audio_or_stalled_is_called_broken_not_silent(live, speech):
+    """Both sides count: the client's lost audio (capture.lost_seconds) and the server's longest stall."""
+    silence = np.zeros(16000 * 4, dtype=np.float32)
+    lj = speech.load("wav/ljspeech/LJ001-0001.wav")
+    conversation = Conversation(live.ws_url, {"type": "start", "mode": "enroll", "invite": live.invite("dee"),
+                                              "format": PCM16K}, echo=lambda _: None)
+
+    def clip(parts: list[np.ndarray], stall: float = 0.0, lost: float | None = None) -> dict:
+        seen = len(conversation.replies)
+        for index, part in enumerate(parts):
+            if index:
+                time.sleep(stall)  # the stimulus: a client that stalls mid-clip, as a starved browser does
+            conversation.send_audio(pcm(part), PCM16K, realtime=False)
+        conversation.ws.send(json.dumps({"type": "stop", **({"capture": {"lost_seconds": lost}} if lost is not None else {})}))
+        return conversation.wait_for("progress", after=seen)["clip"]
+
+    try:
+        assert conversation.wait_for("ready")["type"] == "ready"
+        plain = clip([silence])
+        assert plain["reason"] == "no_speech" and plain["longest_gap_seconds"] < 1.0
+        stalled = clip([silence[:32000], silence[32000:]], stall=1.5)
+        assert stalled["reason"] == "broken_audio" and stalled["longest_gap_seconds"] >= 1.0 and stalled["lost_seconds"] == 0
+        lost = clip([lj], lost=1.5)
+        assert lost["reason"] == "broken_audio" and lost["lost_seconds"] == 1.5 and not lost["accepted"]
+        # A little lost audio harms no voiceprint, but may be why a clip seemed silent.
+        assert clip([silence], lost=0.5)["reason"] == "broken_audio"
+        # Late but whole: the words all came, so the clip is judged on them.
+        late = clip([lj[: lj.size // 2], lj[lj.size // 2:]], stall=1.5, lost=0.02)
+        assert late["accepted"] and late["longest_gap_seconds"] >= 1.0
+        seen = len(conversation.replies)
+        conversation.ws.send(json.dumps({"type": "stop", "capture": {"lost_seconds": "lots"}}))
+        assert conversation.wait_for("error", after=seen)["code"] == "bad_message"
+    finally:
+        conversation.close()

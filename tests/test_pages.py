@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 from whisper_normalizer.english import EnglishTextNormalizer
 
 
-from .browser import chromium, new_page, screenshot
+from .browser import chromium, new_page, screenshot, stall_audio, wait_for_a_pause
 from .conftest import LJ_ENROLL, pcm, serve_enrolled
 
 normalise = EnglishTextNormalizer()
@@ -28,6 +28,9 @@ IMPOSTOR_DICTATE = ["wav/vctk-p287/p287_003.wav", "wav/librivox-sas01/sense_and_
 # What the browser itself says when the page asks for the microphone.
 GET_USER_MEDIA = "navigator.mediaDevices.getUserMedia({audio: true}).then(() => 'granted', (e) => e.name)"
 DECISION_TIMEOUT = 60_000  # ms; the machine is shared, model calls queue
+# Seconds of silence between clips a looping microphone plays: the page stops 1.5 s into one, and
+# the test presses Record at most 2 s into the next, which leaves the press 2 s before the speech.
+LOOP_GAP = 4.0
 
 
 def microphone(tmp_path: Path, name: str, clips: list[np.ndarray], gap: float = 5.0, lead: float = 0.5,
@@ -84,10 +87,10 @@ def signed_in(server, speech, tmp_path_factory):
 # --------------------------------------------------------------------------- enrollment
 
 def test_a_speaker_enrolls_through_the_invite_page(live, speech, tmp_path):
-    too_short = speech.load(LJ_LOGIN)[: int(16000 * 2.0)]
-    wav = microphone(tmp_path, "enroll", [too_short] + [speech.load(f) for f in LJ_ENROLL])
     token = live.invite("lj")
-    with chromium(microphone=wav) as browser:
+    # Two seconds of speech, then a pause: the page stops by itself and says what to do.
+    too_short = speech.load(LJ_LOGIN)[: int(16000 * 2.0)]
+    with chromium(microphone=microphone(tmp_path, "too-short", [too_short])) as browser:
         _, page = new_page(browser, live.url)
         page.goto(f"/enroll/{token}")
         expect(page.get_by_role("heading", level=1)).to_have_text("Enroll your voice, lj")
@@ -98,7 +101,6 @@ def test_a_speaker_enrolls_through_the_invite_page(live, speech, tmp_path):
         expect(clips.nth(1).get_by_role("button")).to_be_disabled()
         screenshot(page, "enroll-1-start")
 
-        # Two seconds of speech, then a pause: the page stops by itself and says what to do.
         clips.nth(0).get_by_role("button", name="Record clip 1").click()
         expect(clips.nth(0).get_by_role("button", name="Stop")).to_be_visible()
         expect(page.locator("#level")).not_to_have_attribute("aria-valuenow", "0", timeout=5000)
@@ -109,7 +111,16 @@ def test_a_speaker_enrolls_through_the_invite_page(live, speech, tmp_path):
         expect(clips.nth(0).get_by_role("button")).to_have_text("Record again")
         screenshot(page, "enroll-3-refused")
 
+    # The passages, looped with pauses between them: like a person, the test presses Record in a
+    # pause and lets the page stop at the next one, however long the machine took to answer.
+    wav = microphone(tmp_path, "enroll", [speech.load(f) for f in LJ_ENROLL], gap=LOOP_GAP, tail=LOOP_GAP)
+    with chromium(microphone=wav, loop=True) as browser:
+        _, page = new_page(browser, live.url)
+        page.goto(f"/enroll/{token}")
+        clips = page.locator("#clips > li")
         for index in range(3):
+            if index:
+                wait_for_a_pause(page)
             clips.nth(index).get_by_role("button").click()
             expect(clips.nth(index).locator(".clip-result")).to_contain_text("Accepted", timeout=DECISION_TIMEOUT)
             if index == 0:
@@ -132,6 +143,26 @@ def test_a_speaker_enrolls_through_the_invite_page(live, speech, tmp_path):
         response = page.goto(f"/enroll/{token}")
         assert response.status == 404
         expect(page.get_by_role("heading", level=1)).to_have_text("This enrollment link cannot be used")
+
+
+def test_a_clip_whose_audio_stalled_is_called_broken_not_silent(live, speech, tmp_path):
+    """A busy machine, not the speaker: 1.5 s of the microphone's frames never reach the page."""
+    token = live.invite("gappy")
+    with chromium(microphone=microphone(tmp_path, "stalled", [speech.load(LJ_ENROLL[0])])) as browser:
+        _, page = new_page(browser, live.url)
+        page.goto(f"/enroll/{token}")
+        clip = page.locator("#clips > li").nth(0)
+        clip.get_by_role("button", name="Record clip 1").click()
+        expect(page.locator("#level")).not_to_have_attribute("aria-valuenow", "0", timeout=10_000)
+        stall_audio(page, 1.5)
+        result = clip.locator(".clip-result")
+        expect(result).to_contain_text("The recording arrived broken", timeout=DECISION_TIMEOUT)
+        expect(result).to_contain_text("not because of your voice")
+        assert "no speech" not in result.inner_text()
+        lost = float(re.search(r"broken: (\d+\.\d) s of audio was lost", result.inner_text()).group(1))
+        assert 1.0 <= lost <= 3.0, lost
+        expect(clip.get_by_role("button")).to_have_text("Record again")
+        screenshot(page, "enroll-broken-audio")
 
 
 def test_an_invalid_invite_link_says_so(live):

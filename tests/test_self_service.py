@@ -14,9 +14,9 @@ import zxingcpp
 from PIL import Image
 from playwright.sync_api import expect
 
-from .browser import SCREENSHOTS, chromium, new_page, screenshot
+from .browser import SCREENSHOTS, chromium, new_page, screenshot, wait_for_a_pause
 from .conftest import serve_enrolled
-from .test_pages import DECISION_TIMEOUT, IMPOSTOR, LJ_LOGIN, microphone
+from .test_pages import DECISION_TIMEOUT, IMPOSTOR, LJ_LOGIN, LOOP_GAP, microphone
 
 PASSWORD = "correct horse battery"
 PHONE = {"width": 390, "height": 844}
@@ -64,9 +64,10 @@ def server(tmp_path_factory, engines, speech):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, speech):
-    """One Chromium for the module. Its microphone plays two LJ clips 7 s apart from the moment a page opens it."""
-    wav = microphone(tmp_path_factory.mktemp("mic"), "two-clips", [speech.load(f) for f in LJ_MORE], gap=7.0)
-    with chromium(microphone=wav) as browser:
+    """One Chromium for the module. Its microphone loops two LJ clips with pauses, from the moment a page opens it."""
+    wav = microphone(tmp_path_factory.mktemp("mic"), "two-clips", [speech.load(f) for f in LJ_MORE], gap=LOOP_GAP,
+                     tail=LOOP_GAP)
+    with chromium(microphone=wav, loop=True) as browser:
         yield browser
 
 
@@ -266,6 +267,7 @@ def test_phone_enrollment_keeps_the_meter_status_and_progress_in_view_by_keyboar
             "Accepted", timeout=DECISION_TIMEOUT)
         second = page.get_by_role("button", name="Record clip 2")
         expect(second).to_be_focused()
+        wait_for_a_pause(page)  # as a person waits to begin the next passage
         page.keyboard.press("Enter")
         expect(page.locator("#status")).to_have_class(re.compile("is-rec"))
         for selector in ("#level", "#status", "#progress", "#clips > li:nth-child(2) .passage"):

@@ -72,7 +72,7 @@ class Transcriber:
         """Load ``model``; up to ``workers`` calls from different threads run in parallel.
 
         ``short_context`` encodes an utterance over its own length rather than 30 s.
-        ``compute_type`` is CTranslate2's (int8 is the fastest on every CPU measured: bench/runtimes.py).
+        ``compute_type`` is CTranslate2's (int8 is the fastest on every CPU measured: bench/studies/runtimes.py).
         ``wide`` also loads a copy that runs one call on every core, used while ``idle()`` says so.
         """
         # Imported here so that code which never transcribes never loads CTranslate2.

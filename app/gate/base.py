@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -117,12 +118,20 @@ class ClipBuffer:
         self.max_samples, self.max_seconds, self.what = int(max_seconds * SAMPLE_RATE), max_seconds, what
         self._chunks: list[np.ndarray] = []
         self._samples = 0
+        self._arrived: float | None = None
+        # The longest wait between two pieces of this clip: a live client that stalls (a busy
+        # browser or machine) delivers its audio late and in bursts.
+        self.longest_gap = 0.0
 
     def add(self, samples: np.ndarray) -> None:
         """Take more audio; raise ``too_long`` past the limit."""
         self._samples += samples.size
         if self._samples > self.max_samples:
             raise SessionError("too_long", f"{self.what} may last at most {self.max_seconds:g} s")
+        now = time.monotonic()
+        if self._arrived is not None:
+            self.longest_gap = max(self.longest_gap, now - self._arrived)
+        self._arrived = now
         self._chunks.append(samples)
 
     @property
@@ -139,5 +148,5 @@ class ClipBuffer:
     def take(self) -> np.ndarray:
         """Return the audio collected and start empty again."""
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
-        self._chunks, self._samples = [], 0
+        self._chunks, self._samples, self._arrived, self.longest_gap = [], 0, None, 0.0
         return audio

@@ -21,6 +21,14 @@ CLIPPED_FRACTION = 0.001
 FULL_SCALE = 0.99
 # Less speech than this is no speech at all (a cough, a click).
 MIN_ANY_SPEECH = 0.3
+# Audio a client says it lost while capturing a clip (its audio thread starved, frames dropped):
+# past MAX the clip is not trusted (a hole that long can hide words); past SOME, a clip that
+# measured too little speech may owe it to the loss. A busy laptop loses a few tenths of a
+# second now and then (seen in the browser tests on a loaded machine), which harms no voiceprint.
+MAX_LOST_SECONDS = 1.0
+SOME_LOST_SECONDS = 0.25
+# A wait this long between two pieces of a live clip means it arrived late and in bursts.
+LATE_GAP_SECONDS = 1.0
 # Enrolled voices at least this alike are taken for one person (kept out of each other's cohort).
 SAME_PERSON = 0.5
 
@@ -58,6 +66,21 @@ def clip_problem(quality: ClipQuality, min_speech: float) -> str | None:
     if quality.speech_seconds < min_speech:
         return "too_short"
     return None
+
+
+def delivery_problem(problem: str | None, lost_seconds: float, longest_gap: float) -> str | None:
+    """Return ``broken_audio`` when the way a clip arrived, not the speaker, explains ``problem``.
+
+    A clip that lost a second of audio on its way is refused whatever it measured; one that lost
+    less, or merely came late, only when it also measured too little speech, since then the loss
+    or the stall may be why.
+    """
+    if lost_seconds >= MAX_LOST_SECONDS:
+        return "broken_audio"
+    troubled = lost_seconds >= SOME_LOST_SECONDS or longest_gap >= LATE_GAP_SECONDS
+    if problem in ("no_speech", "too_short", "too_quiet") and troubled:
+        return "broken_audio"
+    return problem
 
 
 def consistency(embedding: np.ndarray, accepted: list[np.ndarray]) -> float | None:

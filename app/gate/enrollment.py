@@ -29,9 +29,13 @@ class EnrollSession:
         self._buffer.add(samples)
         return []
 
-    def stop(self) -> list[dict]:
-        """End the current clip: accept or refuse it, report progress, and finish when complete."""
-        messages = [self._clip(self._buffer.take())]
+    def stop(self, lost_seconds: float = 0.0) -> list[dict]:
+        """End the current clip: accept or refuse it, report progress, and finish when complete.
+
+        ``lost_seconds``: audio the client says it lost while capturing this clip.
+        """
+        longest_gap = self._buffer.longest_gap
+        messages = [self._clip(self._buffer.take(), lost_seconds, longest_gap)]
         if self._complete():
             messages.append(self._finish())
         return messages
@@ -43,10 +47,11 @@ class EnrollSession:
     def close(self) -> None:
         """Nothing to give back: an unfinished enrollment has stored nothing."""
 
-    def _clip(self, audio: np.ndarray) -> dict:
+    def _clip(self, audio: np.ndarray, lost_seconds: float, longest_gap: float) -> dict:
         policy = self.ctx.policy
         quality = decide.measure(audio, self.ctx.engines.vad.segments(audio))
-        reason = decide.clip_problem(quality, policy.enroll_min_clip_speech)
+        reason = decide.delivery_problem(decide.clip_problem(quality, policy.enroll_min_clip_speech),
+                                         lost_seconds, longest_gap)
         score = None
         if reason is None:
             embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)
@@ -66,7 +71,9 @@ class EnrollSession:
         return {
             "type": "progress",
             "clip": {"accepted": reason is None, "reason": reason, "speech_seconds": round(quality.speech_seconds, 2),
-                     "level_dbfs": round(quality.speech_dbfs, 1), "consistency": None if score is None else round(score, 4)},
+                     "level_dbfs": round(quality.speech_dbfs, 1), "consistency": None if score is None else round(score, 4),
+                     # How the clip arrived, counted on both sides: what the client lost, the longest stall here.
+                     "lost_seconds": round(lost_seconds, 2), "longest_gap_seconds": round(longest_gap, 2)},
             "clips_accepted": len(self._embeddings),
             "clips_required": policy.enroll_min_clips,
             "speech_seconds": round(self._speech, 2),

@@ -111,8 +111,10 @@ class Channel:
     def _control(self, message: dict) -> None:
         kind = message.get("type")
         if kind == "stop":
+            lost = _lost_seconds(message)
             self._send_all(self.session.audio(self._end_clip()))
-            self._send_all(self.session.stop())
+            # Only an enrollment clip is refused for audio lost on the way; other modes decide on what came.
+            self._send_all(self.session.stop(lost) if self.session.mode == "enroll" else self.session.stop())
             self._new_clip()
         elif kind == "cancel":
             raise SessionError("cancelled", "cancelled by the client; nothing was stored")
@@ -177,3 +179,12 @@ def _audio_format(spec) -> AudioFormat:
         if isinstance(error, AudioError):
             raise
         raise SessionError("bad_format", "sample_rate and channels must be integers") from None
+
+
+def _lost_seconds(message: dict) -> float:
+    """Return the seconds of audio the client says it lost capturing this clip (``capture.lost_seconds``)."""
+    capture = message.get("capture", {})
+    lost = capture.get("lost_seconds", 0) if isinstance(capture, dict) else None
+    if isinstance(lost, bool) or not isinstance(lost, (int, float)) or not 0 <= lost <= 3600:
+        raise SessionError("bad_message", "capture.lost_seconds must be a number of seconds from 0 to 3600")
+    return float(lost)

@@ -48,6 +48,7 @@ DECISIONS = {
 REASONS = {
     "no_speech": "no speech was heard",
     "too_short": "too little speech in the clip",
+    "broken_audio": "the audio arrived broken (lost or late on the way)",
     "not_enough_speech": "too little speech to decide",
     "too_quiet": "the voice was too quiet",
     "clipped": "the recording was distorted (too loud)",

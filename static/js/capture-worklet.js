@@ -1,6 +1,11 @@
 // AudioWorklet processor: mixes the microphone down to mono, resamples it to 16 kHz with a
 // windowed-sinc low-pass, and posts 50 ms chunks of 16-bit PCM with their level.
 // Runs on the audio thread; `sampleRate` is the AudioContext's rate (often 44100 or 48000).
+// Each chunk also says how much audio has been lost since capture began (`lost`, seconds): the
+// stalls of the audio thread (starved, or its context stopped) while the microphone went on.
+// A stall is a wait between two calls well past the audio the first one carried; a slow drift
+// of the audio clock is no stall, and frames that come late and are caught up are not lost.
+const STALL = 0.1; // seconds; render calls come in bursts a few hundredths of a second apart
 
 const OUT_RATE = 16000;
 const CHUNK = 800; // samples at 16 kHz: 50 ms
@@ -72,6 +77,11 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.sumSquares = 0;
     this.peak = 0;
     this.mono = new Float32Array(128);
+    this.startedAt = null; // wall clock (ms) of the first call
+    this.frames = 0; // input frames processed since then
+    this.lastCall = null; // wall clock (ms) of the previous call, and its frames
+    this.lastFrames = 0;
+    this.stalled = 0; // seconds of stalls
     this.emit = (value) => {
       const clamped = Math.max(-1, Math.min(1, value));
       this.sumSquares += clamped * clamped;
@@ -83,17 +93,38 @@ class CaptureProcessor extends AudioWorkletProcessor {
 
   post() {
     const pcm = this.chunk.buffer;
-    this.port.postMessage({ pcm, rms: Math.sqrt(this.sumSquares / CHUNK), peak: this.peak }, [pcm]);
+    this.port.postMessage({ pcm, rms: Math.sqrt(this.sumSquares / CHUNK), peak: this.peak, lost: this.lost() }, [pcm]);
     this.chunk = new Int16Array(CHUNK);
     this.filled = 0;
     this.sumSquares = 0;
     this.peak = 0;
   }
 
+  /** Count one call's frames, and a stall since the previous call. */
+  tick(frames) {
+    const now = Date.now();
+    if (this.lastCall === null) {
+      this.startedAt = now;
+    } else {
+      const excess = (now - this.lastCall) / 1000 - this.lastFrames / sampleRate;
+      if (excess > STALL) this.stalled += excess;
+    }
+    this.lastCall = now;
+    this.lastFrames = frames;
+    this.frames += frames;
+  }
+
+  /** Return the seconds lost to stalls, less any the thread has caught up since. */
+  lost() {
+    const behind = (Date.now() - this.startedAt) / 1000 - this.frames / sampleRate;
+    return Math.max(0, Math.min(this.stalled, behind));
+  }
+
   process(inputs) {
     const channels = inputs[0];
     if (channels && channels.length) {
       const frames = channels[0].length;
+      this.tick(frames);
       if (this.mono.length !== frames) this.mono = new Float32Array(frames);
       this.mono.fill(0);
       for (const channel of channels) {

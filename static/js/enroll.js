@@ -22,6 +22,8 @@ let mic = null;
 let socket = null;
 let recording = false;
 let recorded = 0; // seconds in the current clip
+let lostSoFar = 0; // audio lost since the microphone opened (the worklet's count), at the latest chunk
+let lostAtStart = null; // ... at the clip's first chunk
 let checking = false;
 let finished = false;
 let keepalive = null;
@@ -31,6 +33,12 @@ const secs = (value) => `${Number(value).toFixed(1)} s`;
 
 function reasonText(clip) {
   switch (clip.reason) {
+    case "broken_audio":
+      return (clip.lost_seconds >= 0.25
+        ? `The recording arrived broken: ${secs(clip.lost_seconds)} of audio was lost on the way`
+        : `The recording arrived late and in pieces (it stalled for ${secs(clip.longest_gap_seconds)})`)
+        + ", because the browser or the computer was too busy, not because of your voice. "
+        + "Close other tabs or programs if you can, then record again.";
     case "no_speech":
       return "We heard no speech. Check that the level bar moves when you talk, then record again.";
     case "too_short":
@@ -141,6 +149,7 @@ async function startClip() {
   }
   pause.reset();
   recorded = 0;
+  lostAtStart = null;
   recording = true;
   const item = currentClip();
   say(item.querySelector(".clip-result"), "");
@@ -153,14 +162,17 @@ function stopClip() {
   if (!recording) return;
   recording = false;
   checking = true;
-  socket.stop();
+  const lostInClip = lostAtStart === null ? 0 : Math.max(0, lostSoFar - lostAtStart);
+  socket.stop({ lost_seconds: Math.round(lostInClip * 100) / 100 });
   say(status, "Checking the clip…", "busy");
   setButtons();
 }
 
 function onChunk(chunk) {
   showLevel(meter, chunk.dbfs);
+  lostSoFar = chunk.lost;
   if (!recording) return;
+  if (lostAtStart === null) lostAtStart = chunk.lost;
   socket.sendAudio(chunk.pcm);
   const seconds = chunk.pcm.byteLength / 2 / FORMAT.sample_rate;
   recorded += seconds;

@@ -82,8 +82,9 @@ export class VoiceSocket {
     if (this.isOpen) this.ws.send(buffer);
   }
 
-  stop() {
-    if (this.isOpen) this.ws.send(JSON.stringify({ type: "stop" }));
+  /** End the clip; `capture` may say how much audio was lost capturing it ({lost_seconds}). */
+  stop(capture) {
+    if (this.isOpen) this.ws.send(JSON.stringify(capture ? { type: "stop", capture } : { type: "stop" }));
   }
 
   /** Close without waiting for anything (the server stores nothing unfinished). */

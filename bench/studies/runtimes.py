@@ -1,6 +1,8 @@
-"""Which runtime should run ECAPA and Whisper on this CPU: speed as ratios within one run, and equal scores.
+"""Decided: ECAPA runs on ONNX Runtime float32 and Whisper on CTranslate2 int8 (docs/benchmarks.md, "Runtimes").
 
-    python -m bench.runtimes [--data DIR] [--files N] [--out FILE.json]
+Which runtime should run ECAPA and Whisper on this CPU: speed as ratios within one run, and equal scores.
+
+    python -m bench.studies.runtimes [--data DIR] [--files N] [--out FILE.json]
 
 ECAPA: PyTorch float32 and bfloat16 (1 and 2 threads), and ONNX Runtime float32 and int8 when
 ``flask models fetch`` has exported them. Each is scored on every trial of the set (cosine of
@@ -21,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import machine, metrics
-from .data import DEFAULT_DATA, SAMPLE_RATE, SpeechSet
-from .suite import DEV_REPORT, RESULTS
+from .. import machine, metrics
+from ..data import SAMPLE_RATE, SpeechSet
+from ..paths import DEFAULT_DATA, DEV_REPORT, RESULTS
 
 logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.runtimes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.runtimes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a speech set in the speech-dev format")
     parser.add_argument("--files", type=int, default=0, help="time only the first N files (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS / "runtimes.json", help="the results JSON")
@@ -161,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                "ecapa": ecapa(speech, files, models_dir)}
     if not args.skip_whisper:
         results["whisper"] = whisper(speech, files, models_dir, os.environ.get("VOICEGATE_WHISPER_MODEL", Config.WHISPER_MODEL))
-    results["run"] = {"command": " ".join([".venv/bin/python -m bench.runtimes", *(argv or [])]),
+    results["run"] = {"command": " ".join([".venv/bin/python -m bench.studies.runtimes", *(argv or [])]),
                       "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1))
     print(f"wrote {args.out}")
     if args.out.resolve() == (RESULTS / "runtimes.json").resolve():
-        from .report import put_section
+        from ..report import put_section
 
         put_section(DEV_REPORT, "Runtimes", report_section(results))
         print(f"wrote the runtimes section of {DEV_REPORT}")

@@ -1,6 +1,8 @@
-"""Compare ways to score a trial, offline on cached embeddings: what docs/threshold.md chose the shipped scoring by.
+"""Decided: AS-norm on centred voices, top 100, telephone copy (docs/threshold.md, "How the score is computed").
 
-    python -m bench.scoring [--out bench/results/scoring.json]
+Compare ways to score a trial, offline on cached embeddings: what docs/threshold.md chose the shipped scoring by.
+
+    python -m bench.studies.scoring [--out bench/results/scoring.json]
 
 Every variant is fitted like bench/calibrate.py (the cohort and the calibration from the held-out
 speakers of speech-more, each fitting trial's cohort without its two speakers) and measured on
@@ -21,12 +23,13 @@ import numpy as np
 
 from app.gate.calibration import NARROW_EDGE_DB, Quality
 
-from . import metrics
-from .calibrate import COHORT_CONDITIONS, COHORT_SPEAKERS, MORE, ROOT, Loaded, load
+from .. import metrics
+from ..calibrate import Loaded, load
+from ..cohort import COHORT_CONDITIONS, COHORT_SPEAKERS
+from ..paths import DEFAULT_DATA, RESULTS, SPEECH_MORE
 
 logger = logging.getLogger(__name__)
 
-DEV = ROOT.parent / "shared" / "data" / "speech-dev"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -155,10 +158,10 @@ VARIANTS = (
 
 def main(argv: list[str] | None = None) -> dict:
     """Score every variant, print and write the figures."""
-    parser = argparse.ArgumentParser(prog="python -m bench.scoring", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=MORE)
-    parser.add_argument("--heldout", type=Path, default=DEV)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scoring.json")
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.scoring", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=SPEECH_MORE)
+    parser.add_argument("--heldout", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=RESULTS / "scoring.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     more, dev = load(args.data, None), load(args.heldout, None)

@@ -1,6 +1,8 @@
-"""Choose the verification threshold from measured score distributions.
+"""Decided: the first default, a fixed raw cosine of 0.40, since replaced by calibration (docs/threshold.md, opening).
 
-    python -m bench.threshold [--data DIR] [--out bench/results/threshold.json]
+Choose the verification threshold from measured score distributions.
+
+    python -m bench.studies.threshold [--data DIR] [--out bench/results/threshold.json]
 
 Scores every same-speaker and different-speaker pair of the dev set (whole clips and
 the 1.5 s and 2 s windows that short logins and dictation checks see), plus impostor
@@ -24,11 +26,10 @@ from app.audio.decode import decode
 from app.engines.runtime import load_engines
 from app.engines.speaker import centroid, cosine
 
-from .data import espeak
-from .output import save
+from ..data import espeak
+from ..output import save
+from ..paths import DEFAULT_DATA, RESULTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
 CANDIDATES = (0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
 ESPEAK_VOICES = ("en-us+m1", "en-us+m3", "en-us+m5", "en-us+m7", "en-us+f1", "en-us+f3", "en-us+f5",
                  "en-gb+m2", "en-gb+f2", "en-gb-scotland+m4", "en-029+m6", "en-gb-x-rp+f4")
@@ -70,9 +71,9 @@ def summary(scores: list[float]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Score all pairs, print the table, and write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m bench.threshold", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.threshold", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "threshold.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "threshold.json")
     args = parser.parse_args(argv)
 
     engines = load_engines(ROOT / "pretrained_models", "tiny.en", workers=1, queue=0)

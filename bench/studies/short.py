@@ -1,6 +1,8 @@
-"""Short phrases: how well does a phrase of about one second verify, and at what threshold?
+"""Decided: short_threshold 0.50 for phrases under 0.8 s in a dictation (docs/threshold.md, "Shorter still").
 
-    python -m bench.short [--data DIR ...] [--out FILE.json]
+Short phrases: how well does a phrase of about one second verify, and at what threshold?
+
+    python -m bench.studies.short [--data DIR ...] [--out FILE.json]
 
 For every speaker with four or more files, the centroid of three files is the voiceprint
 and random stretches of 0.6, 0.8, 1.0 and 1.2 s of speech (VAD-trimmed) from up to four
@@ -18,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DEFAULT_DATA, SpeechSet
-from .output import save
-from .suite import RESULTS
+from ..data import SpeechSet
+from ..output import save
+from ..paths import DEFAULT_DATA, RESULTS
 
 LENGTHS = (0.6, 0.8, 1.0, 1.2)
 THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60)
@@ -62,7 +64,7 @@ def measure(speech: SpeechSet, engines, seed: int = 1) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure each set given and write the results."""
-    parser = argparse.ArgumentParser(prog="python -m bench.short", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.short", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, nargs="+", default=[DEFAULT_DATA])
     parser.add_argument("--out", type=Path, default=RESULTS / "short.json")
     args = parser.parse_args(argv)

@@ -52,7 +52,8 @@ def count_login_embedding(source: str) -> None:
 @contextmanager
 def timed_model_call(fn):
     """Time a model call by what it does (speaker ``embed`` or ``transcribe``); others are not timed."""
-    histogram = _TIMED.get(getattr(fn, "__name__", ""))
+    # A functools.partial (a transcription with its language) is timed by the function it wraps.
+    histogram = _TIMED.get(getattr(getattr(fn, "func", fn), "__name__", ""))
     start = time.perf_counter()
     try:
         yield

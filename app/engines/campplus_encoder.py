@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .speaker import normalise
+from .speaker import normalise, onnx_session
 
 EMBEDDING_DIM = 192
 # The network's first layers need a few frames; anything this short carries no voice anyway.
@@ -100,18 +100,6 @@ class CampplusEncoder:
             return np.stack([self.embed_many([audio])[0] for audio in clips])
         features = self._features(np.stack([np.asarray(a, dtype=np.float32) for a in clips]))
         return np.stack([normalise(vector) for vector in self._session.run(None, {"features": features})[0]])
-
-
-def onnx_session(path: Path, threads: int):
-    """Open an ONNX Runtime session on ``path`` that runs one call on ``threads`` threads."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Calls come from the inference pool's threads; spinning idle workers would steal their cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_export_current(model_dir: str | os.PathLike) -> bool:

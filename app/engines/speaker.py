@@ -70,10 +70,10 @@ class SpeakerEncoder:
         self.idle: Callable[[], bool] = lambda: False
         if runtime == "onnx" or (runtime == "auto" and onnx_export_current(directory)):
             # No torch and no SpeechBrain in this process: numpy features, ONNX Runtime network.
-            self._frames = _onnx_session(Path(directory) / FRAMES_FILE, threads or 1)
+            self._frames = onnx_session(Path(directory) / FRAMES_FILE, threads or 1)
             # A second session on every core, for a call that has the machine to itself (see ``idle``).
             cores = os.cpu_count() or 1
-            self._wide = _onnx_session(Path(directory) / FRAMES_FILE, cores) if cores > (threads or 1) else None
+            self._wide = onnx_session(Path(directory) / FRAMES_FILE, cores) if cores > (threads or 1) else None
             self._pooling = Pooling.load(Path(directory) / POOLING_FILE)
             self._features = Fbank.load(Path(directory) / FEATURES_FILE)
             self.runtime, self.precision = "onnx", "float32"
@@ -202,7 +202,7 @@ class Prefix:
     projected: np.ndarray  # Pooling.project(frames)
 
 
-def _onnx_session(path: Path, threads: int):
+def onnx_session(path: Path, threads: int):
     """Open an ONNX Runtime session on ``path`` that runs one call on ``threads`` threads."""
     import onnxruntime
 
@@ -321,7 +321,7 @@ def export_onnx(model_dir: str | os.PathLike, log=print) -> Path:
     torch.onnx.export(Frames().eval(), (torch.randn(1, 200, 80),), str(partial), input_names=["features"],
                       output_names=["frames"], opset_version=17, dynamo=False,
                       dynamic_axes={"features": {0: "batch", 1: "frames"}, "frames": {0: "batch", 2: "frames"}})
-    session = _onnx_session(partial, 1)
+    session = onnx_session(partial, 1)
     worst = 1.0
     for audio in probe_signals():
         exported = normalise(pooling(session.run(None, {"features": features(audio[None])})[0][0]))

@@ -60,7 +60,7 @@ def _encoders(directory: Path, threads: int, scratch: Path):
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from app.engines.speaker import FRAMES_FILE, SpeakerEncoder, _onnx_session
+    from app.engines.speaker import FRAMES_FILE, SpeakerEncoder, onnx_session
 
     torch.set_num_threads(threads)
     yield "torch float32", SpeakerEncoder(directory, threads=threads, precision="float32", runtime="torch")
@@ -73,7 +73,7 @@ def _encoders(directory: Path, threads: int, scratch: Path):
     if not quantized.is_file():
         quantize_dynamic(str(directory / FRAMES_FILE), str(quantized), weight_type=QuantType.QInt8)
     encoder = SpeakerEncoder(directory, threads=threads, runtime="onnx")
-    encoder._frames = _onnx_session(quantized, threads)  # the frame part: all but the pooling
+    encoder._frames = onnx_session(quantized, threads)  # the frame part: all but the pooling
     yield "onnx int8", encoder
 
 

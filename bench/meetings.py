@@ -114,8 +114,13 @@ def references(meeting: Meeting) -> dict[str, str]:
     return {speaker: " ".join(texts) for speaker, texts in out.items()}
 
 
-def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: dict[str, str] | None = None) -> dict:
-    """Score one meeting's lines (and partial texts) against its turns; counts, so that meetings add up."""
+def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: dict[str, str] | None = None,
+          slack: float = 0.0) -> dict:
+    """Score one meeting's lines (and partial texts) against its turns; counts, so that meetings add up.
+
+    ``slack`` widens each turn by that many seconds on both sides when judging line time: for a
+    timeline that is not the reference's sample for sample (a browser's fake microphone).
+    """
     import jiwer
 
     refs, hyps = references(meeting), by_speaker(lines)
@@ -142,7 +147,7 @@ def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: 
             continue
         span = line["end"] - line["start"]
         attributed += span
-        right += sum(max(0.0, min(line["end"], t.end) - max(line["start"], t.start))
+        right += sum(max(0.0, min(line["end"], t.end + slack) - max(line["start"], t.start - slack))
                      for t in meeting.turns if t.speaker == line["speaker"])
     return {
         "reference_words": sum(len(w) for w in ref_words.values()),

@@ -47,6 +47,10 @@ SAYS = {
 }
 # Of the attributed line time, at least this share lies in a turn of the person named.
 LINE_ACCURACY = 0.9
+# Chromium's fake microphone keeps real time only roughly on a loaded machine: in one CI run the
+# page's timeline ran 0.3 s early at the first turn and 0.2 s late at the third (the device fills
+# its own glitches). Turns are 3-5 s long, so a line under the wrong name still fails.
+BROWSER_SLACK = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +95,9 @@ def _token(live, name: str) -> str:
         return tokens.issue(live.app.config["SECRET_KEY"], user.public_id, user.name, "test")
 
 
-def _assert_attributed(meeting, lines, partials=(), share=LINE_ACCURACY):
+def _assert_attributed(meeting, lines, partials=(), share=LINE_ACCURACY, slack=0.0):
     """Lines named for the right people, no word of the stranger anywhere, the stranger's turns lines without text."""
-    found = score(meeting, lines, partials)
+    found = score(meeting, lines, partials, slack=slack)
     print(f"\n{meeting.name}: " + json.dumps({k: v for k, v in found.items()}) + "\n"
           + "\n".join(f"  {l['start']:6.2f}-{l['end']:6.2f} {l['speaker']}: {l['text']}" for l in lines))
     assert not found["leaked_words"], found
@@ -313,7 +317,7 @@ def test_the_meeting_page_names_the_speakers_marks_the_stranger_and_exports(meet
     document = json.loads(exported["json"])
     assert [m["user"] for m in document["roster"]] == [LJ, SAS]
     # Only two of the three on the roster: the VCTK reader did not speak, the stranger is unverified.
-    _assert_attributed(meeting, document["lines"], partials)
+    _assert_attributed(meeting, document["lines"], partials, slack=BROWSER_SLACK)
     captions = webvtt.from_string(exported["vtt"])
     assert [c.voice for c in captions] == [l["name"] for l in document["lines"]]
     assert "Unverified speaker" in {c.voice for c in captions} and DISPLAY[SAS] in {c.voice for c in captions}

@@ -108,6 +108,8 @@ def test_a_clip_that_lost_audio_or_stalled_is_called_broken_not_silent(live, spe
         assert lost["reason"] == "broken_audio" and lost["lost_seconds"] == 1.5 and not lost["accepted"]
         # A little lost audio harms no voiceprint, but may be why a clip seemed silent.
         assert clip([silence], lost=0.5)["reason"] == "broken_audio"
+        # ... but not why two seconds of speech are too few: that clip is short, whatever was lost.
+        assert clip([lj[: 2 * 16000]], lost=0.3)["reason"] == "too_short"
         # Late but whole: the words all came, so the clip is judged on them.
         late = clip([lj[: lj.size // 2], lj[lj.size // 2:]], stall=1.5, lost=0.02)
         assert late["accepted"] and late["longest_gap_seconds"] >= 1.0

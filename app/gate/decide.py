@@ -68,17 +68,20 @@ def clip_problem(quality: ClipQuality, min_speech: float) -> str | None:
     return None
 
 
-def delivery_problem(problem: str | None, lost_seconds: float, longest_gap: float) -> str | None:
+def delivery_problem(problem: str | None, quality: ClipQuality, min_speech: float, lost_seconds: float,
+                     longest_gap: float) -> str | None:
     """Return ``broken_audio`` when the way a clip arrived, not the speaker, explains ``problem``.
 
-    A clip that lost a second of audio on its way is refused whatever it measured; one that lost
-    less, or merely came late, only when it also measured too little speech, since then the loss
-    or the stall may be why.
+    A clip that lost a second of audio on its way is refused whatever it measured. One that lost
+    less, or stalled, is blamed on the machine only when it measured too little speech and the
+    audio that may be missing would have made up the shortfall: two seconds said and a tenth
+    lost is a short clip, not a broken one.
     """
     if lost_seconds >= MAX_LOST_SECONDS:
         return "broken_audio"
-    troubled = lost_seconds >= SOME_LOST_SECONDS or longest_gap >= LATE_GAP_SECONDS
-    if problem in ("no_speech", "too_short", "too_quiet") and troubled:
+    missing = lost_seconds + (longest_gap if longest_gap >= LATE_GAP_SECONDS else 0.0)
+    needed = {"no_speech": MIN_ANY_SPEECH, "too_short": min_speech}.get(problem)
+    if needed is not None and missing >= SOME_LOST_SECONDS and quality.speech_seconds + missing >= needed:
         return "broken_audio"
     return problem
 

@@ -16,12 +16,39 @@ const status = document.getElementById("status");
 const problem = document.getElementById("problem");
 const problemText = document.getElementById("problem-text");
 const retry = document.getElementById("retry");
-const RECONNECT_DELAYS = [500, 1000, 2000, 4000];
+const RECONNECT_DELAYS = [500, 1000, 2000, 4000, 8000, 8000]; // about 24 s in all
+// While a dropped connection is being remade, the microphone's audio is held in memory and sent
+// first on the new connection, so words spoken meanwhile are still written. A minute at most
+// (about 2 MB): past that the newest audio is not kept, and the page says so.
+const HOLD_SECONDS = 60;
+const BYTES_PER_SECOND = FORMAT.sample_rate * 2;
 
 let mic = null;
 let socket = null;
 let running = false; // the person wants to dictate
 let stopping = false;
+let held = null; // audio chunks kept while reconnecting, or null when connected or stopped
+let heldBytes = 0;
+let heldOverflow = false;
+
+function hold(pcm) {
+  if (heldBytes + pcm.byteLength > HOLD_SECONDS * BYTES_PER_SECOND) {
+    heldOverflow = true;
+    return;
+  }
+  held.push(pcm);
+  heldBytes += pcm.byteLength;
+}
+
+/** Send what was held while reconnecting, oldest first, and stop holding. */
+function sendHeld() {
+  for (const pcm of held || []) socket.sendAudio(pcm);
+  const lost = heldOverflow;
+  held = null;
+  heldBytes = 0;
+  heldOverflow = false;
+  return lost;
+}
 
 function showProblem(text, retryLabel = "") {
   say(problemText, text);
@@ -103,21 +130,26 @@ function onClose(outcome) {
     finish("Dictation ended.");
     return;
   }
-  // Dropped: keep the microphone and reconnect; what is said meanwhile is not sent.
+  // Dropped: keep the microphone and reconnect; what is said meanwhile is held and sent after.
   partial.textContent = "";
+  held = [];
   say(status, "The connection was lost: reconnecting…", "warn");
-  showProblem("The connection to the server was lost. Reconnecting… (words spoken meanwhile are not written).");
+  showProblem("The connection to the server was lost. Reconnecting… (keep talking: what you say is kept and sent when it is back).");
   connect().then((ok) => {
     if (ok) {
-      problem.hidden = true;
+      const overflowed = sendHeld();
+      problem.hidden = !overflowed;
+      if (overflowed) showProblem(`Reconnected, but only the first ${HOLD_SECONDS} s said while the connection was down could be kept.`);
       say(status, "Reconnected. Listening…", "rec");
     } else {
+      held = null;
       finish("Not connected.");
     }
   });
 }
 
 function finish(statusText = "Stopped.") {
+  held = null;
   if (mic) mic.close();
   mic = null;
   stopping = false;
@@ -136,6 +168,7 @@ async function begin() {
     mic = await Microphone.open((chunk) => {
       showLevel(meter, chunk.dbfs);
       if (socket && !stopping) socket.sendAudio(chunk.pcm);
+      else if (held && !stopping) hold(chunk.pcm);
     });
   } catch (error) {
     toggle.disabled = false;

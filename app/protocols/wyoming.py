@@ -327,6 +327,7 @@ class WyomingServer:
         self.app, self.host, self.port = app, host, port
         self.limits = Limits(app.config)
         self._held: Counter[str] = Counter()
+        self._seen = 0  # connections accepted since start, admitted or not
         self._held_lock = threading.Lock()
         # One blocking call at a time per connection; the inference pool bounds the model work.
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="wyoming")
@@ -380,6 +381,7 @@ class WyomingServer:
 
     def _admit(self, address: str | None) -> bool:
         with self._held_lock:
+            self._seen += 1
             if self._held[address] >= self.limits.per_address:
                 return False
             self._held[address] += 1
@@ -389,6 +391,11 @@ class WyomingServer:
         """Return how many connections are open now."""
         with self._held_lock:
             return sum(self._held.values())
+
+    def connections_seen(self) -> int:
+        """Return how many connections have been accepted since the server started."""
+        with self._held_lock:
+            return self._seen
 
     def release(self, address: str | None) -> None:
         """Give back one connection of ``address``."""

@@ -17,9 +17,9 @@ const problem = document.getElementById("problem");
 const problemText = document.getElementById("problem-text");
 const retry = document.getElementById("retry");
 const RECONNECT_DELAYS = [500, 1000, 2000, 4000, 8000, 8000]; // about 24 s in all
-// While a dropped connection is being remade, the microphone's audio is held in memory and sent
-// first on the new connection, so words spoken meanwhile are still written. A minute at most
-// (about 2 MB): past that the newest audio is not kept, and the page says so.
+// Audio the server has not yet given a final for is kept (at most HOLD_SECONDS, about 2 MB), and
+// so is what the microphone hears while a dropped connection is remade: the new connection gets
+// it all first, so an utterance cut by the drop, and words spoken meanwhile, are still written.
 const HOLD_SECONDS = 60;
 const BYTES_PER_SECOND = FORMAT.sample_rate * 2;
 
@@ -27,27 +27,46 @@ let mic = null;
 let socket = null;
 let running = false; // the person wants to dictate
 let stopping = false;
-let held = null; // audio chunks kept while reconnecting, or null when connected or stopped
-let heldBytes = 0;
+let unsettled = []; // audio sent on this connection after its last final: [{offset, pcm}]
+let sentBytes = 0; // audio sent on this connection
+let held = null; // audio kept while reconnecting (oldest first), or null when connected or stopped
 let heldOverflow = false;
 
+const bytesOf = (chunks) => chunks.reduce((sum, pcm) => sum + pcm.byteLength, 0);
+
+/** Send a chunk on the open connection, keeping it until a final covers it. */
+function transmit(pcm) {
+  socket.sendAudio(pcm);
+  unsettled.push({ offset: sentBytes, pcm });
+  sentBytes += pcm.byteLength;
+  while (sentBytes - unsettled[0].offset > HOLD_SECONDS * BYTES_PER_SECOND) unsettled.shift();
+}
+
+/** Forget the audio a final has covered (`end`, seconds of this connection's stream). */
+function settle(end) {
+  const settled = Math.floor(end * FORMAT.sample_rate) * 2;
+  while (unsettled.length && unsettled[0].offset + unsettled[0].pcm.byteLength <= settled) unsettled.shift();
+  if (unsettled.length && unsettled[0].offset < settled) {
+    const first = unsettled[0];
+    unsettled[0] = { offset: settled, pcm: first.pcm.slice(settled - first.offset) };
+  }
+}
+
 function hold(pcm) {
-  if (heldBytes + pcm.byteLength > HOLD_SECONDS * BYTES_PER_SECOND) {
+  if (bytesOf(held) + pcm.byteLength > HOLD_SECONDS * BYTES_PER_SECOND) {
     heldOverflow = true;
     return;
   }
   held.push(pcm);
-  heldBytes += pcm.byteLength;
 }
 
-/** Send what was held while reconnecting, oldest first, and stop holding. */
+/** On a new connection: send what was kept, oldest first; return whether some had to be let go. */
 function sendHeld() {
-  for (const pcm of held || []) socket.sendAudio(pcm);
-  const lost = heldOverflow;
+  for (const pcm of held || []) transmit(pcm);
+  const overflowed = heldOverflow;
   held = null;
-  heldBytes = 0;
   heldOverflow = false;
-  return lost;
+  return overflowed;
 }
 
 function showProblem(text, retryLabel = "") {
@@ -80,6 +99,7 @@ function onMessage(message) {
     partial.textContent = message.text;
   } else if (message.type === "final") {
     partial.textContent = "";
+    settle(message.end);
     if (message.state === "accept") {
       const text = message.text.trim();
       if (text) {
@@ -107,6 +127,8 @@ async function connect() {
     try {
       await candidate.open();
       socket = candidate;
+      sentBytes = 0;
+      unsettled = [];
       return true;
     } catch (outcome) {
       if (outcome.error) {
@@ -130,16 +152,18 @@ function onClose(outcome) {
     finish("Dictation ended.");
     return;
   }
-  // Dropped: keep the microphone and reconnect; what is said meanwhile is held and sent after.
+  // Dropped: keep the microphone and reconnect, holding what the server had not finished and
+  // what is said meanwhile, to send first when the connection is back.
   partial.textContent = "";
-  held = [];
+  held = unsettled.map((chunk) => chunk.pcm);
+  unsettled = [];
   say(status, "The connection was lost: reconnecting…", "warn");
   showProblem("The connection to the server was lost. Reconnecting… (keep talking: what you say is kept and sent when it is back).");
   connect().then((ok) => {
     if (ok) {
       const overflowed = sendHeld();
       problem.hidden = !overflowed;
-      if (overflowed) showProblem(`Reconnected, but only the first ${HOLD_SECONDS} s said while the connection was down could be kept.`);
+      if (overflowed) showProblem(`Reconnected, but not all that was said while the connection was down could be kept (${HOLD_SECONDS} s at most).`);
       say(status, "Reconnected. Listening…", "rec");
     } else {
       held = null;
@@ -150,6 +174,7 @@ function onClose(outcome) {
 
 function finish(statusText = "Stopped.") {
   held = null;
+  unsettled = [];
   if (mic) mic.close();
   mic = null;
   stopping = false;
@@ -167,7 +192,7 @@ async function begin() {
   try {
     mic = await Microphone.open((chunk) => {
       showLevel(meter, chunk.dbfs);
-      if (socket && !stopping) socket.sendAudio(chunk.pcm);
+      if (socket && !stopping) transmit(chunk.pcm);
       else if (held && !stopping) hold(chunk.pcm);
     });
   } catch (error) {

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +32,27 @@ def describe() -> dict:
         "commit": _git("rev-parse", "--short", "HEAD"),
         "uncommitted_changes": bool(_git("status", "--porcelain")),
     }
+
+
+@contextmanager
+def limited(cpus: list[int] | None = None, neighbours: int = 0):
+    """Run the body on ``cpus`` only (and so the server it starts), beside ``neighbours`` busy processes.
+
+    A figure measured on a fast, quiet machine must not hide a slow or shared one (issue 27): the
+    CPU set is inherited by every process started inside, and each neighbour is a plain busy loop
+    at normal priority, as another tenant of a shared machine would be. Yields what was applied.
+    """
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(neighbours)]
+    try:
+        yield {"cpus": sorted(os.sched_getaffinity(0)), "busy_neighbours": neighbours}
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+        os.sched_setaffinity(0, before)
 
 
 def _cpuinfo(key: str) -> str | None:

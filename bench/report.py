@@ -142,7 +142,8 @@ def markdown(results: dict, report_path: Path, plots: dict[str, Path], json_path
         f"Measured on {machine['cores']} cores ({machine['cpu']}), {machine['memory_gb']} GB RAM, commit "
         f"`{machine['commit']}`{' with uncommitted changes' if machine['uncommitted_changes'] else ''}; "
         f"load average {machine['load_average_at_start'][0]} at the start and {run['load_average_at_end'][0]} at "
-        "the end (other work on the machine slows every timing: compare ratios within one run, medians across runs).",
+        "the end (other work on the machine slows every timing: compare ratios within one run, medians across runs)."
+        + _limit_sentence(run.get("cpu_limit")),
         "",
         "## Summary",
         "",
@@ -207,7 +208,7 @@ def markdown(results: dict, report_path: Path, plots: dict[str, Path], json_path
               "speakers.tsv only the trials are measured) and writes `bench/results/<folder>.json` with the plots and "
               "report beside it; `--out FILE.json` and `--name` choose other names; `--url URL --database-url DB` "
               "measures a server that is already running (users are created in DB; memory is then not measured); "
-              "`--streams` and `--samples` set the concurrency levels and the number of ~5 s latency requests; "
+              "`--streams` and `--samples` set the concurrency levels and the number of ~5 s latency requests; `--cpus 0` (as taskset) and `--neighbours N` (busy processes beside the run) measure a slower or shared machine on this one; "
               "`VOICEGATE_WHISPER_MODEL=base` measures the multilingual model; `--render FILE.json` redraws the plots and "
               "rewrites the report of an earlier run without measuring. Scratch: the server's log, "
               "`bench/results/*-server.log`, is not committed.", ""]
@@ -486,3 +487,12 @@ def _method(results: dict) -> list[str]:
         "latency, and speech from more than one speaker in one dictation stream (the tests cover those behaviours; "
         "this suite measures the figures above).",
     ]
+
+
+def _limit_sentence(limit: dict | None) -> str:
+    """Say how the run was held back (`python -m bench --cpus/--neighbours`), if it was."""
+    if not limit or (not limit.get("busy_neighbours") and len(limit.get("cpus") or []) == (os.cpu_count() or 0)):
+        return ""
+    cpus = limit.get("cpus") or []
+    return (f" **Held back on purpose:** on CPU{'s' if len(cpus) != 1 else ''} {', '.join(map(str, cpus))} only, "
+            f"beside {limit.get('busy_neighbours', 0)} busy neighbour process(es).")

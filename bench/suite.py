@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--realtime", action="store_true", help="dictate the transcription files at real-time pace")
     parser.add_argument("--streams", default="1,2,4,8", help="concurrency levels of the dictation sweep (default 1,2,4,8)")
     parser.add_argument("--samples", type=int, default=10, help="requests per ~5 s latency check (default 10)")
+    parser.add_argument("--cpus", help="run the bench and the server it starts on these CPUs only (e.g. 0, or 0,1), "
+                        "as taskset would: a slow machine's figures on a fast one")
+    parser.add_argument("--neighbours", type=int, default=0,
+                        help="busy processes beside the run, as other tenants of a shared machine (default 0)")
     parser.add_argument("--render", type=Path, metavar="FILE.json",
                         help="measure nothing: redraw the plots and rewrite the report of an earlier run's JSON")
     return parser.parse_args(argv)
@@ -71,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     report_path = (args.report or (DEV_REPORT if is_dev and name == "dev" and not args.out else out.with_suffix(".md"))).resolve()
     levels = [int(level) for level in args.streams.split(",") if level.strip()]
     command = " ".join([".venv/bin/python -m bench", *(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))])
-    results = run(args, data, name, levels)
+    cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
+    with machine.limited(cpus, args.neighbours) as limits:
+        results = run(args, data, name, levels)
     results["run"]["command"] = command
+    results["run"]["cpu_limit"] = limits
     write(results, out, report_path)
     return 0
 

@@ -142,7 +142,8 @@ def test_smoke_run_of_the_suite_on_two_speakers(tmp_path):
     data = _smoke_data(tmp_path)
     out = tmp_path / "results" / "smoke.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--data", str(data), "--out", str(out), "--streams", "1", "--samples", "1"],
+        [sys.executable, "-m", "bench", "--data", str(data), "--out", str(out), "--streams", "1", "--samples", "1",
+         "--cpus", ",".join(map(str, sorted(os.sched_getaffinity(0))))],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stderr[-4000:]
@@ -173,6 +174,7 @@ def test_smoke_run_of_the_suite_on_two_speakers(tmp_path):
     assert results["models"]["whisper"] and results["models"]["speaker"]
     assert [level["streams"] for level in results["speed"]["concurrency"]] == [1]
     assert results["targets"]["verify_p50_ms"] is not None
+    assert results["run"]["cpu_limit"] == {"cpus": sorted(os.sched_getaffinity(0)), "busy_neighbours": 0}
 
     report = out.with_suffix(".md").read_text()
     rendered = subprocess.run([sys.executable, "-m", "bench", "--render", str(out)], cwd=ROOT, capture_output=True,

@@ -30,9 +30,8 @@ let stopping = false;
 let unsettled = []; // audio sent on this connection after its last final: [{offset, pcm}]
 let sentBytes = 0; // audio sent on this connection
 let held = null; // audio kept while reconnecting (oldest first), or null when connected or stopped
+let heldBytes = 0;
 let heldOverflow = false;
-
-const bytesOf = (chunks) => chunks.reduce((sum, pcm) => sum + pcm.byteLength, 0);
 
 /** Send a chunk on the open connection, keeping it until a final covers it. */
 function transmit(pcm) {
@@ -53,11 +52,12 @@ function settle(end) {
 }
 
 function hold(pcm) {
-  if (bytesOf(held) + pcm.byteLength > HOLD_SECONDS * BYTES_PER_SECOND) {
+  if (heldBytes + pcm.byteLength > HOLD_SECONDS * BYTES_PER_SECOND) {
     heldOverflow = true;
     return;
   }
   held.push(pcm);
+  heldBytes += pcm.byteLength;
 }
 
 /** On a new connection: send what was kept, oldest first; return whether some had to be let go. */
@@ -156,6 +156,7 @@ function onClose(outcome) {
   // what is said meanwhile, to send first when the connection is back.
   partial.textContent = "";
   held = unsettled.map((chunk) => chunk.pcm);
+  heldBytes = held.reduce((sum, pcm) => sum + pcm.byteLength, 0);
   unsettled = [];
   say(status, "The connection was lost: reconnecting…", "warn");
   showProblem("The connection to the server was lost. Reconnecting… (keep talking: what you say is kept and sent when it is back).");

@@ -8,6 +8,6 @@ source scripts/setup.sh test
 apt_install ffmpeg espeak-ng sox chromium chromium-driver nginx postgresql
 started=$(date +%s)
 status=0
-.venv/bin/python -m pytest -n "${VOICEGATE_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@" || status=$?
+.venv/bin/python -m pytest -n "${VOICEGATE_TEST_WORKERS:-4}" --dist loadfile "$@" || status=$?
 echo "test suite: $(( $(date +%s) - started )) s (exit $status)"
 exit $status

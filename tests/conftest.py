@@ -20,26 +20,6 @@ from .postgres import postgres_database, postgres_server  # noqa: F401  (fixture
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH_DEV = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
 MODELS_DIR = Path(os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models"))
-# The files that take longest (minutes of CPU, or of real-time audio in a browser), longest first.
-# scripts/test.sh runs files whole on a worker (--dist loadfile) in the order collected
-# (--no-loadscope-reorder): the longest start first, so that short files fill the other workers
-# at the end instead of one worker running a long file alone.
-# The browser pages start after the first few, not beside the three heaviest on CPU.
-LONGEST_FIRST = ("test_voice_login.py", "test_gate.py", "test_transcriber.py", "test_bench.py", "test_speaker.py",
-                 "test_pages.py", "test_meeting.py", "test_login_hardening.py", "test_enrollment.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Order the files longest first; each worker's second file (xdist hands out two at the start) a short one."""
-    workers = config.getoption("numprocesses", None) or 1
-    if not isinstance(workers, int):
-        workers = os.cpu_count() or 1
-    files = list(dict.fromkeys(item.path.name for item in items))
-    long = [name for name in LONGEST_FIRST if name in files]
-    short = [name for name in files if name not in long]
-    order = long[:workers] + short[:workers] + long[workers:] + short[workers:]
-    rank = {name: index for index, name in enumerate(order)}
-    items.sort(key=lambda item: rank[item.path.name])  # stable: the order within a file is kept
 
 
 @dataclass(frozen=True)

@@ -491,7 +491,7 @@ def _method(results: dict) -> list[str]:
 
 def _limit_sentence(limit: dict | None) -> str:
     """Say how the run was held back (`python -m bench --cpus/--neighbours`), if it was."""
-    if not limit or (not limit.get("busy_neighbours") and len(limit.get("cpus") or []) == (os.cpu_count() or 0)):
+    if not limit:
         return ""
     cpus = limit.get("cpus") or []
     return (f" **Held back on purpose:** on CPU{'s' if len(cpus) != 1 else ''} {', '.join(map(str, cpus))} only, "

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     with machine.limited(cpus, args.neighbours) as limits:
         results = run(args, data, name, levels)
     results["run"]["command"] = command
-    results["run"]["cpu_limit"] = limits
+    results["run"]["cpu_limit"] = limits if cpus or args.neighbours else None
     write(results, out, report_path)
     return 0
 

@@ -68,15 +68,16 @@ def clip_problem(quality: ClipQuality, min_speech: float) -> str | None:
     return None
 
 
-def delivery_problem(problem: str | None, quality: ClipQuality, min_speech: float, lost_seconds: float,
-                     longest_gap: float) -> str | None:
-    """Return ``broken_audio`` when the way a clip arrived, not the speaker, explains ``problem``.
+def delivery_problem(quality: ClipQuality, min_speech: float, lost_seconds: float, longest_gap: float) -> str | None:
+    """Return why an enrollment clip is refused (``clip_problem``), or ``broken_audio`` when the way
+    it arrived, not the speaker, explains it.
 
     A clip that lost a second of audio on its way is refused whatever it measured. One that lost
     less, or stalled, is blamed on the machine only when it measured too little speech and the
     audio that may be missing would have made up the shortfall: two seconds said and a tenth
     lost is a short clip, not a broken one.
     """
+    problem = clip_problem(quality, min_speech)
     if lost_seconds >= MAX_LOST_SECONDS:
         return "broken_audio"
     missing = lost_seconds + (longest_gap if longest_gap >= LATE_GAP_SECONDS else 0.0)

@@ -50,8 +50,7 @@ class EnrollSession:
     def _clip(self, audio: np.ndarray, lost_seconds: float, longest_gap: float) -> dict:
         policy = self.ctx.policy
         quality = decide.measure(audio, self.ctx.engines.vad.segments(audio))
-        reason = decide.delivery_problem(decide.clip_problem(quality, policy.enroll_min_clip_speech), quality,
-                                         policy.enroll_min_clip_speech, lost_seconds, longest_gap)
+        reason = decide.delivery_problem(quality, policy.enroll_min_clip_speech, lost_seconds, longest_gap)
         score = None
         if reason is None:
             embedding = run_model(self.ctx, self.ctx.engines.speaker.embed, audio)

@@ -48,10 +48,10 @@ def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
     loaded = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision=other, runtime="torch")
     encoders = {engines.speaker.precision: engines.speaker, other: loaded}
     assert loaded.precision == other
-    # Without native bfloat16, two trials of each kind (every tenth trial can all be of one kind):
+    # Without native bfloat16, one trial of each kind (every tenth trial can all be of one kind):
     # emulated, each file takes seconds of CPU.
     trials = speech.trials if fast_bfloat16() else (
-        [t for t in speech.trials if t[2]][:2] + [t for t in speech.trials if not t[2]][:2])
+        [t for t in speech.trials if t[2]][:1] + [t for t in speech.trials if not t[2]][:1])
     files = sorted({f for enroll, test, _ in trials for f in [*enroll, test]})
     embeddings = [{f: encoders[p].embed(speech.load(f)) for f in files} for p in ("float32", "bfloat16")]
     worst = 0.0
@@ -76,7 +76,8 @@ def test_the_onnx_export_scores_like_speechbrain_in_pytorch(engines, speech):
     assert onnx_export_current(directory), "flask models fetch exports ECAPA to ONNX"
     assert engines.speaker.runtime == "onnx"  # what the service loads when the export is there
     reference = SpeakerEncoder(directory, threads=1, precision="float32", runtime="torch")
-    trials = speech.trials[::4]
+    trials = speech.trials[::9]  # genuine and impostor trials over 16 of the 21 files
+    assert len({same for _, _, same in trials}) == 2
     files = sorted({f for enroll, test, _ in trials for f in [*enroll, test]})
     clips = {f: speech.load(f) for f in files}
     onnx = {f: engines.speaker.embed(a) for f, a in clips.items()}

@@ -4,9 +4,11 @@
 
 Every Czech, Dutch and Italian file of speech-more is dictated through a started server running
 ``base`` (scripts/serve.sh), over the WebSocket, as a user enrolled on the speaker's other files,
-twice: with no language (the server detects it) and with the file's language in the start
-message. The baseline is plain faster-whisper ``base`` on the whole file, in its stock
-configuration (30 s window, beam 5), also without and with the language. WER (Whisper's basic
+three times: with no language (the server detects it), with the file's language in the start
+message, and with no language where the admin named the languages spoken here (``AMONG``: the
+setting ``languages``). The baseline is plain faster-whisper ``base`` on the whole file, in its
+stock configuration (30 s window, beam 5), also without and with the language, and its
+detection restricted to ``AMONG``. WER (Whisper's basic
 normaliser) is over the files with transcripts (Czech and Dutch); the detected language is
 checked on all three languages.
 
@@ -30,6 +32,8 @@ from .paths import DEV_REPORT, RESULTS, ROOT, SPEECH_MORE
 logger = logging.getLogger("bench.languages")
 
 LANGUAGES = ("cs", "nl", "it")
+# The languages spoken in the set's household (its English speakers too): the setting under test.
+AMONG = "cs,nl,it,en"
 TITLE = "Languages (Czech, Dutch, Italian with Whisper base)"
 
 
@@ -45,8 +49,10 @@ def baseline(speech: SpeechSet, utterances, models_dir: str) -> dict[Path, dict]
         audio = speech.audio(utterance.path)
         detected = whisper.transcribe(audio)
         given = whisper.transcribe(audio, language=utterance.language)
+        among, _ = whisper.detect_language(audio, tuple(AMONG.split(",")))
         out[utterance.path] = {"text": detected.text, "language": detected.language,
-                               "probability": round(detected.language_probability, 3), "given_text": given.text}
+                               "probability": round(detected.language_probability, 3), "given_text": given.text,
+                               "among_language": among}
         logger.info("plain %s: %s (%.2f)", speech.label(utterance.path), detected.language,
                     detected.language_probability)
     return out
@@ -69,14 +75,19 @@ def service(speech: SpeechSet, utterances, env: dict[str, str]) -> dict[Path, di
             record = {"enrollment": enrolled["state"]}
             if enrolled["state"] == "enrolled":
                 audio = speech.audio(utterance.path)
+                server.set_setting("languages", None)
                 detected = calls.dictate(server.ws_url, name, audio, realtime=False)
                 given = calls.dictate(server.ws_url, name, audio, realtime=False, language=utterance.language)
+                server.set_setting("languages", AMONG)
+                among = calls.dictate(server.ws_url, name, audio, realtime=False)
                 record.update(text=detected.text, language=(detected.result or {}).get("language"),
                               accepted=detected.count("accept"), rejected=detected.count("reject"),
                               given_text=given.text, given_language=(given.result or {}).get("language"),
-                              error=detected.error or given.error)
+                              among_text=among.text, among_language=(among.result or {}).get("language"),
+                              error=detected.error or given.error or among.error)
             else:
-                record.update(text="", language=None, given_text="", given_language=None, error="not_enrolled")
+                record.update(text="", language=None, given_text="", given_language=None, among_text="",
+                              among_language=None, error="not_enrolled")
             out[utterance.path] = record
             logger.info("service %s: %s, %s", speech.label(utterance.path), record.get("language"), record.get("error") or "ok")
         return out
@@ -93,10 +104,13 @@ def summarise(speech: SpeechSet, utterances, plain: dict, served: dict, left_out
         entry = {"files": len(group), "speakers": sorted({u.speaker for u in group}),
                  "detected_right": {
                      "service": sum(served[u.path]["language"] == language for u in group),
-                     "plain": sum(plain[u.path]["language"] == language for u in group)},
+                     "plain": sum(plain[u.path]["language"] == language for u in group),
+                     "service_among": sum(served[u.path]["among_language"] == language for u in group),
+                     "plain_among": sum(plain[u.path]["among_language"] == language for u in group)},
                  "detected_as": {
                      "service": sorted({str(served[u.path]["language"]) for u in group}),
-                     "plain": sorted({plain[u.path]["language"] for u in group})}}
+                     "plain": sorted({plain[u.path]["language"] for u in group}),
+                     "service_among": sorted({str(served[u.path]["among_language"]) for u in group})}}
         scored = [u for u in group if u.transcript]
         if scored:
             refs = [normalise(u.transcript) for u in scored]
@@ -110,6 +124,7 @@ def summarise(speech: SpeechSet, utterances, plain: dict, served: dict, left_out
                 "plain_detected": wer([plain[u.path]["text"] for u in scored]),
                 "service_given": wer([served[u.path]["given_text"] for u in scored]),
                 "plain_given": wer([plain[u.path]["given_text"] for u in scored]),
+                "service_among": wer([served[u.path]["among_text"] for u in scored]),
                 "words": sum(len(r.split()) for r in refs)}
         languages[language] = entry
     files = [{"file": speech.label(u.path), "speaker": u.speaker, "language": u.language,
@@ -127,24 +142,30 @@ def report_section(results: dict) -> list[str]:
         "Generated by `nice -n 5 .venv/bin/python -m bench.languages`; every figure is in "
         "[languages.json](../bench/results/languages.json). Each Czech, Dutch and Italian file of speech-more is "
         "dictated over the WebSocket through a started server running Whisper `base`, as a user enrolled on the "
-        "speaker's other files, with no language (detected) and with the file's language in the start message; "
-        "plain faster-whisper `base` (30 s window, beam 5) transcribes the whole file, also both ways. WER after "
+        "speaker's other files, with no language (detected), with the file's language in the start message, and "
+        f"with no language where the admin set the languages spoken here to `{AMONG}` (among); "
+        "plain faster-whisper `base` (30 s window, beam 5) transcribes the whole file, with and without the "
+        "language, and its detection is also restricted to the same languages. WER after "
         "Whisper's basic normaliser; the transcripts are the game's script, not verbatim. Left out: "
         + (", ".join(f"`{s}`" for s in results["left_out_cohort_speakers"]) or "none")
         + " (their voices are in the shipped AS-norm cohort, so the gate never verifies them, by design).",
         "",
-        "| language | files (speakers) | words | WER service, detected | WER plain, detected | WER service, given "
-        "| WER plain, given | detected right: service / plain | detected as (service; plain) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| language | files (speakers) | words | WER service, detected | WER plain, detected | WER service, among "
+        "| WER service, given | WER plain, given | detected right: service / plain | among: service / plain "
+        "| detected as (service; plain; service among) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for language, entry in results["languages"].items():
         wer = entry.get("wer") or {}
         right = entry["detected_right"]
         lines.append(
             f"| {language} | {entry['files']} ({', '.join(entry['speakers'])}) | {wer.get('words', 'no transcripts')} "
-            f"| {pct(wer.get('service_detected'))} | {pct(wer.get('plain_detected'))} | {pct(wer.get('service_given'))} "
-            f"| {pct(wer.get('plain_given'))} | {right['service']} / {right['plain']} of {entry['files']} "
-            f"| {', '.join(entry['detected_as']['service'])}; {', '.join(entry['detected_as']['plain'])} |")
+            f"| {pct(wer.get('service_detected'))} | {pct(wer.get('plain_detected'))} | {pct(wer.get('service_among'))} "
+            f"| {pct(wer.get('service_given'))} | {pct(wer.get('plain_given'))} "
+            f"| {right['service']} / {right['plain']} of {entry['files']} "
+            f"| {right['service_among']} / {right['plain_among']} of {entry['files']} "
+            f"| {', '.join(entry['detected_as']['service'])}; {', '.join(entry['detected_as']['plain'])}; "
+            f"{', '.join(entry['detected_as']['service_among'])} |")
     silent = [f["file"].rsplit("/", 1)[-1] for f in results["files"] if not f["service"].get("text")]
     lines += ["", f"Files where the gate wrote nothing (a voice check refused the speaker's own speech; counted as "
                   f"deletions, and as `None` among the detected languages): {', '.join(silent) or 'none'}. "

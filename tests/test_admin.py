@@ -313,6 +313,25 @@ def test_the_spoken_challenge_is_chosen_in_the_settings(app, signed_in):
         assert current_policy().challenge == "off" and "challenge" not in Setting.stored()
 
 
+def test_the_languages_spoken_here_are_checked_stored_and_fail_closed_when_unreadable(app, signed_in):
+    refused = post(signed_in, "/admin/settings", languages="cs, klingon")
+    assert refused.status_code == 400 and "klingon is not a code Whisper knows" in refused.text
+    post(signed_in, "/admin/settings", languages="CS nl,it, cs")
+    with app.test_request_context():
+        assert current_policy().detect_among == ("cs", "nl", "it")
+    assert 'value="cs,nl,it"' in signed_in.get("/admin/settings").text
+    with app.app_context():
+        Setting.put("languages", ["cs"], "hand")  # not a string: written by hand, or by another version
+        db.session.commit()
+    with app.test_request_context():
+        with pytest.raises(SettingsUnavailable):
+            current_policy()
+        assert current_policy(strict=False).detect_among == ()
+    post(signed_in, "/admin/settings", languages="")
+    with app.test_request_context():
+        assert current_policy().detect_among == () and "languages" not in Setting.stored()
+
+
 def test_a_stored_value_out_of_range_refuses_decisions_but_the_settings_screen_opens(app):
     with app.app_context():
         Setting.put("threshold", 7, "hand")

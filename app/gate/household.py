@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from . import settings, store
 from ..audio.vad import SAMPLE_RATE
@@ -47,7 +48,9 @@ class CommandSession(MeetingSession):
         """Transcribe a released stretch in the command's language (None: the model detects it)."""
         if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
             return ""
-        return run_model(self.ctx, self.ctx.engines.transcriber.transcribe, self._slice(begin, end), self.language).text
+        transcribe = partial(self.ctx.engines.transcriber.transcribe, language=self.language,
+                             among=self.ctx.policy.detect_among)
+        return run_model(self.ctx, transcribe, self._slice(begin, end)).text
 
     def feed(self, samples) -> None:
         """Take more of the command (16 kHz mono float32)."""

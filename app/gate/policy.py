@@ -53,6 +53,14 @@ class Policy:
     end_silence_ms: int = 600
     max_utterance_seconds: float = 30.0
     partial_interval: float = 1.0
+    # The languages spoken here (ISO-639-1 codes, comma-separated): a transcription asked for no
+    # language is written in the likeliest of them. Empty: whichever the model hears.
+    languages: str = ""
+
+    @property
+    def detect_among(self) -> tuple[str, ...]:
+        """Return the languages a detection chooses from (empty: any)."""
+        return tuple(code for code in self.languages.replace(",", " ").split())
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Policy:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..engines import modelstore
 from ..engines.runtime import engines_loaded, get_engines, switch_whisper, whisper_status
+from ..engines.transcriber import LANGUAGES
 from ..errors import SessionError
 from ..store import versions
 from ..store.db import db
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 WHISPER_KEY = "whisper_model"
 CHALLENGE_KEY = "challenge"
+# The languages a transcription asked for none is written in (Policy.languages).
+LANGUAGES_KEY = "languages"
 # Who may give voice commands through the Wyoming server (app/protocols/wyoming.py): public ids.
 HOUSEHOLD_KEY = "household_roster"
 CHALLENGE_CHOICES = {"digits": "Say 6 random digits shown on screen (recommended)",
@@ -82,6 +85,17 @@ POLICY_FIELDS = (
 FIELDS = {field.name: field for field in POLICY_FIELDS}
 
 
+def parse_languages(raw: Any) -> str:
+    """Return language codes separated by commas or spaces as Policy.languages holds them ("cs,en"); else raise ValueError for people."""
+    if not isinstance(raw, str):
+        raise ValueError("Languages spoken here: enter language codes separated by commas")
+    codes = list(dict.fromkeys(code.lower() for code in raw.replace(",", " ").split()))
+    unknown = [code for code in codes if code not in LANGUAGES]
+    if unknown:
+        raise ValueError(f"Languages spoken here: {', '.join(unknown)} is not a code Whisper knows (e.g. en, cs, nl)")
+    return ",".join(codes)
+
+
 class SettingsUnavailable(SessionError):
     """The stored settings cannot be read or hold an invalid value: nothing may be decided."""
 
@@ -116,6 +130,14 @@ def _valid_overrides(stored: dict[str, Any], strict: bool = True) -> dict[str, A
         elif strict:
             logger.error("stored setting challenge=%r is invalid, refusing to decide", stored[CHALLENGE_KEY])
             raise SettingsUnavailable(f"challenge: {stored[CHALLENGE_KEY]!r}")
+    if LANGUAGES_KEY in stored:
+        try:
+            values[LANGUAGES_KEY] = parse_languages(stored[LANGUAGES_KEY])
+        except ValueError as error:
+            if strict:
+                logger.error("stored setting languages=%r is invalid, refusing to decide", stored[LANGUAGES_KEY])
+                raise SettingsUnavailable(str(error)) from None
+            logger.warning("ignoring stored setting languages=%r: %s", stored[LANGUAGES_KEY], error)
     return values
 
 
@@ -176,6 +198,12 @@ def save(form: dict[str, str], updated_by: str) -> tuple[list[str], list[str]]:
     challenge = form.get(CHALLENGE_KEY)
     if challenge is not None and challenge not in CHALLENGE_CHOICES:
         errors.append(f"Spoken challenge: choose one of {', '.join(CHALLENGE_CHOICES)}")
+    languages = form.get(LANGUAGES_KEY)
+    if languages is not None:
+        try:
+            languages = parse_languages(languages)
+        except ValueError as error:
+            errors.append(str(error))
     whisper = form.get(WHISPER_KEY)
     if whisper is not None:
         if whisper not in whisper_choices():
@@ -195,6 +223,10 @@ def save(form: dict[str, str], updated_by: str) -> tuple[list[str], list[str]]:
         if challenge != before.challenge:
             changed.append(CHALLENGE_KEY)
         Setting.put(CHALLENGE_KEY, None if challenge == defaults.challenge else challenge, updated_by)
+    if languages is not None:
+        if languages != before.languages:
+            changed.append(LANGUAGES_KEY)
+        Setting.put(LANGUAGES_KEY, None if languages == defaults.languages else languages, updated_by)
     if whisper is not None:
         if whisper != whisper_model():
             changed.append(WHISPER_KEY)

@@ -305,8 +305,8 @@ class GatedStream:
     def _transcribe(self, begin: int, end: int) -> str:
         if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
             return ""
-        transcript = run_model(self.ctx, partial(self.ctx.engines.transcriber.transcribe, language=self.language),
-                               self._slice(begin, end))
+        transcript = run_model(self.ctx, partial(self.ctx.engines.transcriber.transcribe, language=self.language,
+                                                 among=self.ctx.policy.detect_among), self._slice(begin, end))
         if self.language is None and transcript.text:
             self.detected = transcript.language
             if transcript.language_probability >= LANGUAGE_SURE:
@@ -330,7 +330,7 @@ class GatedStream:
         try:
             # Not counted as load by admission (pool.StreamSlots): streams are admitted for what they must do.
             future = pool.submit_courtesy(partial(self.ctx.engines.transcriber.transcribe, language=self.language,
-                                                  draft=True),
+                                                  draft=True, among=self.ctx.policy.detect_among),
                                           self._slice(growing.begin, settled))
             self._partial = (growing.begin, _whose(growing), future)
         except Busy:

@@ -60,7 +60,7 @@ class Policy:
     @property
     def detect_among(self) -> tuple[str, ...]:
         """Return the languages a detection chooses from (empty: any)."""
-        return tuple(code for code in self.languages.replace(",", " ").split())
+        return tuple(dict.fromkeys(code.lower() for code in self.languages.replace(",", " ").split()))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Policy:

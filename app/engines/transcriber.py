@@ -135,9 +135,10 @@ class Transcriber:
     def detect_language(self, audio: np.ndarray, among: tuple[str, ...]) -> tuple[str | None, float]:
         """Return the likeliest of the languages ``among`` in ``audio`` (its first 30 s) and its share of their probability.
 
-        Whisper base takes Czech for Polish on a few seconds as often as not (7 and 5 of 10 files
-        of speech-more's two Czech speakers); among the languages of a household it says Czech for
-        19 of 20 (bench/languages.py). None when the model writes none of ``among``.
+        Whisper base takes Czech for Polish on a few seconds (right on 7 and 5 of 10 files of
+        speech-more's two Czech speakers); among cs, nl, it and en it was right on 19 of 20 (one
+        hand run of its detection on every file; bench/languages.py measures the service with it).
+        None when the model writes none of ``among``.
         """
         known = [code for code in dict.fromkeys(among) if code in self._model.supported_languages]
         if len(known) <= 1:

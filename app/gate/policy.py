@@ -60,7 +60,7 @@ class Policy:
     @property
     def detect_among(self) -> tuple[str, ...]:
         """Return the languages a detection chooses from (empty: any)."""
-        return tuple(dict.fromkeys(code.lower() for code in self.languages.replace(",", " ").split()))
+        return language_codes(self.languages)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Policy:
@@ -71,3 +71,8 @@ class Policy:
             if key in config:
                 values[field.name] = type(field.default)(config[key])
         return cls(**values)
+
+
+def language_codes(text: str) -> tuple[str, ...]:
+    """Return the language codes in ``text`` (separated by commas or spaces), lower-case, each once, in order."""
+    return tuple(dict.fromkeys(code.lower() for code in text.replace(",", " ").split()))

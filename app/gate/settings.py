@@ -23,7 +23,7 @@ from ..errors import SessionError
 from ..store import versions
 from ..store.db import db
 from ..store.models import Setting, User
-from .policy import Policy
+from .policy import Policy, language_codes
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def parse_languages(raw: Any) -> str:
     """Return language codes separated by commas or spaces as Policy.languages holds them ("cs,en"); else raise ValueError for people."""
     if not isinstance(raw, str):
         raise ValueError("Languages spoken here: enter language codes separated by commas")
-    codes = list(dict.fromkeys(code.lower() for code in raw.replace(",", " ").split()))
+    codes = language_codes(raw)
     unknown = [code for code in codes if code not in LANGUAGES]
     if unknown:
         raise ValueError(f"Languages spoken here: {', '.join(unknown)} is not a code Whisper knows (e.g. en, cs, nl)")

@@ -127,10 +127,21 @@ def test_a_refusal_and_a_close_call_are_decided_on_the_whole_utterance(server, s
             server.app.config.pop("POLICY_THRESHOLD")
         else:
             server.app.config["POLICY_THRESHOLD"] = floor
-    assert embedded(server).get("redecided", 0) == before.get("redecided", 0) + 1
+    assert _on_the_whole(before, embedded(server)), (before, embedded(server))
     assert live["state"] == "accept" and live["score"] == pytest.approx(reference["score"], abs=SAME), (live, reference)
     # A refusal, however clear, is made on the whole utterance too (last: it counts as a failure).
     before = embedded(server)
     refused = speak(server, "lj", speech.load(STRANGER))
     assert refused["state"] == "reject" and "score" not in refused, refused
-    assert embedded(server).get("redecided", 0) == before.get("redecided", 0) + 1
+    assert _on_the_whole(before, embedded(server)), (before, embedded(server))
+
+
+def _on_the_whole(before: dict[str, float], after: dict[str, float]) -> bool:
+    """Return True when the one login between the two counts was decided on the whole utterance.
+
+    Redecided after an estimate, or (on a machine too busy for the early pass to finish by
+    ``stop``: seen beside two CPU-bound processes) embedded whole from the start; never on the
+    estimate alone.
+    """
+    grew = {source: after.get(source, 0) - before.get(source, 0) for source in ("estimate", "redecided", "whole")}
+    return grew["estimate"] == 0 and grew["redecided"] + grew["whole"] == 1

@@ -3,7 +3,7 @@
     python -m bench.degrade ../shared/data/speech-more            # once: the hard variants
     python -m bench.degrade ../shared/data/speech-dev
     python -m bench.calibrate [--data DIR] [--hard DIR] [--heldout ../shared/data/speech-dev] [--write-cohort]
-                              [--out bench/results/calibration.json]
+                              [--out bench/results/calibration.json] [--model ecapa|campplus]
 
 Speakers are split in two: ``COHORT_SPEAKERS`` (bench/cohort.py; held out: their embeddings become
 the shipped cohort, and the calibration is fitted on their trials among each other) and the rest, on which
@@ -13,6 +13,11 @@ evaluation speaker's files. ``--heldout`` sets are measured with that fit, all t
 Telephone-band test files are scored against the enrollment's telephone copies, as the service
 does (app/audio/augment.py); the clean centroid alone is measured beside it. Embeddings are
 computed in this process and cached (bench/embedcache.py).
+
+``--model campplus`` fits and measures the same scoring on CAM++'s embeddings (its own cohort of
+the same held-out speakers, its own telephone copies), to ``calibration-campplus.json``: what the
+service's calibrated score would be with CAM++ as its speaker model (issue 25). The service ships
+ECAPA's cohort only, so ``--write-cohort`` takes ECAPA.
 """
 from __future__ import annotations
 
@@ -247,18 +252,18 @@ class Loaded:
         return [t for t in trials if t.claimed in speakers and t.speaker in speakers]
 
 
-def load(data: Path, hard_dir: Path | None, only: str | None = None) -> Loaded:
-    """Measure a set and its hard variant (cached): embeddings, telephone copies, band edges."""
+def load(data: Path, hard_dir: Path | None, only: str | None = None, model: str = "ecapa") -> Loaded:
+    """Measure a set and its hard variant (cached): ``model``'s embeddings and telephone copies, band edges."""
     speech = SpeechSet(data.resolve())
     hard_set = SpeechSet((hard_dir or default_out(speech.root)).resolve())
     if only:
         wanted = set(only.split(","))
         hard_set.trials = [t for t in hard_set.trials if condition_of(hard_set.label(t.test)) in wanted]
     paths = [u.path for u in speech.utterances]
-    clean = {speech.label(k): v for k, v in measure_set(speech, paths).items()}
-    phone = {speech.label(k): v[0] for k, v in channel_set(speech, paths, ("phone",)).items()}
+    clean = {speech.label(k): v for k, v in measure_set(speech, paths, model=model).items()}
+    phone = {speech.label(k): v[0] for k, v in channel_set(speech, paths, ("phone",), model=model).items()}
     tests = sorted({t.test for t in hard_set.trials})
-    hard = {hard_set.label(k): v for k, v in measure_set(hard_set, tests).items()}
+    hard = {hard_set.label(k): v for k, v in measure_set(hard_set, tests, model=model).items()}
     edges = {hard_set.label(k): v for k, v in edge_set(hard_set, tests).items()}
     conditions = list(dict.fromkeys(condition_of(hard_set.label(t.test)) for t in hard_set.trials))
     CONDITION_NAMES.update(conditions)
@@ -366,15 +371,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
     parser.add_argument("--heldout", type=Path, action="append", default=[],
                         help="another set (with its hard variant where bench.degrade writes it) measured with the fit, all its speakers")
-    parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
-    parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)}")
+    parser.add_argument("--model", choices=("ecapa", "campplus"), default="ecapa", help="the speaker model scored")
+    parser.add_argument("--out", type=Path, help="default: bench/results/calibration.json (calibration-campplus.json)")
+    parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)} (ECAPA)")
     parser.add_argument("--top-k", type=int, default=TOP_K)
     parser.add_argument("--default-far", type=float, default=DEFAULT_TARGET_FAR, help="the target marked on the plots")
     parser.add_argument("--cohort-conditions", default=",".join(COHORT_CONDITIONS))
     parser.add_argument("--conditions", help="measure only these conditions of the hard variant (comma-separated)")
     args = parser.parse_args(argv)
+    if args.write_cohort and args.model != "ecapa":
+        parser.error("the service ships ECAPA's cohort only: --write-cohort takes --model ecapa")
+    args.out = args.out or RESULTS / ("calibration.json" if args.model == "ecapa" else f"calibration-{args.model}.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    more = load(args.data, args.hard, args.conditions)
+    more = load(args.data, args.hard, args.conditions, args.model)
     held = set(COHORT_SPEAKERS)
     cohort_conditions = [c for c in args.cohort_conditions.split(",") if c in more.conditions]
     cohort_keys = [f"{c}/{more.speech.label(u.path)}" for c in cohort_conditions for u in more.speech.utterances
@@ -403,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("fitted on %d impostor trials of %d held-out speakers: %s", impostor.sum(), len(held), calibration)
 
     rest = {u.speaker for u in more.speech.utterances} - held
-    results = {"cohort_speakers": sorted(held), "evaluation_speakers": sorted(rest), "top_k": args.top_k,
+    results = {"model": args.model, "cohort_speakers": sorted(held), "evaluation_speakers": sorted(rest), "top_k": args.top_k,
                "cohort_conditions": cohort_conditions, "cohort_size": len(cohort_keys),
                "narrow_edge_db": NARROW_EDGE_DB,
                "calibration": {"centre": calibration.centre, "spread": calibration.spread, "tail": calibration.tail,
@@ -411,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
                "sets": {}}
     runs = [("trials", more, more.listed(rest)), ("all_pairs", more, more.all_pairs(rest))]
     for path in args.heldout:
-        other = load(path, None, args.conditions)
+        other = load(path, None, args.conditions, args.model)
         everyone = {u.speaker for u in other.speech.utterances}
         runs.append((f"{other.speech.root.name}_all_pairs", other, other.all_pairs(everyone)))
     for set_name, loaded, trials in runs:

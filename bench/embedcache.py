@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Measured:
-    """One file: its ECAPA embedding, seconds of speech (VAD), and quality."""
+    """One file: its speaker embedding (ECAPA unless told), seconds of speech (VAD), and quality."""
 
     embedding: np.ndarray
     speech_seconds: float
@@ -36,12 +36,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VOICEGATE_CACHE", Path(tempfile.gettempdir()) / "voicegate-cache"))
 
 
-def measure_set(speech: SpeechSet, files: list[Path], encoder=None) -> dict[Path, Measured]:
-    """Return every file's measurements, computing the missing ones (the cache is per set folder)."""
+def measure_set(speech: SpeechSet, files: list[Path], encoder=None, model: str = "ecapa") -> dict[Path, Measured]:
+    """Return every file's measurements with speaker model ``model``, computing the missing ones (cached per set folder)."""
     from app.gate.calibration import measure_quality
 
     key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
-    path = cache_dir() / f"embeddings-{speech.root.name}-{key}.npz"
+    # ECAPA's cache keeps the name it had before there was a second model.
+    path = cache_dir() / f"{'embeddings' if model == 'ecapa' else 'measured-' + model}-{speech.root.name}-{key}.npz"
     cached: dict[str, Measured] = {}
     if path.is_file():
         with np.load(path) as data:
@@ -53,12 +54,7 @@ def measure_set(speech: SpeechSet, files: list[Path], encoder=None) -> dict[Path
 
         speech_seconds = Vad().seconds
 
-        if encoder is None:
-            from app.engines import modelstore
-            from app.engines.speaker import SpeakerEncoder
-
-            models = os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models")
-            encoder = SpeakerEncoder(modelstore.model_dir(models, "ecapa"), threads=1, precision="float32")
+        encoder = encoder or model_encoder(model)
         logger.info("embedding %d files of %s (%d cached)", len(missing), speech.root, len(cached))
         for index, file in enumerate(missing):
             audio = speech.audio(file)
@@ -82,21 +78,22 @@ def _save(path: Path, cached: dict[str, Measured]) -> None:
 
 
 def channel_set(speech: SpeechSet, files: list[Path], channels: tuple[str, ...] | None = None,
-                encoder=None) -> dict[Path, np.ndarray]:
-    """Return every file's embeddings through enrollment's channels (app/audio/augment.py), rows in channel order."""
+                encoder=None, model: str = "ecapa") -> dict[Path, np.ndarray]:
+    """Return every file's embeddings by ``model`` through enrollment's channels (app/audio/augment.py), rows in channel order."""
     from app.audio.augment import CHANNELS, channel
 
     key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
     rows: dict[str, list[np.ndarray]] = {speech.label(p): [] for p in files}
     for name in channels or CHANNELS:
-        path = cache_dir() / f"channel-{name}-{speech.root.name}-{key}.npz"
+        prefix = "channel" if model == "ecapa" else f"channel-{model}"
+        path = cache_dir() / f"{prefix}-{name}-{speech.root.name}-{key}.npz"
         cached: dict[str, np.ndarray] = {}
         if path.is_file():
             with np.load(path) as data:
                 cached = {str(label): row for label, row in zip(data["labels"], data["embeddings"])}
         missing = [p for p in files if speech.label(p) not in cached]
         if missing:
-            encoder = encoder or _encoder()
+            encoder = encoder or model_encoder(model, threads=2)
             logger.info("embedding %d files of %s through %s (%d cached)", len(missing), speech.root, name, len(cached))
             for index, file in enumerate(missing):
                 cached[speech.label(file)] = encoder.embed(channel(name, speech.audio(file)))
@@ -110,14 +107,6 @@ def channel_set(speech: SpeechSet, files: list[Path], channels: tuple[str, ...] 
         for p in files:
             rows[speech.label(p)].append(cached[speech.label(p)])
     return {p: np.stack(rows[speech.label(p)]) for p in files}
-
-
-def _encoder():
-    from app.engines import modelstore
-    from app.engines.speaker import SpeakerEncoder
-
-    models = os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models")
-    return SpeakerEncoder(modelstore.model_dir(models, "ecapa"), threads=2, precision="float32")
 
 
 def edge_set(speech: SpeechSet, files: list[Path]) -> dict[Path, float]:

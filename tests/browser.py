@@ -16,6 +16,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("VOICEGATE_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
+# How long a page may take to show what the server decided (ms): a bound, not a wait. On a busy
+# machine model calls queue behind other tests' (seen: a decision over 60 s, a meeting's third line too).
+DECISION_TIMEOUT = 180_000
 
 # Without the background-networking flags Chromium keeps reaching for Google's hosts,
 # which this machine's closed network refuses.

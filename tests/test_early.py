@@ -33,27 +33,27 @@ def server(tmp_path_factory, engines, speech):
     stop()
 
 
-def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
+def speak(live, user: str, audio: np.ndarray, live_pace: bool = True) -> dict:
     """Log in as ``user`` over the WebSocket; return the result.
 
-    All but the last 0.3 s of ``audio`` is sent in 100 ms frames at 1.5 times real-time pace;
-    then, after ``settle`` seconds, 10 ms more, and after ``settle`` seconds again the rest and
-    ``stop``. The pauses give the server time to finish its work on what came, even on a busy
-    machine, as it has while a person speaks in real time; the 10 ms start its work on all of it.
-    ``settle=0``: everything at once, as a file is sent.
+    ``live_pace``: all but the last 0.3 s of ``audio`` is sent in 100 ms frames at 1.5 times
+    real-time pace; once the server has finished its work on what came (its inference pool is
+    idle, as it is while a person speaks in real time on a machine that keeps up), 10 ms more,
+    which start its work on all of it; once that is done too, the rest and ``stop``. Else
+    everything at once, as a file is sent.
     """
     ws = websocket.create_connection(live.ws_url, timeout=60)
     try:
         ws.send(json.dumps({"type": "start", "mode": "verify", "user": user, "format": PCM16K}))
         assert json.loads(ws.recv())["type"] == "ready"
         end = audio.size - 4800
-        if settle:
+        if live_pace:
             for start in range(0, end, 1600):
                 ws.send_binary(pcm16(audio[start:min(start + 1600, end)]))
                 time.sleep(0.1 / 1.5)
-            time.sleep(settle)
+            _wait_until_idle(live)
             ws.send_binary(pcm16(audio[end:end + 160]))
-            time.sleep(settle)
+            _wait_until_idle(live)
             end += 160
         else:
             ws.send_binary(pcm16(audio[:end]))
@@ -65,6 +65,21 @@ def speak(live, user: str, audio: np.ndarray, settle: float = 3.0) -> dict:
                 return reply
     finally:
         ws.close()
+
+
+def _wait_until_idle(live, bound: float = 120.0) -> None:
+    """Wait until the server's inference pool has no call running or queued (GET /metrics), at most ``bound`` s.
+
+    A frame starts a prefix only once the server has read it: a pause first lets it do so.
+    """
+    deadline = time.monotonic() + bound
+    time.sleep(0.5)
+    while time.monotonic() < deadline:
+        text = requests.get(f"{live.url}/metrics", timeout=10).text
+        if re.search(r"^voicegate_pool_queue_depth 0(\.0)?$", text, re.M):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server's inference pool was still busy after {bound:g} s")
 
 
 def whole(live, user: str, path) -> dict:
@@ -108,7 +123,7 @@ def test_a_login_spoken_live_is_decided_from_the_work_done_while_speaking(server
     assert after.get("estimate", 0) == before.get("estimate", 0) + 1, (before, after, live, reference)
     assert abs(live["score"] - reference["score"]) < early.bands(early.MAX_LATE_SECONDS).raw, (live, reference)
     # Audio that arrives all at once leaves no finished prefix: decided on the whole utterance.
-    at_once = speak(server, "lj", audio, settle=0)
+    at_once = speak(server, "lj", audio, live_pace=False)
     assert embedded(server).get("whole", 0) == after.get("whole", 0) + 1
     assert at_once["score"] == pytest.approx(reference["score"], abs=SAME), (at_once, reference)
 

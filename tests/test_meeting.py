@@ -274,7 +274,7 @@ def test_the_export_endpoint_refuses_bad_lines(meeting_server):
 def test_the_meeting_page_names_the_speakers_marks_the_stranger_and_exports(meeting_server, tmp_path):
     from playwright.sync_api import expect
 
-    from .browser import chromium, new_page, screenshot
+    from .browser import DECISION_TIMEOUT, chromium, new_page, screenshot
 
     live, meetings = meeting_server
     meeting = meetings["short"]
@@ -301,11 +301,11 @@ def test_the_meeting_page_names_the_speakers_marks_the_stranger_and_exports(meet
                 {childList: true, characterData: true, subtree: true}); }""")
         page.get_by_role("button", name="Start meeting").click()
         lines = page.locator("#lines li")
-        expect(lines.nth(2)).to_be_visible(timeout=60_000)  # LJ, the stranger, the LibriVox reader
+        expect(lines.nth(2)).to_be_visible(timeout=DECISION_TIMEOUT)  # LJ, the stranger, the LibriVox reader
         expect(page.locator("#lines li.is-unverified").first).to_contain_text("Unverified speaker — not transcribed")
         screenshot(page, "meeting-1-lines")
         page.get_by_role("button", name="Stop").click()
-        expect(page.locator("#summary")).to_contain_text("named", timeout=60_000)
+        expect(page.locator("#summary")).to_contain_text("named", timeout=DECISION_TIMEOUT)
         exported = {}
         for fmt, label in (("json", "JSON"), ("vtt", "WebVTT")):
             with page.expect_download() as download:

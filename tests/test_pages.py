@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 from whisper_normalizer.english import EnglishTextNormalizer
 
 
-from .browser import chromium, new_page, screenshot, stall_audio, wait_for_a_pause
+from .browser import DECISION_TIMEOUT, chromium, new_page, screenshot, stall_audio, wait_for_a_pause
 from .conftest import LJ_ENROLL, pcm, serve_enrolled
 
 normalise = EnglishTextNormalizer()
@@ -27,7 +27,6 @@ IMPOSTOR = "wav/vctk-p287/p287_005.wav"
 IMPOSTOR_DICTATE = ["wav/vctk-p287/p287_003.wav", "wav/librivox-sas01/sense_and_sensibility_01_austen_64kb-0870.wav"]
 # What the browser itself says when the page asks for the microphone.
 GET_USER_MEDIA = "navigator.mediaDevices.getUserMedia({audio: true}).then(() => 'granted', (e) => e.name)"
-DECISION_TIMEOUT = 180_000  # ms; a bound, not a wait: on a busy machine model calls queue (seen: over 60 s)
 # Seconds of silence between clips a looping microphone plays: the page stops 1.5 s into one, and
 # the test presses Record at most 2 s into the next, which leaves the press 2 s before the speech.
 LOOP_GAP = 4.0

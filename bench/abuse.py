@@ -36,38 +36,54 @@ class Abuse:
         with self._lock:
             self.outcomes.setdefault(kind, Counter())[outcome] += 1
 
-    def start(self, kind: str, base: str, source: str) -> None:
-        """Open one client of ``kind`` (idle_ws, status, slow_upload) to ``base`` from address ``source``."""
-        thread = threading.Thread(target=self._run, args=(kind, base, source), daemon=True)
+    def finished(self, kind: str) -> int:
+        """Return how many clients of ``kind`` have an outcome so far."""
+        with self._lock:
+            return sum(self.outcomes.get(kind, Counter()).values())
+
+    def start(self, kind: str, base: str, source: str) -> threading.Event:
+        """Open one client of ``kind`` (idle_ws, status, slow_upload) to ``base`` from address ``source``.
+
+        Return an event set once the client has sent its request (or failed to connect), for
+        callers whose assertions depend on the order in which clients arrive.
+        """
+        sent = threading.Event()
+        thread = threading.Thread(target=self._run, args=(kind, base, source, sent), daemon=True)
         thread.start()
         self.threads.append(thread)
+        return sent
 
-    def _run(self, kind: str, base: str, source: str) -> None:
+    def _run(self, kind: str, base: str, source: str, sent: threading.Event) -> None:
         host, port = base.removeprefix("http://").split(":")
         try:
             with socket.create_connection((host, int(port)), timeout=30, source_address=(source, 0)) as sock:
-                getattr(self, "_" + kind)(sock, kind)
+                getattr(self, "_" + kind)(sock, kind, sent)
         except OSError as error:
             self._note(kind, error.__class__.__name__)
+        finally:
+            sent.set()
 
-    def _idle_ws(self, sock: socket.socket, kind: str) -> None:
+    def _idle_ws(self, sock: socket.socket, kind: str, sent: threading.Event) -> None:
         # An open voice socket that never starts a session, sending an empty frame now and then.
         sock.sendall(_handshake("/ws/voice"))
+        sent.set()
         self._note(kind, _status_code(sock.recv(4096)))
         while not self.stop.wait(2.0):
             sock.sendall(b"\x82\x80" + os.urandom(4))  # an empty binary frame, masked as a client must
 
-    def _status(self, sock: socket.socket, kind: str) -> None:
+    def _status(self, sock: socket.socket, kind: str, sent: threading.Event) -> None:
         # Kõnele's status socket, kept open by the client.
         sock.sendall(_handshake("/client/ws/status"))
+        sent.set()
         reply = sock.recv(4096)
         self._note(kind, _status_code(reply))
         self.stop.wait()
 
-    def _slow_upload(self, sock: socket.socket, kind: str) -> None:
+    def _slow_upload(self, sock: socket.socket, kind: str, sent: threading.Event) -> None:
         # An upload trickling 10 bytes a second, never finished.
         sock.sendall(b"POST /api/v1/verify?user=lj HTTP/1.1\r\nHost: voicegate\r\nContent-Type: audio/wav\r\n"
                      b"Content-Length: 100000\r\n\r\n")
+        sent.set()
         sock.settimeout(1.0)
         while not self.stop.is_set():
             try:

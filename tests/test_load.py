@@ -173,17 +173,21 @@ def test_idle_slow_and_broken_clients_starve_no_one(front, speech):
     quiet = _user_requests(front, wav)  # also warms up: the first model call of a process is slower
     abuse = Abuse()
     try:
+        # The slow uploads come first and one at a time, so that the server sees them in this order
+        # while the first are still held: one address's 33rd connection is then refused at once.
+        # Started together, a busy machine may connect the last after the first were cut off.
+        for i in range(40):
+            for base, source in ((front.direct, "127.0.0.3"), (front.proxied, "127.0.0.4")):
+                assert abuse.start("slow_upload", base, source).wait(10), "a slow upload did not connect"
+        sent = []
         for base, first in ((front.direct, 10), (front.proxied, 20)):
             for i in range(64):
                 # Spread over 8 addresses: 16 sockets each, what either limit per address admits.
-                abuse.start("idle_ws", base, f"127.0.0.{first + i % 8}")
-                abuse.start("status", base, f"127.0.0.{first + i % 8}")
-        for i in range(40):
-            abuse.start("slow_upload", front.direct, "127.0.0.3")
-            abuse.start("slow_upload", front.proxied, "127.0.0.4")
+                sent.append(abuse.start("idle_ws", base, f"127.0.0.{first + i % 8}"))
+                sent.append(abuse.start("status", base, f"127.0.0.{first + i % 8}"))
         malformed(front.direct, "127.0.0.5", 150)
         malformed(front.proxied, "127.0.0.6", 150)
-        time.sleep(1.0)  # every abusive client has connected
+        assert all(event.wait(30) for event in sent), "the abusive sockets did not connect"
         during = _user_requests(front, wav)
         print("\nwhile 128 idle sockets, 128 status sockets and 80 slow uploads are held:",
               {k: round(v, 3) for k, v in during.items()})
@@ -192,8 +196,9 @@ def test_idle_slow_and_broken_clients_starve_no_one(front, speech):
         for request, took in during.items():
             bound = ANSWER_SECONDS + (quiet[request] if request.endswith("verify") else 0.0)
             assert took < bound, (request, took, quiet)
-        # The trickling uploads straight to the app are cut off at BODY_SECONDS.
-        time.sleep(BODY_SECONDS + 1)
+        # The trickling uploads straight to the app are cut off at BODY_SECONDS; those at nginx stay.
+        _wait_until(lambda: abuse.finished("slow_upload") >= 40 + 24, BODY_SECONDS + 30,
+                    "the app cutting off the trickling uploads")
     finally:
         abuse.end()
     print("abusive clients:", {k: dict(v) for k, v in abuse.outcomes.items()})

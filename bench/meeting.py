@@ -15,6 +15,8 @@ and interrupting (each turn starts 0.5 s before the last one ends). Every meetin
   plain faster-whisper's share on each turn alone is given beside it, for scale;
 - cpWER: the roster speakers' word error rate, each speaker's lines against their words;
 - stranger words leaked (the goal is 0), and lines of the stranger's that named someone;
+- unattributed: the share of the roster speakers' turn time in lines named for nobody (and of
+  it, the share the stranger spoke over); how close a named line comes to the stranger's turn;
 - real-time factor (request time / audio time) and the server's CPU seconds per audio second.
 
 Results go to bench/results/meeting-<set>.json under ``meeting``; the figures are quoted in
@@ -117,6 +119,7 @@ def run(speech: SpeechSet, per_style: int, named: list[str] | None = None, stran
     service = StartedServer(env=POLICY)
     models = Models(Config.MODELS_DIR, Config.WHISPER_MODEL, Config.WHISPER_BEAM_SIZE, 1)
     totals = {size: _empty() for size in ROSTERS}
+    voiced = _voiced()
     by_style = {style: _empty() for style in STYLES}
     try:
         service.wait_ready()
@@ -152,7 +155,7 @@ def run(speech: SpeechSet, per_style: int, named: list[str] | None = None, stran
                     cpu = service_cpu(service) - before
                     if "lines" not in reply:
                         raise SystemExit(f"the meeting failed: {reply}")
-                    found = score(meeting, reply["lines"], heard=own_heard)
+                    found = score(meeting, reply["lines"], heard=own_heard, voiced=voiced)
                     found.update(audio_seconds=meeting.seconds, seconds=elapsed, cpu_seconds=cpu, plain_words=plain,
                                  meetings=1)
                     _add(totals[size], found)
@@ -202,15 +205,32 @@ def _check_cost(speech: SpeechSet, models, repeats: int = 50) -> dict:
     return cost
 
 
+def _voiced():
+    """Return a function giving a turn's speech (start, end) in seconds: its file's silent ends left out (Silero VAD)."""
+    from app.audio.vad import Vad
+
+    vad = Vad()
+
+    def voiced(turn) -> tuple[float, float]:
+        segments = vad.segments(turn.audio)
+        if not segments:
+            return turn.start, turn.start
+        return turn.start + segments[0].start / 16000, turn.start + segments[-1].end / 16000
+
+    return voiced
+
+
 def _empty() -> dict:
     return {"reference_words": 0, "attributed_words": 0, "plain_words": 0, "errors": 0, "leaked_words": [],
             "stranger_lines_named": 0, "attributed_seconds": 0.0, "right_seconds": 0.0, "audio_seconds": 0.0,
+            "roster_seconds": 0.0, "unattributed_seconds": 0.0, "unattributed_alongside_stranger_seconds": 0.0,
+            "stranger_clearances": [],
             "seconds": 0.0, "cpu_seconds": 0.0, "meetings": 0}
 
 
 def _add(total: dict, found: dict) -> None:
     for key in total:
-        total[key] += found.get(key, 0 if key != "leaked_words" else [])
+        total[key] += found.get(key, [] if isinstance(total[key], list) else 0)
 
 
 def _summary(stats: dict) -> dict:
@@ -222,7 +242,14 @@ def _summary(stats: dict) -> dict:
             "cpwer": round(stats["errors"] / words, 4),
             "stranger_words_leaked": len(stats["leaked_words"]), "leaked": stats["leaked_words"][:50],
             "stranger_lines_named": stats["stranger_lines_named"],
+            # Seconds from a named line to the nearest place only the stranger speaks (the VAD's
+            # speech of their turn): the least of them, and how many reach into it.
+            "stranger_clearance_min_s": min(stats["stranger_clearances"], default=None),
+            "named_lines_into_stranger": sum(c < 0 for c in stats["stranger_clearances"]),
             "line_time_accuracy": round(stats["right_seconds"] / max(1e-9, stats["attributed_seconds"]), 4),
+            "unattributed_share": round(stats["unattributed_seconds"] / max(1e-9, stats["roster_seconds"]), 4),
+            "unattributed_alongside_stranger_share": round(
+                stats["unattributed_alongside_stranger_seconds"] / max(1e-9, stats["roster_seconds"]), 4),
             "real_time_factor": round(stats["seconds"] / audio, 3),
             "cpu_seconds_per_audio_second": round(stats["cpu_seconds"] / audio, 3)}
 

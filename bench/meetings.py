@@ -12,7 +12,11 @@ Scores, on lines ``{speaker, start, end, text}``:
   speakers added up (speakers are named, so the permutation is the identity);
 - leaks: words only the stranger said that came out in a partial or in a line that overlaps a
   stranger's turn (a line wholly inside roster turns holds none of the stranger's audio);
-- line accuracy: the share of attributed line time that lies in a turn of the speaker it names.
+- line accuracy: the share of attributed line time that lies in a turn of the speaker it names;
+- unattributed: the share of the roster speakers' turn time that lies in lines named for nobody
+  (a stretch the engine could not give to one voice, left unnamed rather than guessed), and how
+  much of it the stranger was speaking over;
+- stranger clearance: how close a named line comes to where only the stranger speaks.
 """
 from __future__ import annotations
 
@@ -115,11 +119,12 @@ def references(meeting: Meeting) -> dict[str, str]:
 
 
 def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: dict[str, str] | None = None,
-          slack: float = 0.0) -> dict:
+          slack: float = 0.0, voiced=None) -> dict:
     """Score one meeting's lines (and partial texts) against its turns; counts, so that meetings add up.
 
     ``slack`` widens each turn by that many seconds on both sides when judging line time: for a
     timeline that is not the reference's sample for sample (a browser's fake microphone).
+    ``voiced``: a function giving a turn's (start, end) of speech, silent ends left out (default: the whole turn).
     """
     import jiwer
 
@@ -141,6 +146,24 @@ def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: 
     texts = [line.get("text") for line in lines
              if any(line["start"] < t.end and line["end"] > t.start for t in strangers)] + list(partials)
     leaked = [w for text in texts for w in words(text) if w in theirs]
+    roster_turns = [t for t in meeting.turns if t.speaker]
+    unnamed_lines = [(line["start"], line["end"]) for line in lines if not line.get("speaker")]
+    unnamed = sum(_overlap(span, (t.start, t.end)) for span in unnamed_lines for t in roster_turns)
+    # Of that, the time the stranger was speaking too (interrupting): no roster word there can be
+    # released without the stranger's voice under it, so it is left unnamed by rule, not by doubt.
+    alongside = sum(_overlap(span, (max(t.start, o.start), min(t.end, o.end)))
+                    for span in unnamed_lines for t in roster_turns for o in strangers)
+    # How close each named line comes to where only the stranger speaks (their speech, less the named
+    # speaker's own turn): negative, it reaches into it.
+    voiced = voiced or (lambda turn: (turn.start, turn.end))
+    clearances = []
+    for line in lines:
+        if line.get("speaker"):
+            own = [(t.start, t.end) for t in roster_turns if t.speaker == line["speaker"]]
+            for other in strangers:
+                for lone in _minus(voiced(other), own):
+                    inside = _overlap((line["start"], line["end"]), lone)
+                    clearances.append(round(-inside if inside else max(lone[0] - line["end"], line["start"] - lone[1]), 3))
     attributed = right = 0.0
     for line in lines:
         if not line.get("speaker"):
@@ -157,10 +180,26 @@ def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: 
         "stranger_turns": sum(t.speaker is None for t in meeting.turns),
         "attributed_seconds": round(attributed, 3),
         "right_seconds": round(min(right, attributed), 3),
+        "roster_seconds": round(sum(t.end - t.start for t in roster_turns), 3),
+        "unattributed_seconds": round(unnamed, 3),
+        "unattributed_alongside_stranger_seconds": round(alongside, 3),
+        "stranger_clearances": clearances,
         "stranger_lines_named": sum(1 for line in lines if line.get("speaker") and any(
             t.speaker is None and min(line["end"], t.end) - max(line["start"], t.start) > 0.5 * (line["end"] - line["start"])
             for t in meeting.turns)),
     }
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def _minus(span: tuple[float, float], cuts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Return ``span`` less the intervals ``cuts``, as intervals."""
+    pieces = [span]
+    for low, high in cuts:
+        pieces = [piece for a, b in pieces for piece in ((a, min(b, low)), (max(a, high), b)) if piece[1] > piece[0]]
+    return pieces
 
 
 def plain_found(meeting: Meeting, heard: dict[int, str]) -> int:

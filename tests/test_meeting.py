@@ -18,7 +18,7 @@ import webvtt
 
 from app.gate import tokens
 from app.gate.base import Context
-from app.gate.meeting import Identified, attributed, open_meeting
+from app.gate.meeting import TURN_STEP, Identified, attributed, open_meeting, turn_between
 from app.gate.release import ACCEPT, PENDING, REJECT
 from app.gate.settings import current_policy
 from bench.data import wav_bytes
@@ -131,6 +131,36 @@ def test_a_change_of_speaker_splits_the_utterance_and_the_stretch_between_goes_t
         (0, 2 * S, ACCEPT, "a"), (2 * S, 5 * S, REJECT, None)]
     growing = attributed(0, 3 * S, checks[:2], 2 * S)
     assert [(p.state, p.speaker) for p in growing] == [(ACCEPT, "a"), (PENDING, None)]
+
+
+def test_a_turn_is_placed_where_every_finer_window_agrees_and_nowhere_when_they_do_not():
+    # 1 s windows centred every 0.25 s across a 1 s overlap: a's voice, then b's from 1.5 s.
+    centres = [int(S * (0.5 + 0.25 * i)) for i in range(9)]  # 0.5 s .. 2.5 s
+    named = ["left"] * 4 + ["free"] + ["right"] * 4  # the window centred on the change is half each
+    margins = [0.4, 0.4, 0.3, 0.2, 0.0, -0.2, -0.3, -0.4, -0.4]
+    assert turn_between(centres, named, margins, S, 2 * S) == int(1.5 * S)
+    # A window in a pause says nothing about who speaks: it is passed over, not held against a side.
+    assert turn_between(centres, ["left", "quiet"] + named[2:], margins, S, 2 * S) == int(1.5 * S)
+    # One window on a's side that names neither (another voice, or too far from both): no turn is guessed.
+    assert turn_between(centres, named[:2] + [None] + named[3:], margins, S, 2 * S) is None
+    # Back and forth is not one change of voice.
+    assert turn_between(centres, ["left", "right"] * 4 + ["left"], margins, S, 2 * S) is None
+    # The change lies outside the stretch searched: nothing is found inside it.
+    assert turn_between(centres, ["left"] * 8 + ["free"], margins, S, 2 * S - TURN_STEP) is None
+
+
+def test_checks_narrowed_to_a_turn_give_each_voice_its_own_side_and_no_one_the_other():
+    # a then b, the overlap [2 s, 3 s) narrowed to meet at 2.5 s: nothing in it is lost.
+    checks = [Identified(0, 2 * S, "a", 0.6), Identified(S, int(2.5 * S), "a", 0.6),
+              Identified(int(2.5 * S), 4 * S, "b", 0.5), Identified(3 * S, 5 * S, "b", 0.5)]
+    parts = attributed(0, 5 * S, checks, 5 * S)
+    assert [(p.begin, p.end, p.state, p.speaker) for p in parts] == [
+        (0, int(2.5 * S), ACCEPT, "a"), (int(2.5 * S), 5 * S, ACCEPT, "b")]
+    # A window that named nobody and was not overturned still rejects all it covers.
+    checks = checks[:2] + [Identified(2 * S, 4 * S, None, 0.1)] + checks[2:]
+    parts = attributed(0, 5 * S, checks, 5 * S)
+    assert [(p.begin, p.end, p.state, p.speaker) for p in parts] == [
+        (0, 2 * S, ACCEPT, "a"), (2 * S, 4 * S, REJECT, None), (4 * S, 5 * S, ACCEPT, "b")]
 
 
 # --------------------------------------------------------------------------- the engine

@@ -34,6 +34,9 @@ MIN_WINDOW_SPEECH = 1.0
 SNAP_SECONDS = 0.3
 # Accepted stretches shorter than this hold no word worth transcribing.
 MIN_TEXT_SECONDS = 0.3
+# A draft of less than this is mostly Whisper's guess ("We'll see you next time." on the first
+# half second of a voice just after a turn): partials wait until the stretch is this long.
+MIN_PARTIAL_SECONDS = 1.0
 # Whisper's confidence in a language it detected from which a stream keeps that language; below
 # it, the next stretch is detected again (base tells Czech from Polish badly on a few seconds).
 LANGUAGE_SURE = 0.5
@@ -247,7 +250,7 @@ class GatedStream:
         utterance = utterance or self._utterance
         ended = utterance.end is not None
         end = utterance.end if ended else self._endpointer.position
-        settled = horizon(utterance.checks, utterance.end)
+        settled = self._settled(utterance)
         if settled is None or settled <= utterance.emitted_until:
             return []
         parts = self._parts(utterance.start, end, utterance.checks, settled)
@@ -266,6 +269,10 @@ class GatedStream:
             self._last_shown = self._endpointer.position
             messages += self._emit(part, begin, before, after)
         return messages
+
+    def _settled(self, utterance: Utterance) -> int | None:
+        """Return the sample before which nothing of the utterance can change any more (the release rule's horizon)."""
+        return horizon(utterance.checks, utterance.end)
 
     def _outcome(self, part, begin: int, before, after) -> tuple[str, str | None]:
         """Return a settled stretch's state (accept, reject, not_enough_speech) and, when accepted, its text."""
@@ -324,7 +331,8 @@ class GatedStream:
             return
         parts = self._parts(utterance.start, settled, utterance.checks, settled)
         growing = parts[-1] if parts else None
-        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until:
+        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until \
+                or settled - growing.begin < MIN_PARTIAL_SECONDS * SAMPLE_RATE:
             return
         self._last_partial = settled
         try:

@@ -258,7 +258,12 @@ class MeetingSession(GatedStream):
         clips = [self._slice(c - half, c + half) for c in centres]
         if any(clip.size != TURN_WINDOW for clip in clips):
             return None
-        embeddings = run_model(self.ctx, self.ctx.engines.speaker.embed_many, clips)
+        try:
+            embeddings = run_model(self.ctx, self.ctx.engines.speaker.embed_many, clips)
+        except SessionError as error:
+            if error.code != "busy":
+                raise
+            return None  # a full pool: the stretch stays no one's rather than the meeting ending
         names = list(self._voices)
         scores = embeddings @ np.stack([self._voices[n] / np.linalg.norm(self._voices[n]) for n in names], axis=1)
         floor = TURN_FLOOR if left.speaker and right.speaker else LONE_FLOOR

@@ -36,7 +36,7 @@ import requests
 from . import calls, machine
 from .cohort import COHORT_SPEAKERS
 from .data import SpeechSet, espeak, pcm16
-from .meetings import compose, plain_found, score
+from .meetings import SAMPLE_RATE, compose, plain_found, score
 from .output import quiet_logging, save
 from .paths import DEFAULT_DATA, RESULTS
 
@@ -215,7 +215,7 @@ def _voiced():
         segments = vad.segments(turn.audio)
         if not segments:
             return turn.start, turn.start
-        return turn.start + segments[0].start / 16000, turn.start + segments[-1].end / 16000
+        return turn.start + segments[0].start / SAMPLE_RATE, turn.start + segments[-1].end / SAMPLE_RATE
 
     return voiced
 

@@ -34,7 +34,7 @@ from .base import Context, run_model, seconds, standing
 from .release import ACCEPT, PENDING, REJECT, SAMPLE_RATE, Check, horizon, spans
 from .stream import GatedStream, Utterance, run_recording
 from .transcript_export import UNVERIFIED_NAME as UNVERIFIED
-from ..engines.speaker import cosine
+from ..engines.speaker import cosine, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,9 @@ class MeetingSession(GatedStream):
         self.roster, self.shows_scores, self.opened_by = roster, shows_scores, opened_by
         self._voices = {member.name: member.voice for member in roster}
         self._display = {member.name: member.display for member in roster}
+        # The roster's unit voices as columns, for scoring a turn's finer windows in one product.
+        self._names = [member.name for member in roster]
+        self._columns = np.stack([normalise(member.voice) for member in roster], axis=1)
         self._take_slot()
 
     def roster_names(self) -> list[dict]:
@@ -264,8 +267,8 @@ class MeetingSession(GatedStream):
             if error.code != "busy":
                 raise
             return None  # a full pool: the stretch stays no one's rather than the meeting ending
-        names = list(self._voices)
-        scores = embeddings @ np.stack([self._voices[n] / np.linalg.norm(self._voices[n]) for n in names], axis=1)
+        names = self._names
+        scores = embeddings @ self._columns
         floor = TURN_FLOOR if left.speaker and right.speaker else LONE_FLOOR
         named, margins = [], []
         for c, row in zip(centres, scores):

@@ -50,6 +50,10 @@ class Config:
     # Who runs ECAPA: "auto" is ONNX Runtime on the export `flask models fetch` makes (same
     # scores, faster: docs/benchmarks.md, "Runtimes"), else PyTorch; "onnx" or "torch" to force.
     SPEAKER_RUNTIME = "auto"
+    # The speaker models whose voices are enrolled and compared: "ecapa+campplus" (both, fused:
+    # app/engines/fused.py) or "ecapa" (ECAPA alone, as before). Voiceprints enrolled either
+    # way keep working under both: a pair is compared in the space both have.
+    SPEAKER_MODELS = "ecapa+campplus"
 
     # Limits on one piece of incoming audio.
     MAX_AUDIO_BYTES = 32 * 1024 * 1024

@@ -3,7 +3,7 @@
     python -m bench.degrade ../shared/data/speech-more            # once: the hard variants
     python -m bench.degrade ../shared/data/speech-dev
     python -m bench.calibrate [--data DIR] [--hard DIR] [--heldout ../shared/data/speech-dev] [--write-cohort]
-                              [--out bench/results/calibration.json] [--model ecapa|campplus]
+                              [--out bench/results/calibration.json] [--model ecapa|campplus|fused]
 
 Speakers are split in two: ``COHORT_SPEAKERS`` (bench/cohort.py; held out: their embeddings become
 the shipped cohort, and the calibration is fitted on their trials among each other) and the rest, on which
@@ -16,8 +16,9 @@ computed in this process and cached (bench/embedcache.py).
 
 ``--model campplus`` fits and measures the same scoring on CAM++'s embeddings (its own cohort of
 the same held-out speakers, its own telephone copies), to ``calibration-campplus.json``: what the
-service's calibrated score would be with CAM++ as its speaker model (issue 25). The service ships
-ECAPA's cohort only, so ``--write-cohort`` takes ECAPA.
+service's calibrated score would be with CAM++ as its speaker model (issue 25). ``--model fused``
+scores ECAPA's and CAM++'s embeddings side by side (app/engines/fused.py), as the service does by
+default; ``--write-cohort`` writes the shipped cohort of ECAPA or of the fused pair.
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ import argparse
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from app.gate.calibration import COHORT_PATH, COHORT_SHA256, NARROW_EDGE_DB, Calibration, Quality, save_cohort
+from app.gate.calibration import (COHORT_PATH, COHORT_SHA256, FUSED_COHORT_PATH, FUSED_COHORT_SHA256, NARROW_EDGE_DB,
+                                  Calibration, Quality, save_cohort)
 from app.gate.policy import DEFAULT_TARGET_FAR
 
 from . import metrics
@@ -50,6 +52,9 @@ MIN_SPEECH = (0.5, 0.8, 1.0, 1.5)
 
 DEFAULT_MIN_SPEECH = 0.8
 DEFAULT_FLOOR = 0.25
+# The fused space's raw guard (app.gate.calibration.Calibration.floor): the raw cosine this share
+# of the fitting speakers' impostor trials reach.
+RAW_GUARD_FAR = 0.01
 # Raw cosine floors tried under the calibrated decision.
 FLOORS = (0.0, 0.15, 0.20, 0.25, 0.30, 0.40)
 
@@ -316,7 +321,8 @@ def evaluate(scorers: dict[str, Scorer], trials: list[Trial], calibrations: dict
             t_z = calibration.threshold(far)
             for minimum in MIN_SPEECH:
                 enough = scores["speech"] >= minimum
-                accept = enough & (scores["calibrated"] >= t_z) & (scores["raw"] >= DEFAULT_FLOOR)
+                floor = max(DEFAULT_FLOOR, calibration.floor)
+                accept = enough & (scores["calibrated"] >= t_z) & (scores["raw"] >= floor)
                 decisions[f"far{far:g}_min{minimum:g}"] = {
                     "threshold": round(t_z, 3),
                     "far": round(float(accept[sel & ~target].mean()), 5),
@@ -328,12 +334,14 @@ def evaluate(scorers: dict[str, Scorer], trials: list[Trial], calibrations: dict
             decisions[f"default_floor{floor:.2f}"] = {"far": round(float(accept[sel & ~target].mean()), 5),
                                                       "frr": round(float(1 - accept[sel & target].mean()), 5)}
         prev, p_z = scored["previous"], calibrations["previous"].threshold(default_far)
-        accept = (prev["speech"] >= DEFAULT_MIN_SPEECH) & (prev["calibrated"] >= p_z) & (prev["raw"] >= DEFAULT_FLOOR)
+        accept = ((prev["speech"] >= DEFAULT_MIN_SPEECH) & (prev["calibrated"] >= p_z)
+                  & (prev["raw"] >= max(DEFAULT_FLOOR, calibrations["previous"].floor)))
         row["previous"] = {"eer": round(metrics.eer(prev["calibrated"][sel & target], prev["calibrated"][sel & ~target]), 4),
                            "far": round(float(accept[sel & ~target].mean()), 5),
                            "frr": round(float(1 - accept[sel & target].mean()), 5)}
         b_z = calibrations["centroid"].threshold(default_far)
-        accept = (base["speech"] >= DEFAULT_MIN_SPEECH) & (base["calibrated"] >= b_z) & (base["raw"] >= DEFAULT_FLOOR)
+        accept = ((base["speech"] >= DEFAULT_MIN_SPEECH) & (base["calibrated"] >= b_z)
+                  & (base["raw"] >= max(DEFAULT_FLOOR, calibrations["centroid"].floor)))
         decisions["default_centroid_only"] = {"far": round(float(accept[sel & ~target].mean()), 5),
                                               "frr": round(float(1 - accept[sel & target].mean()), 5)}
         for cos in (0.30, 0.40):
@@ -371,16 +379,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
     parser.add_argument("--heldout", type=Path, action="append", default=[],
                         help="another set (with its hard variant where bench.degrade writes it) measured with the fit, all its speakers")
-    parser.add_argument("--model", choices=("ecapa", "campplus"), default="ecapa", help="the speaker model scored")
+    parser.add_argument("--model", choices=("ecapa", "campplus", "fused"), default="ecapa", help="the speaker model scored")
     parser.add_argument("--out", type=Path, help="default: bench/results/calibration.json (calibration-campplus.json)")
-    parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)} (ECAPA)")
+    parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)} (ECAPA) or {FUSED_COHORT_PATH.name} (fused)")
     parser.add_argument("--top-k", type=int, default=TOP_K)
+    parser.add_argument("--uncentred", action="store_true",
+                        help="AS-norm on voices as they are, not less the cohort's mean (the fused cohort's scoring)")
     parser.add_argument("--default-far", type=float, default=DEFAULT_TARGET_FAR, help="the target marked on the plots")
     parser.add_argument("--cohort-conditions", default=",".join(COHORT_CONDITIONS))
     parser.add_argument("--conditions", help="measure only these conditions of the hard variant (comma-separated)")
     args = parser.parse_args(argv)
-    if args.write_cohort and args.model != "ecapa":
-        parser.error("the service ships ECAPA's cohort only: --write-cohort takes --model ecapa")
+    if args.write_cohort and args.model == "campplus":
+        parser.error("the service ships ECAPA's cohort and the fused one: --write-cohort takes --model ecapa or fused")
     args.out = args.out or RESULTS / ("calibration.json" if args.model == "ecapa" else f"calibration-{args.model}.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     more = load(args.data, args.hard, args.conditions, args.model)
@@ -394,9 +404,11 @@ def main(argv: list[str] | None = None) -> dict:
     cohort_speaker = np.array([more.speaker_of[k.split("/", 1)[1]] for k in cohort_keys])
 
     def scorers(loaded: Loaded) -> dict[str, Scorer]:
+        centred = not args.uncentred
         return {"phone": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k,
-                                loaded.phone, loaded.edges),
-                "centroid": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k),
+                                loaded.phone, loaded.edges, centred=centred),
+                "centroid": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k,
+                                   centred=centred),
                 "previous": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, PREVIOUS_TOP_K,
                                    loaded.phone, loaded.edges, centred=False)}
 
@@ -408,6 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
         fit_scores = scorer.score(fit_trials, exclude_speakers=True)
         calibrations[name] = fit(fit_scores["asnorm"][impostor], fit_scores["features"][impostor], scorer.top_k,
                                  scorer.centred)
+        if args.model == "fused":
+            guard = float(np.quantile(fit_scores["raw"][impostor], 1 - RAW_GUARD_FAR))
+            calibrations[name] = replace(calibrations[name], floor=round(guard, 4))
     calibration = calibrations["phone"]
     logger.info("fitted on %d impostor trials of %d held-out speakers: %s", impostor.sum(), len(held), calibration)
 
@@ -416,6 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
                "cohort_conditions": cohort_conditions, "cohort_size": len(cohort_keys),
                "narrow_edge_db": NARROW_EDGE_DB,
                "calibration": {"centre": calibration.centre, "spread": calibration.spread, "tail": calibration.tail,
+                               "floor": calibration.floor,
                                "fitting_impostor_trials": int(impostor.sum())},
                "sets": {}}
     runs = [("trials", more, more.listed(rest)), ("all_pairs", more, more.all_pairs(rest))]
@@ -431,12 +447,14 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     plot(results["sets"]["all_pairs"], args.out.with_name(args.out.stem + "-det.png"), calibration, args.default_far)
     if args.write_cohort:
-        about = {"made_by": "python -m bench.calibrate --write-cohort", "speakers": sorted(held),
+        about = {"made_by": f"python -m bench.calibrate --model {args.model} --write-cohort", "speakers": sorted(held),
                  "conditions": cohort_conditions, "source": "speech-more (held-out speakers)"}
-        digest = save_cohort(COHORT_PATH, cohort, calibration, about)
-        print(f"wrote {COHORT_PATH} ({cohort.shape[0]} embeddings) sha256 {digest}")
-        if digest != COHORT_SHA256:
-            print("the server refuses this file until COHORT_SHA256 in app/gate/calibration.py is set to it")
+        path, expected, constant = ((COHORT_PATH, COHORT_SHA256, "COHORT_SHA256") if args.model == "ecapa" else
+                                    (FUSED_COHORT_PATH, FUSED_COHORT_SHA256, "FUSED_COHORT_SHA256"))
+        digest = save_cohort(path, cohort, calibration, about)
+        print(f"wrote {path} ({cohort.shape[0]} embeddings) sha256 {digest}")
+        if digest != expected:
+            print(f"the server refuses this file until {constant} in app/gate/calibration.py is set to it")
         results["cohort_sha256"] = digest
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     return results

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,18 @@ def cache_dir() -> Path:
 
 
 def measure_set(speech: SpeechSet, files: list[Path], encoder=None, model: str = "ecapa") -> dict[Path, Measured]:
-    """Return every file's measurements with speaker model ``model``, computing the missing ones (cached per set folder)."""
+    """Return every file's measurements with speaker model ``model``, computing the missing ones (cached per set folder).
+
+    ``fused``: ECAPA's and CAM++'s embeddings side by side (app/engines/fused.py), from their own caches.
+    """
     from app.gate.calibration import measure_quality
+
+    if model == "fused":
+        from app.engines.fused import fuse
+
+        ecapa = measure_set(speech, files, model="ecapa")
+        campplus = measure_set(speech, files, model="campplus")
+        return {p: replace(ecapa[p], embedding=fuse(ecapa[p].embedding, campplus[p].embedding)) for p in files}
 
     key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
     # ECAPA's cache keeps the name it had before there was a second model.
@@ -81,6 +91,13 @@ def channel_set(speech: SpeechSet, files: list[Path], channels: tuple[str, ...] 
                 encoder=None, model: str = "ecapa") -> dict[Path, np.ndarray]:
     """Return every file's embeddings by ``model`` through enrollment's channels (app/audio/augment.py), rows in channel order."""
     from app.audio.augment import CHANNELS, channel
+
+    if model == "fused":
+        from app.engines.fused import fuse
+
+        ecapa = channel_set(speech, files, channels, model="ecapa")
+        campplus = channel_set(speech, files, channels, model="campplus")
+        return {p: fuse(ecapa[p], campplus[p]) for p in files}
 
     key = hashlib.sha256(str(speech.root).encode()).hexdigest()[:12]
     rows: dict[str, list[np.ndarray]] = {speech.label(p): [] for p in files}

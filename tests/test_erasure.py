@@ -98,8 +98,8 @@ def test_a_backup_from_before_a_deletion_or_reset_gives_no_voice_back(app, clien
 
 @pytest.fixture(scope="module")
 def lj_embeddings(engines, speech) -> np.ndarray:
-    """The LJ Speech reader's enrollment clips as real ECAPA embeddings (clips × 192)."""
-    return np.stack([engines.speaker.embed(speech.load(f)) for f in LJ_ENROLL]).astype("<f4")
+    """The LJ Speech reader's enrollment clips as real ECAPA embeddings (clips × 192), as older servers stored them."""
+    return np.stack([engines.speaker.ecapa.embed(speech.load(f)) for f in LJ_ENROLL]).astype("<f4")
 
 
 def test_without_the_keystore_or_with_another_secret_nothing_is_accepted(tmp_path, engines, speech, lj_embeddings):

@@ -3,24 +3,32 @@ from __future__ import annotations
 
 import numpy as np
 
+import pytest
+
 from app.engines.speaker import EMBEDDING_DIM, centroid, cosine
 
 
-def test_embeddings_are_unit_length_and_deterministic(engines, speech):
+@pytest.fixture
+def ecapa(engines):
+    """ECAPA as the server runs it, inside the fused encoder (app/engines/fused.py)."""
+    return engines.speaker.ecapa
+
+
+def test_embeddings_are_unit_length_and_deterministic(ecapa, speech):
     audio = speech.load("wav/ljspeech/LJ001-0004.wav")
-    first = engines.speaker.embed(audio)
-    second = engines.speaker.embed(audio)
+    first = ecapa.embed(audio)
+    second = ecapa.embed(audio)
     assert first.shape == (EMBEDDING_DIM,) and first.dtype == np.float32
     assert abs(float(np.linalg.norm(first)) - 1.0) < 1e-5
     assert cosine(first, second) > 0.9999
 
 
-def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(engines, speech):
+def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(ecapa, speech):
     cache: dict[str, np.ndarray] = {}
 
     def embed(file: str) -> np.ndarray:
         if file not in cache:
-            cache[file] = engines.speaker.embed(speech.load(file))
+            cache[file] = ecapa.embed(speech.load(file))
         return cache[file]
 
     genuine, impostor = [], []
@@ -33,7 +41,7 @@ def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(eng
     assert min(genuine) > max(impostor)
 
 
-def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
+def test_bfloat16_embeddings_score_like_float32_ones(ecapa, speech):
     """The fast precision must not move a decision: scores agree within 0.01 on the dev trials.
 
     Every trial where the CPU computes bfloat16 natively (where the service would use it);
@@ -44,9 +52,9 @@ def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
     from tests.conftest import MODELS_DIR
 
     # The session's encoder is one of the two precisions; load only the other one.
-    other = "float32" if engines.speaker.precision == "bfloat16" else "bfloat16"
+    other = "float32" if ecapa.precision == "bfloat16" else "bfloat16"
     loaded = SpeakerEncoder(MODELS_DIR / "spkrec-ecapa-voxceleb", threads=1, precision=other, runtime="torch")
-    encoders = {engines.speaker.precision: engines.speaker, other: loaded}
+    encoders = {ecapa.precision: ecapa, other: loaded}
     assert loaded.precision == other
     # Without native bfloat16, one trial of each kind (every tenth trial can all be of one kind):
     # emulated, each file takes seconds of CPU.
@@ -63,7 +71,7 @@ def test_bfloat16_embeddings_score_like_float32_ones(engines, speech):
     assert worst < 0.01
 
 
-def test_the_onnx_export_scores_like_speechbrain_in_pytorch(engines, speech):
+def test_the_onnx_export_scores_like_speechbrain_in_pytorch(ecapa, speech):
     """ONNX Runtime on the export made at `flask models fetch` gives PyTorch float32's scores.
 
     Both run float32 on any CPU, so scores agree to the third decimal and no decision moves.
@@ -74,13 +82,13 @@ def test_the_onnx_export_scores_like_speechbrain_in_pytorch(engines, speech):
 
     directory = MODELS_DIR / "spkrec-ecapa-voxceleb"
     assert onnx_export_current(directory), "flask models fetch exports ECAPA to ONNX"
-    assert engines.speaker.runtime == "onnx"  # what the service loads when the export is there
+    assert ecapa.runtime == "onnx"  # what the service loads when the export is there
     reference = SpeakerEncoder(directory, threads=1, precision="float32", runtime="torch")
     trials = speech.trials[::9]  # genuine and impostor trials over 16 of the 21 files
     assert len({same for _, _, same in trials}) == 2
     files = sorted({f for enroll, test, _ in trials for f in [*enroll, test]})
     clips = {f: speech.load(f) for f in files}
-    onnx = {f: engines.speaker.embed(a) for f, a in clips.items()}
+    onnx = {f: ecapa.embed(a) for f, a in clips.items()}
     torch = {f: reference.embed(a) for f, a in clips.items()}
     assert min(cosine(onnx[f], torch[f]) for f in files) > 0.9999
     threshold = Policy().threshold
@@ -92,17 +100,17 @@ def test_the_onnx_export_scores_like_speechbrain_in_pytorch(engines, speech):
     print(f"\nlargest score difference over {len(trials)} trials, ONNX Runtime vs PyTorch: {worst:.5f}")
     assert worst < 0.001
     # A lone call on every core (the pool idle) gives the embedding of a call on one.
-    idle = engines.speaker.idle
+    idle = ecapa.idle
     try:
-        engines.speaker.idle = lambda: True
-        wide = engines.speaker.embed(clips[files[0]])
+        ecapa.idle = lambda: True
+        wide = ecapa.embed(clips[files[0]])
     finally:
-        engines.speaker.idle = idle
+        ecapa.idle = idle
     assert cosine(wide, onnx[files[0]]) > 0.99999
     # Equal-length windows of several streams embed in one call exactly as one by one.
     windows = [clips[f][:32000] for f in files[:4]]
-    together = engines.speaker.embed_many(windows)
-    assert all(cosine(together[i], engines.speaker.embed(w)) > 0.99999 for i, w in enumerate(windows))
+    together = ecapa.embed_many(windows)
+    assert all(cosine(together[i], ecapa.embed(w)) > 0.99999 for i, w in enumerate(windows))
 
 
 def test_the_windows_of_many_live_streams_share_one_model_call(engines, speech):

@@ -6,6 +6,7 @@ import pytest
 import requests
 from sqlalchemy import inspect, text
 
+from app.engines.fused import FUSED_DIM
 from app.store.db import db
 from clients import voicegate as client
 
@@ -125,7 +126,8 @@ def test_enrollment_reports_progress_and_stores_only_embeddings(default_server):
     for _, clips, dim, centroid_bytes, clip_bytes, speech_seconds in rows:
         # float32 embeddings, sealed (app/store/vault.py: a version byte, a nonce and a tag around them).
         sealed = 1 + 12 + 16
-        assert dim == 192 and centroid_bytes == 192 * 4 + sealed and clip_bytes == clips * 192 * 4 + sealed
+        # Both speaker models' embeddings side by side (app/engines/fused.py): 384 floats.
+        assert dim == FUSED_DIM and centroid_bytes == dim * 4 + sealed and clip_bytes == clips * dim * 4 + sealed
         assert speech_seconds >= 15.0
     # An invite is good for one enrollment only.
     assert _rows(server, "SELECT COUNT(*) FROM enrollment_invites WHERE used_at IS NULL") == [(0,)]

@@ -64,7 +64,7 @@ def resolve_whisper(models_dir: str | os.PathLike, name: str) -> str:
 
 def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int, queue: int, beam_size: int = 5,
                  threads: int = 1, speaker_precision: str = "auto", max_streams: int | None = None,
-                 speaker_runtime: str = "auto") -> Engines:
+                 speaker_runtime: str = "auto", speaker_models: str = "ecapa+campplus") -> Engines:
     """Load both models from ``models_dir`` and start the inference pool.
 
     Each model call runs on ``threads`` threads. One per call, with one worker per core,
@@ -87,13 +87,13 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     started = time.perf_counter()
     speaker = SpeakerEncoder(modelstore.model_dir(models_dir, "ecapa"), threads=threads, precision=speaker_precision,
                              runtime=speaker_runtime)
+    speaker = load_second_speaker(models_dir, speaker, speaker_models, threads)
     timings["speaker"] = time.perf_counter() - started
     started = time.perf_counter()
     transcriber = load_transcriber(models_dir, whisper_model, threads=threads, beam_size=beam_size, workers=workers)
     timings["whisper"] = time.perf_counter() - started
-    logger.info("models loaded: ECAPA (%s %s) in %.1f s, Whisper %s in %.1f s", speaker.runtime, speaker.precision,
-                timings["speaker"],
-                whisper_model, timings["whisper"])
+    logger.info("models loaded: %s (%s %s) in %.1f s, Whisper %s in %.1f s", speaker.model_id, speaker.runtime,
+                speaker.precision, timings["speaker"], whisper_model, timings["whisper"])
     pool = InferencePool(workers, queue)
     # A configured limit is kept as it is; else as many as the pool is measured to keep up with
     # (one per worker always, up to 8 per worker: pool.StreamSlots).
@@ -106,6 +106,25 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     from .batch import WindowBatcher
 
     return Engines(speaker, transcriber, vad, pool, streams, timings, whisper_model, WindowBatcher(speaker, pool))
+
+
+def load_second_speaker(models_dir: str | os.PathLike, ecapa: SpeakerEncoder, speaker_models: str, threads: int):
+    """Return the speaker encoder ``speaker_models`` names: ``ecapa`` itself, or ECAPA and CAM++ fused.
+
+    Asked for both, a missing CAM++ is an error (no voice is decided on half a model), never a
+    quiet fall back to ECAPA alone.
+    """
+    if speaker_models == "ecapa":
+        return ecapa
+    if speaker_models != "ecapa+campplus":
+        raise ValueError(f"speaker models are 'ecapa+campplus' or 'ecapa', not {speaker_models!r}")
+    from .campplus_encoder import CampplusEncoder
+    from .fused import FusedEncoder
+
+    if not modelstore.is_complete(models_dir, "campplus"):
+        raise modelstore.ModelError(f"the CAM++ speaker model is not in {modelstore.model_dir(models_dir, 'campplus')}; "
+                                    "run 'flask models fetch campplus'")
+    return FusedEncoder(ecapa, CampplusEncoder(modelstore.model_dir(models_dir, "campplus"), threads=threads))
 
 
 def machine_quiet() -> bool:
@@ -172,6 +191,7 @@ def get_engines(app: Flask | None = None) -> Engines:
                     speaker_precision=app.config["SPEAKER_PRECISION"],
                     max_streams=app.config["MAX_STREAMS"],
                     speaker_runtime=app.config.get("SPEAKER_RUNTIME", "auto"),
+                    speaker_models=app.config.get("SPEAKER_MODELS", "ecapa+campplus"),
                 )
             except Exception as error:
                 # Kept for /healthz; the caller still gets the exception.

@@ -52,6 +52,7 @@ class SpeakerEncoder:
     """Turn 16 kHz mono float32 speech into L2-normalised 192-dim embeddings."""
 
     model_id = MODEL_ID
+    dim = EMBEDDING_DIM
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, precision: str = "auto",
                  runtime: str = "auto"):

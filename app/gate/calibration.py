@@ -20,6 +20,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from ..engines.fused import FUSED_DIM, PART_DIM
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -29,6 +31,9 @@ COHORT_PATH = Path(__file__).with_name("cohort.npz")
 # The shipped cohort's sha256, as `python -m bench.calibrate --write-cohort` reports it: a file
 # that differs (damaged, or swapped for one that would accept other voices) is refused.
 COHORT_SHA256 = "f1c17cd23105e6c5a3e50fbf1db48b5267b28e87a380d2d7b2b38bf8a7f257f6"
+# The same for voices of ECAPA and CAM++ fused (app/engines/fused.py): ``--model fused --write-cohort``.
+FUSED_COHORT_PATH = Path(__file__).with_name("cohort-fused.npz")
+FUSED_COHORT_SHA256 = "44f0fd1ff0128f613e08e28cb226e79c3fd234230424d11c0f610ab4aedd0c3d"
 # Quality features are clipped to the range the calibration was fitted on.
 SPEECH_RANGE = (0.5, 8.0)
 SNR_RANGE = (0.0, 40.0)
@@ -135,6 +140,11 @@ class Calibration:
     # AS-norm compares voices after taking the cohort's mean embedding away (docs/threshold.md):
     # what every voice of the set shares says nothing of who speaks.
     centred: bool = False
+    # A raw cosine every accept must reach besides the calibrated score (0: none beyond the
+    # policy's floor): what 1% of the fitting speakers' impostor trials reach. AS-norm holds a
+    # voice to the cohort voices nearest it; for a voice far from all of them (speech unlike the
+    # cohort's) it inflates impostors too, and this guard does not move with the cohort.
+    floor: float = 0.0
 
     def calibrate(self, normed: float, quality: Quality) -> float:
         """Return the calibrated score of an AS-norm score under ``quality``."""
@@ -209,6 +219,8 @@ def save_cohort(path: Path, embeddings: np.ndarray, calibration: Calibration, ab
     """Write the cohort and calibration to ``path`` (npz); return its sha256."""
     meta = {"top_k": calibration.top_k, "centre": list(calibration.centre), "spread": list(calibration.spread),
             "tail": [list(p) for p in calibration.tail], "centred": calibration.centred, **about}
+    if calibration.floor:
+        meta["floor"] = calibration.floor
     with open(path, "wb") as handle:
         # float16 halves the file; cosines move by under 0.001.
         np.savez(handle, embeddings=np.asarray(embeddings, dtype="<f2"), meta=np.array(json.dumps(meta, sort_keys=True)))
@@ -216,6 +228,16 @@ def save_cohort(path: Path, embeddings: np.ndarray, calibration: Calibration, ab
 
 
 _loaded: dict[Path, Cohort] = {}
+
+
+def cohort_for(dim: int) -> Cohort:
+    """Return the cohort and calibration of a voice space: ECAPA's (192) or ECAPA's and CAM++'s fused (384)."""
+    if dim not in (PART_DIM, FUSED_DIM):
+        raise CalibrationError(f"no calibration for {dim}-dimensional voices")
+    cohort = load_cohort() if dim == PART_DIM else load_cohort(FUSED_COHORT_PATH, FUSED_COHORT_SHA256)
+    if cohort.embeddings.shape[1] != dim:
+        raise CalibrationError(f"the cohort for {dim}-dimensional voices holds {cohort.embeddings.shape[1]}-dimensional ones")
+    return cohort
 
 
 def load_cohort(path: Path = COHORT_PATH, expected_sha256: str | None = COHORT_SHA256) -> Cohort:
@@ -240,7 +262,8 @@ def load_cohort(path: Path = COHORT_PATH, expected_sha256: str | None = COHORT_S
             embeddings = np.asarray(archive["embeddings"], dtype=np.float32)
             meta = json.loads(str(archive["meta"]))
         calibration = Calibration(int(meta["top_k"]), tuple(meta["centre"]), tuple(meta["spread"]),
-                                  tuple(tuple(p) for p in meta["tail"]), bool(meta.get("centred", False)))
+                                  tuple(tuple(p) for p in meta["tail"]), bool(meta.get("centred", False)),
+                                  float(meta.get("floor", 0.0)))
     except (KeyError, ValueError, TypeError) as error:
         raise CalibrationError(f"the calibration cohort {path} is unusable: {error}") from None
     if embeddings.ndim != 2 or embeddings.shape[0] < 2 or not np.all(np.isfinite(embeddings)):

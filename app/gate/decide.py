@@ -9,9 +9,10 @@ from typing import Mapping
 
 import numpy as np
 
+from ..engines.fused import common, in_space
 from ..engines.speaker import centroid, cosine, normalise
 from ..audio.vad import Segment
-from .calibration import CalibrationError, Cohort, Quality, asnorm, centred_cosines, load_cohort
+from .calibration import CalibrationError, Cohort, Quality, asnorm, centred_cosines, cohort_for
 from .policy import Policy
 
 # A clip whose speech is quieter than this (RMS, dBFS) is too far from the microphone.
@@ -129,8 +130,16 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
     shipped cohort for AS-norm. ``channels`` are the voiceprint's channel centroids
     (``Voiceprint.channel_vectors``): telephone-band audio is compared with the ``phone`` one
     when given. A missing or altered cohort raises CalibrationError: nothing is accepted.
+
+    Voices are compared in the richest space both have (app/engines/fused.py): a voiceprint of
+    ECAPA alone is scored on the test's ECAPA part, with ECAPA's cohort and calibration.
     """
-    cohort = cohort or load_cohort()
+    embedding, enrolled = common(embedding, enrolled)
+    dim = enrolled.shape[-1]
+    # Other voices of ECAPA alone cannot join a fused cohort; the shipped cohort remains.
+    others = [in_space(other, dim) for other in others if np.shape(other)[-1] >= dim]
+    channels = {name: in_space(vector, dim) for name, vector in (channels or {}).items()}
+    cohort = cohort or cohort_for(dim)
     # A voice this close to the claimed one is most likely the same person under another name:
     # normalising against it would hold them to their own voice.
     others = [other for other in others if cosine(other, enrolled) < SAME_PERSON]
@@ -144,8 +153,13 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
                     cohort.calibration.top_k)
     calibrated = cohort.calibration.calibrate(normed, quality)
     needed = cohort.calibration.threshold(policy.target_far)
-    accept = calibrated >= needed and score >= policy.threshold
+    accept = calibrated >= needed and score >= raw_floor(policy, cohort)
     return Match("accept" if accept else "reject", user, score, calibrated=calibrated, calibrated_threshold=needed)
+
+
+def raw_floor(policy: Policy, cohort: Cohort) -> float:
+    """Return the raw cosine an accept needs: the policy's floor, or the calibration's own where higher."""
+    return max(policy.threshold, cohort.calibration.floor)
 
 
 def identify(embedding: np.ndarray, enrolled: dict[str, np.ndarray], policy: Policy, quality: Quality,
@@ -154,7 +168,9 @@ def identify(embedding: np.ndarray, enrolled: dict[str, np.ndarray], policy: Pol
     if not enrolled:
         return Match("reject", None, None)
     names = tuple(enrolled)
-    columns = np.stack([normalise(enrolled[name]) for name in names], axis=1).astype(np.float32)
+    # Every voice in the richest space all of them (and the test) have.
+    dim = min([np.shape(embedding)[-1]] + [np.shape(voice)[-1] for voice in enrolled.values()])
+    columns = np.stack([normalise(in_space(enrolled[name], dim)) for name in names], axis=1).astype(np.float32)
     return identify_among(embedding, names, columns, policy, quality, cohort)
 
 
@@ -183,8 +199,10 @@ def identify_among(embedding: np.ndarray, names: tuple[str, ...] | list[str], co
     count = len(names)
     if count == 0:
         return Match("reject", None, None)
-    cohort = cohort or load_cohort()
-    test = normalise(embedding)
+    if np.shape(embedding)[-1] < columns.shape[0]:  # fused voices, a test of ECAPA alone (CAM++ not loaded)
+        columns, stats = normalise_columns(in_space(columns.T, np.shape(embedding)[-1]).T), None
+    test = normalise(in_space(embedding, columns.shape[0]))
+    cohort = cohort or cohort_for(columns.shape[0])
     raw = test @ columns
     closest = _closest(raw, max(shortlist, cohort.calibration.top_k + _REACH))  # the one pass over every voice
     rows = closest[:min(shortlist, count)]
@@ -211,15 +229,25 @@ def verify_among(embedding: np.ndarray, enrolled: np.ndarray, user: str, names: 
     """
     if row is None:
         return verify(embedding, enrolled, user, policy, quality, list(columns.T), cohort, channels=channels)
+    if min(np.shape(embedding)[-1], np.shape(enrolled)[-1]) != columns.shape[0]:
+        # The voices are in another space than the one this pair is scored in (some enrolled
+        # with ECAPA alone, or CAM++ not loaded): score the pair on its own.
+        others = [columns[:, i] for i in range(columns.shape[1]) if i != row]
+        return verify(embedding, enrolled, user, policy, quality, others, cohort, channels=channels)
     if quality.narrow and channels and "phone" in channels:
         # The matrix's figures are of the wide-band centroids: score the telephone copy on its own.
         others = [columns[:, i] for i in range(columns.shape[1]) if i != row]
         return verify(embedding, enrolled, user, policy, quality, others, cohort, channels=channels)
-    cohort = cohort or load_cohort()
-    test = normalise(embedding)
+    cohort = cohort or cohort_for(columns.shape[0])
+    test = normalise(in_space(embedding, columns.shape[0]))
     raw = test @ columns
     closest = _closest(raw, cohort.calibration.top_k + _REACH)
     return _score_rows(test, raw, closest, columns, [row], names, policy, quality, cohort, stats)[0]
+
+
+def normalise_columns(columns: np.ndarray) -> np.ndarray:
+    """Return ``columns`` (dim × voices) scaled to unit length each."""
+    return (columns / np.maximum(np.linalg.norm(columns, axis=0, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _closest(raw: np.ndarray, count: int) -> np.ndarray:
@@ -270,6 +298,7 @@ def _score_rows(test: np.ndarray, raw: np.ndarray, closest: np.ndarray, columns:
             scores = np.concatenate([to_shipped[:, j], centred_among[j][alike < SAME_PERSON]])
             stats[row] = _top_stats(scores, top_k)
     needed = cohort.calibration.threshold(policy.target_far)
+    floor = raw_floor(policy, cohort)
     matches = []
     for row in rows:
         score = float(raw[row])
@@ -285,7 +314,7 @@ def _score_rows(test: np.ndarray, raw: np.ndarray, closest: np.ndarray, columns:
             test_stats = _top_stats(pool[kept], top_k)
         normed = sum((centred_score - mean_) / std for mean_, std, _ in (stats[row], test_stats)) / 2
         calibrated = cohort.calibration.calibrate(normed, quality)
-        accept = calibrated >= needed and score >= policy.threshold
+        accept = calibrated >= needed and score >= floor
         matches.append(Match("accept" if accept else "reject", names[row], score, calibrated=calibrated,
                              calibrated_threshold=needed))
     return matches

@@ -19,6 +19,7 @@ from . import calibration, decide, store
 from .base import Context, seconds
 from .release import Check, Span, spans
 from .stream import GatedStream, Utterance, run_recording
+from ..engines.fused import common
 from ..engines.speaker import cosine
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class DictateSession(GatedStream):
             return
         policy = self.ctx.policy
         if short:
-            score = cosine(embedding, self._enrolled)
+            score = cosine(*common(embedding, self._enrolled))
             utterance.checks.append(Check(begin, end, score, score >= policy.short_threshold))
             return
         # The calibrated decision every surface shares (docs/threshold.md).

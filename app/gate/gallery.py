@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from flask import current_app
 
+from ..engines.fused import in_space
 from ..store import versions
 from . import store
-from .calibration import CalibrationError, centred_cosines, load_cohort
+from .calibration import CalibrationError, centred_cosines, cohort_for
 from .decide import SAME_PERSON
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ def _load(version: int | None, held: Gallery | None) -> Gallery:
     if len(voices) < len(rows):
         logger.warning("%d enrolled voiceprints have no key in the keystore and cannot be matched",
                        len(rows) - len(voices))
+    # One matrix, one space: while some voices are of ECAPA alone, all are compared as ECAPA's.
+    dim = min((voice.size for voice in voices.values()), default=0)
+    if any(voice.size != dim for voice in voices.values()):
+        voices = {name: in_space(voice, dim) for name, voice in voices.items()}
     return Gallery.build(version, voices, tuple(keys), unit=True)
 
 
@@ -104,6 +109,8 @@ def carried_stats(old: Gallery, new: Gallery) -> dict:
     added or removed closer than the farthest of those changes them, any other leaves them as
     they were. So one enrollment costs the other instances a few products, not every figure.
     """
+    if old.columns.shape[0] != new.columns.shape[0]:
+        return {}  # the voices moved to another space (app/engines/fused.py): every figure anew
     common = [name for name in old.names if name in new.rows]
     old_at = np.array([old.rows[name] for name in common], dtype=np.int64)
     new_at = np.array([new.rows[name] for name in common], dtype=np.int64)
@@ -126,7 +133,7 @@ def carried_stats(old: Gallery, new: Gallery) -> dict:
     if moved.shape[1] == 0:
         return {to_new[row]: old.stats[row] for row in cached}
     try:
-        mean = load_cohort().mean
+        mean = cohort_for(new.columns.shape[0]).mean
     except CalibrationError:
         return {}  # nothing is decided without the cohort; work every figure out anew when it is back
     alike = moved.T @ old.columns[:, cached]  # changed voices × cached voices

@@ -34,6 +34,7 @@ from .base import Context, run_model, seconds, standing
 from .release import ACCEPT, PENDING, REJECT, SAMPLE_RATE, Check, horizon, spans
 from .stream import GatedStream, Utterance, run_recording
 from .transcript_export import UNVERIFIED_NAME as UNVERIFIED
+from ..engines.fused import in_space
 from ..engines.speaker import cosine, normalise
 
 logger = logging.getLogger(__name__)
@@ -165,11 +166,14 @@ class MeetingSession(GatedStream):
                  opened_by: str | None = None):
         super().__init__(ctx, live)
         self.roster, self.shows_scores, self.opened_by = roster, shows_scores, opened_by
-        self._voices = {member.name: member.voice for member in roster}
+        # One space for the whole roster: while a member's voice is of ECAPA alone, everyone's is
+        # compared as ECAPA's (app/engines/fused.py).
+        self._dim = min(member.voice.size for member in roster)
+        self._voices = {member.name: in_space(member.voice, self._dim) for member in roster}
         self._display = {member.name: member.display for member in roster}
         # The roster's unit voices as columns, for scoring a turn's finer windows in one product.
         self._names = [member.name for member in roster]
-        self._columns = np.stack([normalise(member.voice) for member in roster], axis=1)
+        self._columns = np.stack([normalise(self._voices[name]) for name in self._names], axis=1)
         self._take_slot()
 
     def roster_names(self) -> list[dict]:
@@ -191,7 +195,7 @@ class MeetingSession(GatedStream):
             return
         begin, speech = window
         audio = self._slice(begin, end)
-        embedding = self._embed(audio)
+        embedding = in_space(self._embed(audio), self._dim)
         if short:  # a phrase too short for a calibrated decision: raw cosine, stricter, as dictation does
             utterance.checks.append(self._identify_short(begin, end, embedding))
             return
@@ -268,7 +272,7 @@ class MeetingSession(GatedStream):
                 raise
             return None  # a full pool: the stretch stays no one's rather than the meeting ending
         names = self._names
-        scores = embeddings @ self._columns
+        scores = in_space(embeddings, self._dim) @ self._columns
         floor = TURN_FLOOR if left.speaker and right.speaker else LONE_FLOOR
         named, margins = [], []
         for c, row in zip(centres, scores):

@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..engines.fused import in_space
 from ..observe import metrics
 from ..store import vault
 from ..store.db import db
@@ -245,7 +246,10 @@ def given_voices(user: User, keep_seconds: int) -> np.ndarray:
     db.session.commit()
     if not recent:
         return clips
-    return np.vstack([clips, np.stack(user.voiceprint.open_recent(recent))])
+    # Kept before the server's speaker models changed, some may be of another space: the one all share.
+    given = [*clips, *user.voiceprint.open_recent(recent)]
+    dim = min(vector.size for vector in given)
+    return np.stack([in_space(vector, dim) for vector in given])
 
 
 def remember_voice(user_id: int, embedding: np.ndarray, keep_seconds: int) -> None:

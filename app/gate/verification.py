@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..engines.fused import PART_DIM, in_space
 from . import calibration, decide, early, gallery, store
 from ..observe import metrics
 from . import tokens
@@ -163,9 +164,14 @@ def _judge(embedding: np.ndarray, claimed: str | None, policy, quality: calibrat
 
 
 def replay_similarity(embedding: np.ndarray, given: np.ndarray) -> float:
-    """Return the highest cosine of ``embedding`` to the unit embeddings ``given`` (rows)."""
+    """Return the highest cosine of ``embedding``'s ECAPA part to that of the unit embeddings ``given`` (rows).
+
+    ECAPA's, also where both are fused: the rule (policy.replay_similarity) was measured on it, and
+    CAM++ finds a studio reader's different sentences nearly as alike as copies of one.
+    """
     if given.size == 0:
         return -1.0
+    embedding, given = in_space(embedding, PART_DIM), in_space(given, PART_DIM)
     return float(np.max(given @ embedding / np.linalg.norm(embedding)))
 
 

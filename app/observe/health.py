@@ -31,6 +31,7 @@ def healthz():
     loaded = engines_loaded(current_app)
     # The model in use (an admin may have switched it), else the one that will be loaded.
     whisper = whisper_status(current_app)["active"] or current_app.config["WHISPER_MODEL"]
+    fused = current_app.config.get("SPEAKER_MODELS", "ecapa+campplus") != "ecapa"
     models = {
         "speaker": {"name": "ecapa", "present": modelstore.is_complete(models_dir, "ecapa"), "loaded": loaded,
                     # onnx or torch, and the arithmetic: which runtime decides (docs/benchmarks.md, "Runtimes").
@@ -42,9 +43,9 @@ def healthz():
             "present": modelstore.is_complete(models_dir, whisper) if whisper in modelstore.WHISPER_MODELS else None,
             "loaded": loaded,
         },
-        # Fetched beside ECAPA but not used to decide yet (docs/benchmarks.md, "A second speaker model"),
-        # so its absence does not make the service unavailable.
-        "campplus": {"name": "campplus", "present": modelstore.is_complete(models_dir, "campplus"), "used": False},
+        # The second speaker model, fused with ECAPA (app/engines/fused.py) unless SPEAKER_MODELS is "ecapa":
+        # needed then, so its absence makes the service unavailable.
+        "campplus": {"name": "campplus", "present": modelstore.is_complete(models_dir, "campplus"), "used": fused},
         # Silero ships inside faster-whisper's wheel: present whenever the package is installed.
         "vad": {"name": "silero", "loaded": loaded and get_engines(current_app).vad is not None},
     }
@@ -53,7 +54,7 @@ def healthz():
         models["error"] = error
     keys = _keystore() if database["ok"] else {"ok": False, "error": "database"}
     ok = (database["ok"] and keys["ok"] and models["speaker"]["present"] and models["whisper"]["present"] is not False
-          and not error)
+          and (models["campplus"]["present"] or not fused) and not error)
     return (jsonify(status="ok" if ok else "unavailable", database=database, keystore=keys, models=models),
             200 if ok else 503)
 

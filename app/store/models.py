@@ -15,6 +15,7 @@ from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, de
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..engines.fused import PART_DIM
 from . import vault
 from .db import db
 
@@ -154,6 +155,14 @@ class Voiceprint(db.Model):
             speech_seconds=float(speech_seconds),
             key_id=key_id,
         )
+
+    @property
+    def ecapa_only(self) -> bool:
+        """Return True for a voiceprint of ECAPA alone (enrolled before CAM++ joined it): scored by ECAPA alone.
+
+        No audio is kept, so it cannot be re-derived with both models: only enrolling again can.
+        """
+        return self.dim == PART_DIM
 
     def centroid_vector(self) -> np.ndarray:
         """Return the centroid as a float32 vector; raise VoiceprintUnavailable if its key is gone."""

@@ -7,6 +7,9 @@ against a cohort, calibration, identification) then works on the pair unchanged,
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 # ECAPA's share of the fused cosine. The cross-validated score fusion (bench/fusion.py, both
@@ -52,6 +55,10 @@ def common(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
+
+# CAM++'s half of a login's last work, run beside ECAPA's (FusedEncoder.embed_after): one thread
+# a core, as many logins may end at once.
+_beside = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="campplus")
 
 # What a fused voiceprint's ``model_id`` says: both models and ECAPA's share of the cosine.
 FUSED_MODEL_ID = f"ecapa+campplus@{ECAPA_SHARE}"
@@ -100,5 +107,10 @@ class FusedEncoder:
         return self.ecapa.prefix(audio, cancel)
 
     def embed_after(self, audio: np.ndarray, prefix) -> np.ndarray:
-        """Return an estimate of ``embed(audio)``: ECAPA's from ``prefix`` and the rest, CAM++'s of the whole."""
-        return fuse(self.ecapa.embed_after(audio, prefix), self.campplus.embed(audio))
+        """Return an estimate of ``embed(audio)``: ECAPA's from ``prefix`` and the rest, CAM++'s of the whole.
+
+        The two run at once: this is the work left after a login's last word, and a second core,
+        when free, takes CAM++'s share off the wait.
+        """
+        campplus = _beside.submit(self.campplus.embed, audio)
+        return fuse(self.ecapa.embed_after(audio, prefix), campplus.result())

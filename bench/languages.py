@@ -13,6 +13,9 @@ normaliser) is over the files with transcripts (Czech and Dutch); the detected l
 checked on all three languages.
 
 The speakers of the shipped AS-norm cohort (bench/cohort.py) are left out: the cohort holds their own voices, so the gate can never verify them, by design.
+Each file's user is deleted once its file is dictated: every user is the same speaker, enrolled
+on their other files, and the earlier ones (on this very file, often) would otherwise sit in the
+cohort as other people's voices.
 """
 from __future__ import annotations
 
@@ -88,6 +91,9 @@ def service(speech: SpeechSet, utterances, env: dict[str, str]) -> dict[Path, di
             else:
                 record.update(text="", language=None, given_text="", given_language=None, among_text="",
                               among_language=None, error="not_enrolled")
+            # One voice per person on the server at a time: the speaker's earlier users, enrolled
+            # on the file now dictated, would be another name's voice in this one's cohort.
+            server.delete(name)
             out[utterance.path] = record
             logger.info("service %s: %s, %s", speech.label(utterance.path), record.get("language"), record.get("error") or "ok")
         return out

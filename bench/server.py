@@ -123,6 +123,12 @@ class Service:
         logger.info("signed in as admin %s", username)
         return AdminSignIn(cookie, self.url)
 
+    def delete(self, name: str) -> None:
+        """Delete user ``name`` and their voiceprint (``flask users delete``)."""
+        deleted = self._admin.test_cli_runner().invoke(args=["users", "delete", name, "--yes"])
+        if deleted.exit_code != 0:
+            raise ServiceError(f"flask users delete {name} failed: {deleted.output.strip()}")
+
     def set_setting(self, name: str, value) -> None:
         """Store one admin setting in the server's database (sessions read settings as they start)."""
         from app.store.db import db

@@ -100,3 +100,21 @@ def test_both_models_asked_for_and_cam_plus_plus_missing_loads_nothing(tmp_path)
 
     with pytest.raises(modelstore.ModelError, match="CAM\\+\\+"):
         load_second_speaker(tmp_path, object(), "ecapa+campplus", 1)
+
+
+def test_a_server_running_ecapa_alone_checks_fused_voiceprints_on_their_ecapa_part(tmp_path, engines, speech):
+    """VOICEGATE_SPEAKER_MODELS=ecapa after users enrolled with both: they are still told apart, by ECAPA."""
+    from dataclasses import replace
+
+    app = make_app(tmp_path, replace(engines, speaker=engines.speaker.ecapa), SPEAKER_MODELS="ecapa")
+    with app.app_context():
+        for name, files in (("lj", LJ_ENROLL), ("p287", P287_ENROLL)):
+            user = User(name=name, display_name="")
+            user.voiceprint = Voiceprint.from_embeddings(
+                np.stack([engines.speaker.embed(speech.load(f)) for f in files]), engines.speaker.model_id, 15.0)
+            db.session.add(user)
+        db.session.commit()
+    assert _verify(app, LJ_TEST, speech, "lj")["state"] == "accept"
+    assert _verify(app, P287_TEST, speech, "lj")["state"] == "reject"
+    found = _verify(app, P287_TEST, speech, None)
+    assert (found["state"], found["user"]) == ("accept", "p287"), found

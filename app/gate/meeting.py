@@ -34,7 +34,7 @@ from .base import Context, run_model, seconds, standing
 from .release import ACCEPT, PENDING, REJECT, SAMPLE_RATE, Check, horizon, spans
 from .stream import GatedStream, Utterance, run_recording
 from .transcript_export import UNVERIFIED_NAME as UNVERIFIED
-from ..engines.fused import in_space
+from ..engines.fused import PART_DIM, in_space
 from ..engines.speaker import cosine, normalise
 
 logger = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ class MeetingSession(GatedStream):
                  opened_by: str | None = None):
         super().__init__(ctx, live)
         self.roster, self.shows_scores, self.opened_by = roster, shows_scores, opened_by
-        # One space for the whole roster: while a member's voice is of ECAPA alone, everyone's is
-        # compared as ECAPA's (app/engines/fused.py).
-        self._dim = min(member.voice.size for member in roster)
+        # One space for the whole roster: while a member's voice is of ECAPA alone (or the server
+        # runs ECAPA alone), everyone's is compared as ECAPA's (app/engines/fused.py).
+        self._dim = min([member.voice.size for member in roster] + [getattr(ctx.engines.speaker, "dim", PART_DIM)])
         self._voices = {member.name: in_space(member.voice, self._dim) for member in roster}
         self._display = {member.name: member.display for member in roster}
         # The roster's unit voices as columns, for scoring a turn's finer windows in one product.

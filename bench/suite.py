@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--realtime", action="store_true", help="dictate the transcription files at real-time pace")
     parser.add_argument("--streams", default="1,2,4,8", help="concurrency levels of the dictation sweep (default 1,2,4,8)")
     parser.add_argument("--samples", type=int, default=10, help="requests per ~5 s latency check (default 10)")
+    parser.add_argument("--other-threads-files", type=int, default=OTHER_THREADS_FILES, metavar="N",
+                        help=f"files timed again with another thread count per call (default {OTHER_THREADS_FILES})")
     parser.add_argument("--cpus", help="run the bench and the server it starts on these CPUs only (e.g. 0, or 0,1), "
                         "as taskset would: a slow machine's figures on a fast one")
     parser.add_argument("--neighbours", type=int, default=0,
@@ -123,8 +125,8 @@ def run(args: argparse.Namespace, data: Path, name: str, levels: list[int]) -> d
         embeddings = models.embed_files(speech, speech.files())
         utterances, skipped = asr.handled(speech.utterances, models.transcriber.multilingual)
         transcripts = models.transcribe_files(speech, utterances)
-        other = models.with_threads(other_threads, speech, speech.files()[:OTHER_THREADS_FILES],
-                                    utterances[:OTHER_THREADS_FILES])
+        other = models.with_threads(other_threads, speech, speech.files()[:args.other_threads_files],
+                                    utterances[:args.other_threads_files])
         logger.info("baselines done: RTF embedding %s (%d threads: %s), transcription %s (%d threads: %s)",
                     models.embedding_timings.summary()["rtf_p50"], other_threads, other["embedding"]["rtf_p50"],
                     models.transcription_timings.summary()["rtf_p50"], other_threads, other["transcription"]["rtf_p50"])

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import os
+import sqlite3
 import threading
 import wave
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,18 +204,76 @@ LJ_ENROLL = ["wav/ljspeech/LJ001-0003.wav", "wav/ljspeech/LJ001-0005.wav", "wav/
 
 
 def serve_enrolled(folder: Path, engines, speech: SpeechSet, name: str = "lj", files: list[str] = LJ_ENROLL,
-                   **overrides):
+                   enroll_here: bool = False, **overrides):
     """Start a server on a fresh database where ``name`` enrolled from ``files`` over the WebSocket.
 
+    The first such server of the run enrolls for real; later ones with the same name, clips and
+    enrollment settings start on a copy of its database and keystore, taken right after, unless
+    ``enroll_here`` (a test that counts the enrollment itself).
     Returns (LiveServer, stop function), as ``serve`` does.
     """
     from clients import voicegate as client
 
-    live, stop = serve(make_app(folder, engines, **overrides))
-    enrolled = client.run("enroll", [speech.path(f) for f in files], live.ws_url, invite=live.invite(name),
-                          echo=lambda _: None)
-    assert enrolled["state"] == "enrolled", enrolled
+    snapshot = None if enroll_here else _enrolled_snapshot(name, files, overrides)
+    with _locked(snapshot):
+        if snapshot is not None and (snapshot / "done").exists():
+            _copy_databases(snapshot, folder)
+            return serve(make_app(folder, engines, **overrides))
+        live, stop = serve(make_app(folder, engines, **overrides))
+        enrolled = client.run("enroll", [speech.path(f) for f in files], live.ws_url, invite=live.invite(name),
+                              echo=lambda _: None)
+        assert enrolled["state"] == "enrolled", enrolled
+        if snapshot is not None:
+            _copy_databases(folder, snapshot)
+            (snapshot / "done").touch()
     return live, stop
+
+
+# A dozen modules start a server where the LJ Speech reader is enrolled on the same three clips,
+# seconds of model work each time (every clip is embedded as heard and through the telephone
+# channel). The enrollment itself is tested where it is the subject (test_voice_login,
+# test_enrollment, test_pages); elsewhere it is the starting state, so it is made once a run.
+_SNAPSHOTS: dict[str, Path] = {}
+# Settings that change what an enrollment stores, or where: these servers enroll for themselves.
+_OWN_ENROLLMENT = ("POLICY_ENROLL", "DATABASE_URL", "SECRET_KEY", "KEYSTORE_PATH", "INSTANCE_PATH")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _enrolled_snapshots(tmp_path_factory):
+    """Keep copies of enrolled databases in a folder that every xdist worker of this run shares."""
+    root = tmp_path_factory.getbasetemp()
+    _SNAPSHOTS["root"] = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "enrolled"
+    _SNAPSHOTS["root"].mkdir(exist_ok=True)
+
+
+def _enrolled_snapshot(name: str, files: list[str], overrides: dict) -> Path | None:
+    """Return the folder for a copy of the database where ``name`` enrolled on ``files``, if one may be shared."""
+    if "root" not in _SNAPSHOTS or any(key.startswith(_OWN_ENROLLMENT) for key in overrides):
+        return None
+    return _SNAPSHOTS["root"] / hashlib.sha256(repr((name, list(files))).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _locked(snapshot: Path | None):
+    """Hold the snapshot's lock across xdist workers, so that one enrolls while the others wait for its copy."""
+    if snapshot is None:
+        yield
+        return
+    snapshot.mkdir(exist_ok=True)
+    with open(snapshot / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _copy_databases(source: Path, target: Path) -> None:
+    """Copy the SQLite database and the instance folder's keystore through SQLite's backup API (safe under WAL)."""
+    for relative in ("voicegate.db", "instance/keystore.db"):
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(source / relative)) as src, closing(sqlite3.connect(target / relative)) as dst:
+            src.backup(dst)
 
 
 def pcm(audio: np.ndarray) -> bytes:

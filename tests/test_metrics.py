@@ -22,7 +22,9 @@ def scrape(url: str, **headers) -> dict[tuple[str, tuple], float]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, engines, speech):
-    live, stop = serve_enrolled(tmp_path_factory.mktemp("metrics"), engines, speech, POLICY_LOCKOUT_ATTEMPTS=1000)
+    # Enrolled here, not copied: the scrape below counts this enrollment.
+    live, stop = serve_enrolled(tmp_path_factory.mktemp("metrics"), engines, speech, enroll_here=True,
+                                POLICY_LOCKOUT_ATTEMPTS=1000)
     yield live
     stop()
 

@@ -28,8 +28,12 @@ IMPOSTOR_DICTATE = ["wav/vctk-p287/p287_003.wav", "wav/librivox-sas01/sense_and_
 # What the browser itself says when the page asks for the microphone.
 GET_USER_MEDIA = "navigator.mediaDevices.getUserMedia({audio: true}).then(() => 'granted', (e) => e.name)"
 # Seconds of silence between clips a looping microphone plays: the page stops 1.5 s into one, and
-# the test presses Record at most 2 s into the next, which leaves the press 2 s before the speech.
-LOOP_GAP = 4.0
+# the test presses Record at most 2 s before the next speech. The pause leaves the server 4.5 s to
+# answer (a few seconds on a busy machine), so that the next clip is the one recorded: a press that
+# misses the pause waits for the clip after it (with 4 s pauses, most did: 30 s of this module).
+LOOP_GAP = 8.0
+# How long Record may still be pressed after the first 0.8 s of a pause (wait_for_a_pause's ``early``).
+LOOP_PRESS_WINDOW = LOOP_GAP - 0.8 - 2.0
 
 
 def microphone(tmp_path: Path, name: str, clips: list[np.ndarray], gap: float = 5.0, lead: float = 0.5,
@@ -119,7 +123,7 @@ def test_a_speaker_enrolls_through_the_invite_page(live, speech, tmp_path):
         clips = page.locator("#clips > li")
         for index in range(3):
             if index:
-                wait_for_a_pause(page)
+                wait_for_a_pause(page, early=LOOP_PRESS_WINDOW)
             clips.nth(index).get_by_role("button").click()
             expect(clips.nth(index).locator(".clip-result")).to_contain_text("Accepted", timeout=DECISION_TIMEOUT)
             if index == 0:

@@ -2,16 +2,32 @@
 from __future__ import annotations
 
 import numpy as np
-
 import pytest
 
 from app.engines.speaker import EMBEDDING_DIM, centroid, cosine
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ecapa(engines):
     """ECAPA as the server runs it, inside the fused encoder (app/engines/fused.py)."""
     return engines.speaker.ecapa
+
+
+@pytest.fixture(scope="module")
+def embedded(ecapa, speech):
+    """The session encoder's embedding of each dev file, computed once for the module's tests.
+
+    Embeddings are deterministic (the first test checks it), so the tests that compare the
+    service's encoder with another need not embed the same files again.
+    """
+    cache: dict[str, np.ndarray] = {}
+
+    def embed(file: str) -> np.ndarray:
+        if file not in cache:
+            cache[file] = ecapa.embed(speech.load(file))
+        return cache[file]
+
+    return embed
 
 
 def test_embeddings_are_unit_length_and_deterministic(ecapa, speech):
@@ -23,17 +39,10 @@ def test_embeddings_are_unit_length_and_deterministic(ecapa, speech):
     assert cosine(first, second) > 0.9999
 
 
-def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(ecapa, speech):
-    cache: dict[str, np.ndarray] = {}
-
-    def embed(file: str) -> np.ndarray:
-        if file not in cache:
-            cache[file] = ecapa.embed(speech.load(file))
-        return cache[file]
-
+def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(speech, embedded):
     genuine, impostor = [], []
     for enroll_files, test_file, same in speech.trials:
-        score = cosine(centroid(np.stack([embed(f) for f in enroll_files])), embed(test_file))
+        score = cosine(centroid(np.stack([embedded(f) for f in enroll_files])), embedded(test_file))
         (genuine if same else impostor).append(score)
     print(f"\nsame speaker:      {len(genuine)} trials, scores {min(genuine):.3f} .. {max(genuine):.3f}")
     print(f"different speaker: {len(impostor)} trials, scores {min(impostor):.3f} .. {max(impostor):.3f}")
@@ -41,7 +50,7 @@ def test_every_same_speaker_trial_scores_above_every_different_speaker_trial(eca
     assert min(genuine) > max(impostor)
 
 
-def test_bfloat16_embeddings_score_like_float32_ones(ecapa, speech):
+def test_bfloat16_embeddings_score_like_float32_ones(ecapa, speech, embedded):
     """The fast precision must not move a decision: scores agree within 0.01 on the dev trials.
 
     Every trial where the CPU computes bfloat16 natively (where the service would use it);
@@ -61,7 +70,9 @@ def test_bfloat16_embeddings_score_like_float32_ones(ecapa, speech):
     trials = speech.trials if fast_bfloat16() else (
         [t for t in speech.trials if t[2]][:1] + [t for t in speech.trials if not t[2]][:1])
     files = sorted({f for enroll, test, _ in trials for f in [*enroll, test]})
-    embeddings = [{f: encoders[p].embed(speech.load(f)) for f in files} for p in ("float32", "bfloat16")]
+    embed = {p: embedded if encoders[p] is ecapa else lambda f, p=p: encoders[p].embed(speech.load(f))
+             for p in encoders}
+    embeddings = [{f: embed[p](f) for f in files} for p in ("float32", "bfloat16")]
     worst = 0.0
     for enroll_files, test_file, _ in trials:
         scores = [cosine(centroid(np.stack([e[f] for f in enroll_files])), e[test_file]) for e in embeddings]
@@ -71,7 +82,7 @@ def test_bfloat16_embeddings_score_like_float32_ones(ecapa, speech):
     assert worst < 0.01
 
 
-def test_the_onnx_export_scores_like_speechbrain_in_pytorch(ecapa, speech):
+def test_the_onnx_export_scores_like_speechbrain_in_pytorch(ecapa, speech, embedded):
     """ONNX Runtime on the export made at `flask models fetch` gives PyTorch float32's scores.
 
     Both run float32 on any CPU, so scores agree to the third decimal and no decision moves.
@@ -88,7 +99,7 @@ def test_the_onnx_export_scores_like_speechbrain_in_pytorch(ecapa, speech):
     assert len({same for _, _, same in trials}) == 2
     files = sorted({f for enroll, test, _ in trials for f in [*enroll, test]})
     clips = {f: speech.load(f) for f in files}
-    onnx = {f: ecapa.embed(a) for f, a in clips.items()}
+    onnx = {f: embedded(f) for f in files}
     torch = {f: reference.embed(a) for f, a in clips.items()}
     assert min(cosine(onnx[f], torch[f]) for f in files) > 0.9999
     threshold = Policy().threshold

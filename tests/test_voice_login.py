@@ -29,9 +29,9 @@ TRIAL_POLICY = {"POLICY_ENROLL_MIN_CLIPS": 1, "POLICY_ENROLL_MIN_CLIP_SPEECH": 1
 class RememberingEncoder:
     """The session's speaker encoder, embedding each distinct audio once and answering again from memory.
 
-    The encoder keeps no state between calls (app/engines/speaker.py; test_speaker checks that
-    the same audio gives the same embedding), so a remembered answer is the one the model would
-    give. Everything else (the early frames of a streamed login, the model id) is the encoder's own.
+    The models keep no state between calls (app/engines/speaker.py; test_speaker checks that the
+    same audio gives the same embedding), so a remembered answer is the one they would give.
+    Everything else (the early frames of a streamed login, the model id) is the encoder's own.
     """
 
     def __init__(self, speaker):

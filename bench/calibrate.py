@@ -379,9 +379,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hard", type=Path, help="its hard variant (default: where bench.degrade writes it)")
     parser.add_argument("--heldout", type=Path, action="append", default=[],
                         help="another set (with its hard variant where bench.degrade writes it) measured with the fit, all its speakers")
-    parser.add_argument("--model", choices=("ecapa", "campplus", "fused"), default="ecapa", help="the speaker model scored")
+    parser.add_argument("--model", choices=("ecapa", "campplus", "fused"), default="ecapa",
+                        help="the speaker model scored")
     parser.add_argument("--out", type=Path, help="default: bench/results/calibration.json (calibration-campplus.json)")
-    parser.add_argument("--write-cohort", action="store_true", help=f"write {COHORT_PATH.relative_to(ROOT)} (ECAPA) or {FUSED_COHORT_PATH.name} (fused)")
+    parser.add_argument("--write-cohort", action="store_true",
+                        help=f"write {COHORT_PATH.relative_to(ROOT)} (ECAPA) or {FUSED_COHORT_PATH.name} (fused)")
     parser.add_argument("--top-k", type=int, default=TOP_K)
     parser.add_argument("--uncentred", action="store_true",
                         help="AS-norm on voices as they are, not less the cohort's mean (the fused cohort's scoring)")

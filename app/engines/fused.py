@@ -29,7 +29,7 @@ def fuse(ecapa: np.ndarray, campplus: np.ndarray, share: float = ECAPA_SHARE) ->
 
 
 def ecapa_part(fused: np.ndarray) -> np.ndarray:
-    """Return the ECAPA embedding (unit, … × 192) inside fused vectors: what a voiceprint of ECAPA alone is scored on."""
+    """Return the unit ECAPA embeddings (… × 192) inside fused vectors: what ECAPA-only voiceprints are scored on."""
     return _unit(np.asarray(fused, dtype=np.float32)[..., :PART_DIM])
 
 

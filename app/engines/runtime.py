@@ -122,8 +122,8 @@ def load_second_speaker(models_dir: str | os.PathLike, ecapa: SpeakerEncoder, sp
     from .fused import FusedEncoder
 
     if not modelstore.is_complete(models_dir, "campplus"):
-        raise modelstore.ModelError(f"the CAM++ speaker model is not in {modelstore.model_dir(models_dir, 'campplus')}; "
-                                    "run 'flask models fetch campplus'")
+        directory = modelstore.model_dir(models_dir, "campplus")
+        raise modelstore.ModelError(f"the CAM++ speaker model is not in {directory}; run 'flask models fetch campplus'")
     return FusedEncoder(ecapa, CampplusEncoder(modelstore.model_dir(models_dir, "campplus"), threads=threads))
 
 

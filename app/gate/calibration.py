@@ -236,7 +236,8 @@ def cohort_for(dim: int) -> Cohort:
         raise CalibrationError(f"no calibration for {dim}-dimensional voices")
     cohort = load_cohort() if dim == PART_DIM else load_cohort(FUSED_COHORT_PATH, FUSED_COHORT_SHA256)
     if cohort.embeddings.shape[1] != dim:
-        raise CalibrationError(f"the cohort for {dim}-dimensional voices holds {cohort.embeddings.shape[1]}-dimensional ones")
+        held = cohort.embeddings.shape[1]
+        raise CalibrationError(f"the cohort for {dim}-dimensional voices holds {held}-dimensional ones")
     return cohort
 
 

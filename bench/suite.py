@@ -151,7 +151,9 @@ def run(args: argparse.Namespace, data: Path, name: str, levels: list[int]) -> d
         "data": {"path": _shown(data), "files": len(speech.files()), "speakers": len({u.speaker for u in speech.utterances}),
                  "trials": len(speech.trials), "targets": sum(t.target for t in speech.trials)},
         "machine": about,
-        "models": {"speaker": MODEL_ID, "speaker_runtime": health["models"]["speaker"].get("runtime"), "whisper": whisper, "whisper_beam_size": beam, "threads_per_call": threads,
+        "models": {"speaker": MODEL_ID + (" + CAM++ campplus_cn_en_common (fused)"
+                                          if health["models"].get("campplus", {}).get("used") else ""),
+                   "speaker_runtime": health["models"]["speaker"].get("runtime"), "whisper": whisper, "whisper_beam_size": beam, "threads_per_call": threads,
                    "whisper_multilingual": models.transcriber.multilingual, "vad": "Silero (as shipped in faster-whisper)"},
         "server": server_info,
         "memory": memory or {"rss_mb": None, "peak_rss_mb": None, "master_rss_mb": None, "total_rss_mb": None},

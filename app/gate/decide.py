@@ -118,6 +118,7 @@ class Match:
     runner_up: float | None = None
     calibrated: float | None = None
     calibrated_threshold: float | None = None
+    raw_floor: float | None = None  # the raw cosine an accept needed (raw_floor below)
 
 
 def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Policy, quality: Quality,
@@ -153,8 +154,10 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
                     cohort.calibration.top_k)
     calibrated = cohort.calibration.calibrate(normed, quality)
     needed = cohort.calibration.threshold(policy.target_far)
-    accept = calibrated >= needed and score >= raw_floor(policy, cohort)
-    return Match("accept" if accept else "reject", user, score, calibrated=calibrated, calibrated_threshold=needed)
+    floor = raw_floor(policy, cohort)
+    accept = calibrated >= needed and score >= floor
+    return Match("accept" if accept else "reject", user, score, calibrated=calibrated, calibrated_threshold=needed,
+                 raw_floor=floor)
 
 
 def raw_floor(policy: Policy, cohort: Cohort) -> float:
@@ -316,7 +319,7 @@ def _score_rows(test: np.ndarray, raw: np.ndarray, closest: np.ndarray, columns:
         calibrated = cohort.calibration.calibrate(normed, quality)
         accept = calibrated >= needed and score >= floor
         matches.append(Match("accept" if accept else "reject", names[row], score, calibrated=calibrated,
-                             calibrated_threshold=needed))
+                             calibrated_threshold=needed, raw_floor=floor))
     return matches
 
 

@@ -20,7 +20,8 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
     ``start`` holds ``mode``; ``user`` (a claim; optional for verify, which then
     identifies); ``invite`` (enroll without an admin session); ``token`` (a session
     token from an accepted verification, naming the user for dictation or a meeting);
-    ``roster`` (a meeting's users: see meeting.open_meeting for who may choose one).
+    ``roster`` (a meeting's users: see meeting.open_meeting for who may choose one);
+    ``second_chance`` (verify: the client can answer ``again``, verification.VerifySession).
     """
     mode = start.get("mode")
     if mode not in MODES:
@@ -43,14 +44,17 @@ def open_session(ctx: Context, start: dict, admin: bool = False):
         # The browser's dictation page: the user's own sign-in cookie, on a same-origin socket.
         return open_dictation(ctx, user, signed_in=signed_in or admin or user == ctx.signed_in_user,
                               language=checked_language(ctx, start.get("language")))
+    again = start.get("second_chance", False)
+    if not isinstance(again, bool):
+        raise SessionError("bad_message", "second_chance must be true or false")
     if mode == "verify" and not admin and not signed_in:
         # Decided after the audio, like a wrong voice: a stranger learns nothing from the start.
-        return VerifySession(ctx, user)
+        return VerifySession(ctx, user, second_chance=again)
     if user:
         problem = user_problem(ctx, user, new_request_id(), "verify", limit=not signed_in)
         if problem:
             raise SessionError(problem, PROBLEM_MESSAGES[problem])
-    return VerifySession(ctx, user)
+    return VerifySession(ctx, user, second_chance=again)
 
 
 def checked_language(ctx: Context, language) -> str | None:

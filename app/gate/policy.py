@@ -44,6 +44,9 @@ class Policy:
     replay_seconds: int = 86400
     # Voice login reads a random challenge aloud: "digits" (6 random digits) or "off".
     challenge: str = "digits"
+    # A login whose calibrated score falls less than this under the threshold may be asked for one
+    # more utterance, decided with the first (second_chance.py; 0: never). At most MAX_BAND.
+    second_chance_band: float = 1.0
     # Limits on one session, in seconds of audio received.
     max_clip_seconds: float = 30.0
     max_dictation_seconds: float = 600.0

@@ -24,6 +24,7 @@ from ..store import versions
 from ..store.db import db
 from ..store.models import Setting, User
 from .policy import Policy, language_codes
+from .second_chance import MAX_BAND
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ POLICY_FIELDS = (
           "also how alike an enrollment's clips must be.", step="0.01"),
     Field("min_verify_speech", float, 0.5, 10.0, "Minimum speech for a decision",
           "Below this much speech a verification answers 'not enough speech' instead of deciding.", "s", "0.1"),
+    Field("second_chance_band", float, 0.0, MAX_BAND, "Second chance: how near a miss",
+          "A voice login on the login page whose calibrated score falls less than this under the threshold is "
+          "asked to say new digits once more, and is decided on both attempts, at a higher bar so that the "
+          "second try adds at most a tenth of the target false-accept rate (docs/threshold.md). 0 turns it off.",
+          step="0.1"),
     Field("enroll_min_clips", int, 1, 10, "Enrollment: clips", "How many accepted clips an enrollment needs.",
           step="1"),
     Field("enroll_min_clip_speech", float, 0.5, 30.0, "Enrollment: speech per clip",

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..engines.fused import PART_DIM, in_space
-from . import calibration, decide, early, gallery, store
+from . import calibration, decide, early, gallery, second_chance, store
 from ..observe import metrics
 from . import tokens
 from ..errors import SessionError
@@ -27,9 +27,18 @@ def challenge_required(ctx: Context) -> bool:
     return ctx.policy.challenge != "off"
 
 
+@dataclass
+class Attempts:
+    """A WebSocket login that may be asked once more (second_chance.py): what its first attempt left."""
+
+    first: decide.Match | None = None  # a near miss, to be decided with the next attempt
+    short: np.ndarray | None = None  # too little speech: joined in front of the next attempt's audio
+    asked: bool = False  # asked once already: the next answer is final
+
+
 def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_id: str | None = None,
                  kind: str = "verify", *, limit: bool = True, challenge: Challenge | None = None,
-                 estimate: early.Estimate | None = None) -> dict:
+                 estimate: early.Estimate | None = None, attempts: Attempts | None = None) -> dict:
     """Decide whether ``audio`` is the claimed user's voice (1:1), or whose it is (1:N).
 
     Returns the result: state (accept, reject, replay, no_speech, not_enough_speech, locked
@@ -44,6 +53,10 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
 
     ``estimate``: how to estimate the embedding from work done while the audio was said
     (early.py); a close call is then decided on the whole utterance's embedding.
+
+    ``attempts``: a 1:1 login that may be asked for one more utterance (second_chance.py). Too
+    little speech, or a near miss with the right digits, then answers state ``again`` (with a
+    ``reason``) instead of a decision; the next call with the same ``attempts`` decides on both.
     """
     policy = ctx.policy
     request_id = request_id or new_request_id()
@@ -62,15 +75,23 @@ def verify_audio(ctx: Context, audio: np.ndarray, claimed: str | None, request_i
         store.record(replace(audit, decision="locked", reason="client_limited"))
         return _shown(ctx, {**result, "state": "locked", "retry_after": hold.wait,
                             "message": f"{PROBLEM_MESSAGES['locked']} (in {hold.wait} s)"})
+    if attempts is not None and (not claimed or not login):
+        attempts = None  # a second chance is for a 1:1 login only
+    if attempts is not None and attempts.short is not None:
+        # The first attempt had too little speech: decided as one utterance with this one.
+        audio, estimate = np.concatenate([attempts.short, audio]), None
+        attempts.short = None
+        result["audio_seconds"] = seconds(audio.size)
+        audit = replace(audit, audio_seconds=result["audio_seconds"])
     try:
-        return _decide(ctx, audio, claimed, login, limit, challenge, result, audit, hold, estimate)
+        return _decide(ctx, audio, claimed, login, limit, challenge, result, audit, hold, estimate, attempts)
     finally:
         store.let_go(hold)  # ended without a decision on the voice (no speech, an error): no failure
 
 
 def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, limit: bool,
             challenge: Challenge | None, result: dict, audit: store.Audit, hold: store.Hold | None,
-            estimate: early.Estimate | None) -> dict:
+            estimate: early.Estimate | None, attempts: Attempts | None) -> dict:
     """Decide a voice attempt let through the client's limits (``hold`` counts it as a failure until decided)."""
     policy = ctx.policy
     if login and challenge is not None and challenge.expired():
@@ -87,6 +108,12 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
     quality = calibration.measure_quality(audio, speech)
     result["speech_seconds"] = round(speech, 2)
     state = decide.speech_state(speech, policy.min_verify_speech)
+    if state and attempts is not None and not attempts.asked and not problem:
+        # Not counted as a failure: nothing was decided. The same digits, said again, finish it.
+        attempts.asked, attempts.short = True, audio
+        store.record(replace(audit, decision="again", reason=state))
+        return _shown(ctx, {**result, "type": "again", "state": "again", "reason": state,
+                            "message": "too little speech to decide: say the digits again, in full"})
     if state:
         store.record(replace(audit, decision=state, reason=state))
         return _shown(ctx, {**result, "state": state})
@@ -108,6 +135,25 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
         match, account, copy = _judge(embedding, claimed, policy, quality)
     elif estimate is not None:
         metrics.count_login_embedding("estimate")
+    if attempts is not None and attempts.first is not None:
+        # The second of two attempts: decided on both (second_chance.combined), the reason audited.
+        match, attempts.first = second_chance.combined(attempts.first, match), None
+        account = store.find_user(claimed) if match.state == "accept" else None
+        copy = None if account is None else _replayed(embedding, account, policy)
+        audit = replace(audit, reason="second_attempt")
+    elif (attempts is not None and not attempts.asked
+          and second_chance.near_miss(match, policy.second_chance_band)
+          and (challenge is None or answered(challenge, run_model(ctx, ctx.engines.transcriber.transcribe, audio).text))):
+        # Just under the threshold, with the right digits: one more utterance, decided with this one.
+        # Counted as a failure until then, so that near misses cannot be tried for free.
+        attempts.asked, attempts.first = True, match
+        store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,
+                             replace(audit, decision="again", score=match.score, reason="near_miss"),
+                             counted=limit, hold=hold)
+        return _shown(ctx, {**result, "type": "again", "state": "again", "reason": "near_miss",
+                            "score": round(match.score, 4), "calibrated_score": round(match.calibrated, 3),
+                            "calibrated_threshold": round(match.calibrated_threshold, 3),
+                            "message": "nearly: say the new digits once more to decide on both attempts"})
     if claimed:
         audit = replace(audit, decision=match.state, score=match.score,
                         matched_user=match.user if match.state == "accept" else None)
@@ -160,7 +206,12 @@ def _judge(embedding: np.ndarray, claimed: str | None, policy, quality: calibrat
     account = store.find_user(match.user) if match.state == "accept" else None
     if account is None:
         return match, None, None
-    return match, account, replay_similarity(embedding, store.given_voices(account, policy.replay_seconds))
+    return match, account, _replayed(embedding, account, policy)
+
+
+def _replayed(embedding: np.ndarray, account, policy) -> float:
+    """Return how near ``embedding`` is to a copy of the audio ``account`` gave lately (replay_similarity)."""
+    return replay_similarity(embedding, store.given_voices(account, policy.replay_seconds))
 
 
 def replay_similarity(embedding: np.ndarray, given: np.ndarray) -> float:
@@ -183,20 +234,28 @@ def _shown(ctx: Context, result: dict) -> dict:
 
 
 class VerifySession:
-    """Voice login: collect one utterance, then decide on ``stop``."""
+    """Voice login: collect one utterance, then decide on ``stop``.
+
+    With ``second_chance`` (the client asked for it in ``start``), a 1:1 login with too little
+    speech or a near miss answers ``again`` and takes one more utterance (second_chance.py).
+    """
 
     mode = "verify"
 
-    def __init__(self, ctx: Context, claimed: str | None):
+    def __init__(self, ctx: Context, claimed: str | None, second_chance: bool = False):
         self.ctx, self.claimed = ctx, claimed
         self.request_id = new_request_id()
         self.done = False
         self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "an utterance")
-        # The voice's work while the person speaks, where the speaker model can split it (early.py).
-        speaker = ctx.engines.speaker
-        self._early = early.EarlyFrames(speaker, ctx.engines.pool) if getattr(speaker, "streams", False) else None
+        self._attempts = Attempts() if second_chance and claimed else None
+        self._early = self._early_frames()
         # Fresh for this session and used by its one decision: single-use and bound to it.
         self.challenge = new_challenge() if challenge_required(ctx) else None
+
+    def _early_frames(self) -> early.EarlyFrames | None:
+        """Return the voice's work while the person speaks, where the speaker model can split it (early.py)."""
+        speaker = self.ctx.engines.speaker
+        return early.EarlyFrames(speaker, self.ctx.engines.pool) if getattr(speaker, "streams", False) else None
 
     def opening(self) -> list[dict]:
         """Return what to send before ``ready``: the challenge to say, when the policy asks for one."""
@@ -217,8 +276,18 @@ class VerifySession:
         estimate = self._early.estimator(self._buffer.samples) if self._early is not None else None
         if self._early is not None and estimate is None:
             metrics.count_login_embedding("whole")
-        return [verify_audio(self.ctx, self._buffer.take(), self.claimed, self.request_id, challenge=self.challenge,
-                             estimate=estimate)]
+        result = verify_audio(self.ctx, self._buffer.take(), self.claimed, self.request_id, challenge=self.challenge,
+                              estimate=estimate, attempts=self._attempts)
+        if result["state"] != "again":
+            return [result]
+        self.done = False
+        if self._early is not None:
+            self._early.close()
+            self._early = self._early_frames()
+        if result["reason"] == "near_miss" and self.challenge is not None:
+            # The digits were said once already, where anyone near could record them.
+            self.challenge = new_challenge()
+        return self.opening() + [result]
 
     def poll(self) -> list[dict]:
         """Nothing arrives between messages in a verification."""

@@ -29,6 +29,7 @@ DECISIONS = {
     "replay": "Replay refused",
     "challenge_failed": "Wrong digits",
     "challenge_expired": "Challenge expired",
+    "again": "Asked to say it once more",
     "bad_key": "Wrong dictation key",
     "no_key": "No dictation key",
     # Admin and self-service actions.
@@ -67,6 +68,8 @@ REASONS = {
     "reject": "the voice did not match",
     "other_voice": "another voice than the user's",
     "client_left": "the client left mid-utterance after seeing partial text",
+    "near_miss": "the voice came just short of the threshold: decided with one more attempt",
+    "second_attempt": "decided on two attempts together (a near miss, then one more)",
 }
 
 GOOD = {"accept", "enrolled", "clip_accepted"}

@@ -1,5 +1,5 @@
-// Voice login: one utterance over a verify session; on accept, the page hands the signed
-// token to POST /session, which checks it and signs the user in.
+// Voice login: one utterance over a verify session (two when the server asks `again`); on accept,
+// the page hands the signed token to POST /session, which checks it and signs the user in.
 import { FORMAT, Microphone, PauseDetector, microphoneProblem, showLevel } from "./capture.js";
 import { VoiceSocket, csrfToken, explainError, say } from "./voice-socket.js";
 
@@ -65,7 +65,8 @@ async function start() {
     return;
   }
   const name = userInput.value.trim();
-  const message = { type: "start", mode: "verify", format: FORMAT };
+  // second_chance: a near miss or too little speech is answered `again`, and one more try decides on both.
+  const message = { type: "start", mode: "verify", format: FORMAT, second_chance: true };
   if (name) message.user = name;
   say(status, "Connecting…");
   pause.reset();
@@ -98,15 +99,14 @@ function stop() {
   recording = false;
   talk.disabled = true;
   socket.stop();
-  mic.close();
-  mic = null;
+  // The microphone stays open, unheard, until the answer: if it is `again`, the next try starts at once.
   showLevel(meter, -100);
   say(status, "Checking your voice…");
 }
 
 function onChunk(chunk) {
-  showLevel(meter, chunk.dbfs);
   if (!recording) return;
+  showLevel(meter, chunk.dbfs);
   if (pending) pending.push(chunk.pcm);
   else socket.sendAudio(chunk.pcm);
   const length = chunk.pcm.byteLength / 2 / FORMAT.sample_rate;
@@ -129,7 +129,25 @@ function showChallenge(challenge) {
   if (sentence) sentence.hidden = true; // the digits are what to say now
 }
 
+/** Listen for one more try on the same session: the server asked `again` (it decides on both tries). */
+function listenAgain(message) {
+  const nearly = message.reason === "near_miss";
+  showDecision("warn", nearly ? "Nearly: once more" : "Too little speech: once more",
+    nearly ? "Your voice came close. Say the new digits, and both tries are decided together."
+      : `We heard ${message.speech_seconds ?? 0} s of speech. Say it again, in full.`);
+  pause.reset();
+  seconds = 0;
+  recording = true;
+  talk.textContent = "Stop";
+  talk.classList.add("recording");
+  talk.disabled = false;
+  talk.focus();
+  say(status, "Listening… speak now.", "rec");
+}
+
 async function onMessage(result) {
+  if (result.type === "challenge") showChallenge(result);
+  if (result.type === "again") listenAgain(result);
   if (result.type !== "result") return;
   challengeBox.hidden = true;
   release();

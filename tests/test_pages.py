@@ -244,34 +244,6 @@ def test_another_voice_is_rejected_without_a_score_and_not_signed_in(server, spe
         expect(page).to_have_url(re.compile(r"/login$"))
 
 
-def test_too_little_speech_gets_one_more_try_on_the_same_page(server, speech, tmp_path):
-    # A word or two and Stop, then the sentence: the server asks once more, the page listens again
-    # without another click, and both utterances are decided together.
-    audio = speech.load(LJ_LOGIN)
-    wav = microphone(tmp_path, "again", [audio[int(16000 * 0.6):int(16000 * 1.1)], audio], gap=6.0,
-                     lead=2.0)
-    with chromium(microphone=wav) as browser:
-        _, page = new_page(browser, server.url)
-        page.goto("/login")
-        page.get_by_label("Your user name").fill("lj")
-        page.get_by_label("Stop when I pause").uncheck()  # the test presses Stop, as after a word or two
-        page.get_by_role("button", name="Press to talk").click()
-        wait_for_a_pause(page)
-        page.get_by_role("button", name="Stop").click()
-        decision = page.locator("#decision")
-        expect(decision).to_contain_text("Too little speech: once more", timeout=DECISION_TIMEOUT)
-        asked = page.evaluate("performance.now()")
-        expect(page.get_by_role("button", name="Stop")).to_be_visible()
-        screenshot(page, "login-again")
-        # The sentence is heard on the same session, then Stop once it has been said.
-        page.wait_for_function("(asked) => window.__lastVoiced !== null && window.__lastVoiced > asked", arg=asked,
-                               timeout=DECISION_TIMEOUT)
-        wait_for_a_pause(page)
-        page.get_by_role("button", name="Stop").click()
-        expect(decision).to_contain_text("Accepted: welcome, lj", timeout=DECISION_TIMEOUT)
-        page.wait_for_url("**/me", timeout=10_000)
-
-
 def test_a_forged_token_does_not_sign_anyone_in(server):
     with chromium() as browser:
         _, page = new_page(browser, server.url)

@@ -1,5 +1,6 @@
-"""A voice login's second chance, against a real server with dev speech: asked once more after too little
-speech or a near miss, decided on both attempts, and never finished by another voice."""
+"""A voice login's second chance, against a real server with dev speech and on the login page in Chromium:
+asked once more after too little speech or a near miss, decided on both attempts, and never finished by
+another voice."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,15 @@ from dataclasses import replace
 
 import pytest
 import requests
+from playwright.sync_api import expect
 from simple_websocket import Client
 
 from app.gate.decide import Match
 from app.gate.second_chance import combined, near_miss
 
+from .browser import DECISION_TIMEOUT, chromium, new_page, screenshot, wait_for_a_pause
 from .conftest import PCM16K, pcm, serve_enrolled
+from .test_pages import microphone
 
 GENUINE = "wav/ljspeech/LJ001-0004.wav"
 OTHER_SENTENCE = "wav/ljspeech/LJ001-0006.wav"
@@ -135,3 +139,31 @@ def test_the_rule_takes_the_mean_of_both_attempts():
     assert combined(first, replace(first, calibrated=3.3)).state == "accept"  # mean 2.75
     assert combined(first, replace(first, calibrated=3.1)).state == "reject"  # mean 2.65: the second alone would pass
     assert combined(first, replace(first, calibrated=9.0, score=0.34)).state == "reject"  # mean raw 0.395
+
+
+def test_too_little_speech_gets_one_more_try_on_the_same_page(gate, speech, tmp_path):
+    # A word or two and Stop, then the sentence: the server asks once more, the page listens again
+    # without another click, and both utterances are decided together.
+    audio = speech.load(GENUINE)
+    wav = microphone(tmp_path, "again", [audio[int(16000 * 0.6):int(16000 * 1.1)], audio], gap=6.0,
+                     lead=2.0)
+    with chromium(microphone=wav) as browser:
+        _, page = new_page(browser, gate[0].url)
+        page.goto("/login")
+        page.get_by_label("Your user name").fill("lj")
+        page.get_by_label("Stop when I pause").uncheck()  # the test presses Stop, as after a word or two
+        page.get_by_role("button", name="Press to talk").click()
+        wait_for_a_pause(page)
+        page.get_by_role("button", name="Stop").click()
+        decision = page.locator("#decision")
+        expect(decision).to_contain_text("Too little speech: once more", timeout=DECISION_TIMEOUT)
+        asked = page.evaluate("performance.now()")
+        expect(page.get_by_role("button", name="Stop")).to_be_visible()
+        screenshot(page, "login-again")
+        # The sentence is heard on the same session, then Stop once it has been said.
+        page.wait_for_function("(asked) => window.__lastVoiced !== null && window.__lastVoiced > asked", arg=asked,
+                               timeout=DECISION_TIMEOUT)
+        wait_for_a_pause(page)
+        page.get_by_role("button", name="Stop").click()
+        expect(decision).to_contain_text("Accepted: welcome, lj", timeout=DECISION_TIMEOUT)
+        page.wait_for_url("**/me", timeout=10_000)

@@ -87,6 +87,11 @@ async function start() {
   // What was said while connecting is part of the utterance.
   pending.forEach((pcm) => socket.sendAudio(pcm));
   pending = null;
+  showListening();
+}
+
+/** Turn the button into Stop and say the page is listening. */
+function showListening() {
   talk.textContent = "Stop";
   talk.classList.add("recording");
   talk.disabled = false;
@@ -138,11 +143,7 @@ function listenAgain(message) {
   pause.reset();
   seconds = 0;
   recording = true;
-  talk.textContent = "Stop";
-  talk.classList.add("recording");
-  talk.disabled = false;
-  talk.focus();
-  say(status, "Listening… speak now.", "rec");
+  showListening();
 }
 
 async function onMessage(result) {

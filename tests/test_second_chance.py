@@ -34,12 +34,12 @@ def gate(tmp_path_factory, engines, speech):
     stop()
 
 
-def login(live, attempts: list, second_chance: bool = True) -> list[dict]:
-    """Log in as 'lj' over /ws/voice, one utterance (float32 audio) per ``attempts`` while the server asks
+def login(live, attempts: list, second_chance: bool = True, user: str = "lj") -> list[dict]:
+    """Log in as ``user`` over /ws/voice, one utterance (float32 audio) per ``attempts`` while the server asks
     ``again``; return every message after ``ready``."""
     ws = Client.connect(live.ws_url)
     try:
-        ws.send(json.dumps({"type": "start", "mode": "verify", "user": "lj", "format": PCM16K,
+        ws.send(json.dumps({"type": "start", "mode": "verify", "user": user, "format": PCM16K,
                             "second_chance": second_chance}))
         assert json.loads(ws.receive(timeout=30))["type"] == "ready"
         messages = []
@@ -87,6 +87,9 @@ def test_too_little_speech_is_asked_again_and_decided_on_both_utterances(gate, s
     # The decision was on both utterances joined: more audio than the second alone.
     assert result["audio_seconds"] == pytest.approx((short.size + rest.size) / SAMPLE_RATE, abs=0.01)
     assert [decision for decision, _ in audit(database)[before:]] == ["again", "accept"]
+    # A name nobody has is asked again too, and then refused: the answer does not tell names apart.
+    nobody = login(live, [short, rest], user="nobody")
+    assert [(m["type"], m["state"]) for m in nobody] == [("again", "again"), ("result", "reject")], nobody
     # A client that did not ask for a second chance gets the one answer it always got.
     plain = login(live, [short], second_chance=False)
     assert [m["type"] for m in plain] == ["result"] and plain[0]["state"] in ("no_speech", "not_enough_speech")

@@ -108,8 +108,9 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
     quality = calibration.measure_quality(audio, speech)
     result["speech_seconds"] = round(speech, 2)
     state = decide.speech_state(speech, policy.min_verify_speech)
-    if state and attempts is not None and not attempts.asked and not problem:
+    if state and attempts is not None and not attempts.asked:
         # Not counted as a failure: nothing was decided. The same digits, said again, finish it.
+        # Asked of a name that cannot log in too, so that the answer does not tell which names exist.
         attempts.asked, attempts.short = True, audio
         store.record(replace(audit, decision="again", reason=state))
         return _shown(ctx, {**result, "type": "again", "state": "again", "reason": state,

@@ -100,8 +100,11 @@ class Scorer:
         """Return the speaker of a clean or degraded file's label."""
         return self.speaker_of[key.split("/", 1)[1] if key.split("/", 1)[0] in CONDITION_NAMES else key]
 
-    def narrow(self, test: str) -> bool:
-        """Return True when the test file is telephone-band audio (and the phone channel is in use)."""
+    def narrow(self, test: str, enroll: tuple[str, ...] = ()) -> bool:
+        """Return True when the test file is telephone-band audio (and the phone channel is in use).
+
+        ``enroll`` (the enrollment list) is for variants that also weigh the enrollment's own band.
+        """
         return self.phone is not None and self.edges.get(test, 0.0) < NARROW_EDGE_DB
 
     def enrolled(self, enroll: tuple[str, ...], narrow: bool = False) -> np.ndarray:
@@ -125,7 +128,7 @@ class Scorer:
         out = defaultdict(list)
         centroids = {}
         for t in trials:
-            narrow = self.narrow(t.test)
+            narrow = self.narrow(t.test, t.enroll)
             if (t.enroll, narrow) not in centroids:
                 centroids[t.enroll, narrow] = self.enrolled(t.enroll, narrow)
             e, m = centroids[t.enroll, narrow], self.hard[t.test]

@@ -1,11 +1,12 @@
 """A voice login's second chance: one more utterance after a near miss, decided on both together.
 
 Real audio fails genuine people now and then (noise, a phone line, a short phrase), mostly just
-under the threshold. A login whose calibrated score lands within ``Policy.second_chance_band``
-of the threshold is asked for one more utterance, and is then accepted only when the mean of
-the two attempts' calibrated scores reaches the threshold plus MARGIN (and the mean raw cosine
-the floor). A plain retry, accepting either attempt on its own, would nearly double the
-false-accept rate; the margin keeps what second attempts add to a tenth of the target
+under the threshold. A refused login whose calibrated score lands within
+``Policy.second_chance_band`` under the threshold (or above it, short of the raw floor) is asked
+for one more utterance, and is then accepted only when the mean of the two attempts' calibrated
+scores reaches the threshold plus MARGIN and their mean raw cosine the floor: the second attempt
+must make up what the first lacked. A plain retry, accepting either attempt on its own, adds half
+as many false accepts again; this rule keeps what second attempts add under a tenth of the target
 (bench/second_chance.py, docs/threshold.md). Pure: matches in, a match out.
 """
 from __future__ import annotations

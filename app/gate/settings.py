@@ -78,8 +78,9 @@ POLICY_FIELDS = (
           "Below this much speech a verification answers 'not enough speech' instead of deciding.", "s", "0.1"),
     Field("second_chance_band", float, 0.0, MAX_BAND, "Second chance: how near a miss",
           "A voice login on the login page whose calibrated score falls less than this under the threshold is "
-          "asked to say new digits once more, and is decided on both attempts, at a higher bar so that the "
-          "second try adds at most a tenth of the target false-accept rate (docs/threshold.md). 0 turns it off.",
+          "asked to say new digits once more, and is accepted only if the mean of both attempts' scores reaches "
+          "the threshold, so that second tries add under a tenth of the target false-accept rate "
+          "(docs/threshold.md). 0 turns it off.",
           step="0.1"),
     Field("enroll_min_clips", int, 1, 10, "Enrollment: clips", "How many accepted clips an enrollment needs.",
           step="1"),

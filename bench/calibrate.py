@@ -252,6 +252,15 @@ class Loaded:
                             trials.append(Trial(enroll, f"{c}/{f}", claimed == spoken, c, claimed, spoken))
         return trials
 
+    def cohort(self, conditions=COHORT_CONDITIONS) -> tuple[np.ndarray, np.ndarray]:
+        """Return the held-out speakers' embeddings in ``conditions`` (the shipped cohort, float16 as shipped)
+        and each one's speaker, so that a fitting trial's cohort can leave its own two speakers out."""
+        keys = [f"{c}/{self.speech.label(u.path)}" for c in conditions if c in self.conditions
+                for u in self.speech.utterances if u.speaker in COHORT_SPEAKERS]
+        # As shipped (float16), so that fitting and measuring see the cohort the service loads.
+        embeddings = np.stack([self.hard[k].embedding for k in keys]).astype("<f2").astype(np.float32)
+        return embeddings, np.array([self.speaker_of[k.split("/", 1)[1]] for k in keys])
+
     def listed(self, speakers: set[str]) -> list[Trial]:
         """Return the hard variant's own trials between ``speakers``."""
         trials = [Trial(tuple(self.speech.label(p) for p in t.enroll), self.hard_set.label(t.test), t.target,
@@ -401,12 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     more = load(args.data, args.hard, args.conditions, args.model)
     held = set(COHORT_SPEAKERS)
     cohort_conditions = [c for c in args.cohort_conditions.split(",") if c in more.conditions]
-    cohort_keys = [f"{c}/{more.speech.label(u.path)}" for c in cohort_conditions for u in more.speech.utterances
-                   if u.speaker in held]
-    cohort = np.stack([more.hard[k].embedding for k in cohort_keys])
-    # As shipped (float16), so that fitting and measuring see the cohort the service loads.
-    cohort = cohort.astype("<f2").astype(np.float32)
-    cohort_speaker = np.array([more.speaker_of[k.split("/", 1)[1]] for k in cohort_keys])
+    cohort, cohort_speaker = more.cohort(cohort_conditions)
 
     def scorers(loaded: Loaded) -> dict[str, Scorer]:
         centred = not args.uncentred
@@ -433,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rest = {u.speaker for u in more.speech.utterances} - held
     results = {"model": args.model, "cohort_speakers": sorted(held), "evaluation_speakers": sorted(rest), "top_k": args.top_k,
-               "cohort_conditions": cohort_conditions, "cohort_size": len(cohort_keys),
+               "cohort_conditions": cohort_conditions, "cohort_size": len(cohort),
                "narrow_edge_db": NARROW_EDGE_DB,
                "calibration": {"centre": calibration.centre, "spread": calibration.spread, "tail": calibration.tail,
                                "floor": calibration.floor,

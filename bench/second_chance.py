@@ -33,7 +33,7 @@ from app.gate.policy import DEFAULT_TARGET_FAR, Policy
 from app.gate.second_chance import MARGIN, MAX_BAND
 
 from .calibrate import DEFAULT_FLOOR, DEFAULT_MIN_SPEECH, Loaded, Scorer, Trial, calibrated, load
-from .cohort import COHORT_CONDITIONS, COHORT_SPEAKERS
+from .cohort import COHORT_SPEAKERS
 from .output import quiet_logging, save
 from .paths import DEFAULT_DATA, RESULTS, SPEECH_MORE
 
@@ -125,13 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     more = load(args.data, None, None, "fused")
     held = set(COHORT_SPEAKERS)
-    # The shipped cohort rebuilt with its speakers' names, so that a fitting trial's cohort can leave its two out.
-    keys = [f"{c}/{more.speech.label(u.path)}" for c in COHORT_CONDITIONS if c in more.conditions
-            for u in more.speech.utterances if u.speaker in held]
-    cohort = np.stack([more.hard[k].embedding for k in keys]).astype("<f2").astype(np.float32)
+    cohort, cohort_speaker = more.cohort()
     if not np.allclose(cohort, shipped.embeddings, atol=1e-3):
         raise SystemExit("the cached embeddings are not those of the shipped fused cohort")
-    cohort_speaker = np.array([more.speaker_of[k.split("/", 1)[1]] for k in keys])
 
     def scorer(loaded: Loaded) -> Scorer:
         return Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, calibration.top_k,

@@ -248,7 +248,7 @@ class VerifySession:
         self.request_id = new_request_id()
         self.done = False
         self._buffer = ClipBuffer(ctx.policy.max_clip_seconds, "an utterance")
-        self._attempts = Attempts() if second_chance and claimed else None
+        self._attempts = Attempts() if second_chance else None  # verify_audio keeps it to 1:1 logins
         self._early = self._early_frames()
         # Fresh for this session and used by its one decision: single-use and bound to it.
         self.challenge = new_challenge() if challenge_required(ctx) else None

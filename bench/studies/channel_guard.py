@@ -34,7 +34,7 @@ from app.gate.calibration import FUSED_COHORT_PATH, FUSED_COHORT_SHA256, band_ed
 from app.gate.policy import DEFAULT_TARGET_FAR
 
 from ..calibrate import DEFAULT_FLOOR, DEFAULT_MIN_SPEECH, Scorer, calibrated, load
-from ..cohort import COHORT_CONDITIONS, COHORT_SPEAKERS
+from ..cohort import COHORT_SPEAKERS
 from ..data import SpeechSet
 from ..output import quiet_logging, save
 from ..paths import DEFAULT_DATA, RESULTS, ROOT, SPEECH_MORE
@@ -53,10 +53,7 @@ def guards(target_far: float) -> dict:
     calibration = shipped.calibration
     more = load(SPEECH_MORE, None, None, "fused")
     held = set(COHORT_SPEAKERS)
-    keys = [f"{c}/{more.speech.label(u.path)}" for c in COHORT_CONDITIONS if c in more.conditions
-            for u in more.speech.utterances if u.speaker in held]
-    cohort = np.stack([more.hard[k].embedding for k in keys]).astype("<f2").astype(np.float32)
-    cohort_speaker = np.array([more.speaker_of[k.split("/", 1)[1]] for k in keys])
+    cohort, cohort_speaker = more.cohort()
 
     def scored(loaded, trials, exclude):
         scorer = Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, calibration.top_k,
@@ -115,10 +112,7 @@ def band_aware(target_far: float) -> dict:
     dev = load(DEFAULT_DATA, None, None, "fused")
     held = set(COHORT_SPEAKERS)
     rest = {u.speaker for u in more.speech.utterances} - held
-    # The shipped cohort with its speakers' names: a fitting speaker's trial leaves its two speakers out.
-    keys = [f"{c}/{more.speech.label(u.path)}" for c in COHORT_CONDITIONS if c in more.conditions
-            for u in more.speech.utterances if u.speaker in held]
-    cohort_speaker = np.array([more.speaker_of[k.split("/", 1)[1]] for k in keys])
+    cohort, cohort_speaker = more.cohort()
     out = {}
     for name, loaded, speakers in (("speech-more fitting (cohort) speakers", more, held),
                                    ("speech-more evaluation speakers", more, rest),
@@ -130,8 +124,7 @@ def band_aware(target_far: float) -> dict:
         band = np.array([t.speaker == BAND_LIMITED_SPEAKER for t in trials])
         rows = {}
         for gap in GAPS:
-            scorer = BandAware(loaded.clean, loaded.hard, loaded.speaker_of, shipped.embeddings,
-                               cohort_speaker if fitting else np.array([""] * len(shipped.embeddings)),
+            scorer = BandAware(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker,
                                calibration.top_k, loaded.phone, loaded.edges,
                                centred=calibration.centred, enroll_edges=edges, gap=gap)
             scores = scorer.score(trials, exclude_speakers=fitting)

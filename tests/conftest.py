@@ -23,6 +23,7 @@ from .postgres import postgres_database, postgres_server  # noqa: F401  (fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH_DEV = Path(os.environ.get("VOICEGATE_SPEECH_DEV", ROOT.parent / "shared" / "data" / "speech-dev"))
+SPEECH_MORE = Path(os.environ.get("VOICEGATE_SPEECH_MORE", ROOT.parent / "shared" / "data" / "speech-more"))
 MODELS_DIR = Path(os.environ.get("VOICEGATE_MODELS_DIR", ROOT / "pretrained_models"))
 
 
@@ -76,6 +77,14 @@ def speech() -> SpeechSet:
     if not (SPEECH_DEV / "trials.tsv").is_file():
         pytest.fail(f"the dev speech set is not at {SPEECH_DEV}; set VOICEGATE_SPEECH_DEV")
     return SpeechSet(SPEECH_DEV)
+
+
+@pytest.fixture(scope="session")
+def more() -> SpeechSet:
+    """speech-more: many more real speakers and languages (VOICEGATE_SPEECH_MORE overrides where it is)."""
+    if not (SPEECH_MORE / "speakers.tsv").is_file():
+        pytest.fail(f"speech-more is not at {SPEECH_MORE}; set VOICEGATE_SPEECH_MORE")
+    return SpeechSet(SPEECH_MORE)
 
 
 @pytest.fixture(scope="session")

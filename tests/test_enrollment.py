@@ -6,8 +6,11 @@ import time
 
 import numpy as np
 import pytest
+import requests
+from scipy.signal import butter, sosfilt
 
 from clients.voicegate import Conversation
+from app.gate.calibration import NARROW_EDGE_DB, band_edge
 from app.store.db import db
 from app.store.models import User
 
@@ -80,6 +83,29 @@ def test_re_enrollment_replaces_the_voiceprint(live, speech):
     # The voiceprint keeps the clips' telephone copy as an embedding (for phone-band logins), never audio.
     assert set(channels) == {"phone"} and np.isclose(np.linalg.norm(channels["phone"]), 1.0, atol=1e-4)
     assert 0.5 < float(channels["phone"] @ after) < 0.99
+
+
+def test_the_voiceprint_keeps_its_band_and_a_login_in_that_band_meets_the_voiceprint_itself(live, engines, speech):
+    """Enrolled through a band-limited microphone, the user logs in through it: not a phone line.
+
+    The voiceprint stores the clips' median band edge (never audio); a narrow login as far down
+    as its enrollment is scored against the centroid, whose cosine the answer reports.
+    """
+    cheap = butter(8, 3700, fs=16000, output="sos")  # a cheap microphone: edges of -34 to -52 dB
+    clips = [sosfilt(cheap, speech.load(f"wav/ljspeech/LJ001-000{i}.wav")).astype(np.float32) for i in (1, 3, 5, 6)]
+    assert _enroll(live, "mic", clips[:3])[-1]["state"] == "enrolled"
+    with live.app.app_context():
+        voiceprint = User.by_name("mic").voiceprint
+        stored, enrolled, phone = voiceprint.band_edge_db, voiceprint.centroid_vector(), voiceprint.channel_vectors()["phone"]
+    assert stored == pytest.approx(float(np.median([band_edge(c) for c in clips[:3]])), abs=0.1)  # sent as 16-bit PCM
+    assert stored < NARROW_EDGE_DB
+    reply = requests.post(f"{live.url}/api/v1/verify", params={"user": "mic", "encoding": "pcm_s16le"},
+                          data=pcm(clips[3]), timeout=60)
+    assert reply.status_code == 200, reply.text
+    embedding = engines.speaker.embed(clips[3])
+    assert reply.json()["state"] == "accept"
+    assert reply.json()["score"] == pytest.approx(float(embedding @ enrolled), abs=0.02)
+    assert float(embedding @ phone) < reply.json()["score"] - 0.1
 
 
 def test_a_clip_that_lost_audio_or_stalled_is_called_broken_not_silent(live, speech):

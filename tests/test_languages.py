@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 
 import jiwer
 import openai
@@ -17,9 +15,8 @@ import pytest
 import requests
 from whisper_normalizer.basic import BasicTextNormalizer
 
-from .conftest import MODELS_DIR, ROOT, SpeechSet, serve_enrolled
+from .conftest import MODELS_DIR, serve_enrolled
 
-SPEECH_MORE = Path(os.environ.get("VOICEGATE_SPEECH_MORE", ROOT.parent / "shared" / "data" / "speech-more"))
 normalise = BasicTextNormalizer()
 # The big fish's Czech voice (not one of the shipped AS-norm cohort's speakers, whose own voices
 # could never verify: bench/results/calibration.json): enrolled on five of his lines, dictating a sixth.
@@ -31,13 +28,6 @@ OTHER = "wav/fillets-cs-small/mot-m-info.wav"  # the small fish: another Czech v
 ITALIAN_ENROLL = [f"wav/asterisk-it-menardi/{name}.wav" for name in
                   ("confbridge-mute-extended", "demo-enterkeywords", "agent-alreadyon", "vm-rec-busy")]
 ITALIAN = "wav/asterisk-it-menardi/pbx-invalidpark.wav"
-
-
-@pytest.fixture(scope="module")
-def more() -> SpeechSet:
-    if not (SPEECH_MORE / "speakers.tsv").is_file():
-        pytest.fail(f"speech-more is not at {SPEECH_MORE}; set VOICEGATE_SPEECH_MORE")
-    return SpeechSet(SPEECH_MORE)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,11 @@ SOME_LOST_SECONDS = 0.25
 LATE_GAP_SECONDS = 1.0
 # Enrolled voices at least this alike are taken for one person (kept out of each other's cohort).
 SAME_PERSON = 0.5
+# A telephone-band test meets the voiceprint's telephone copy only when its band edge lies this
+# far (dB) under the enrollment's. Chosen on the cohort's (fitting) speakers, the widest gap tried
+# and their best: FRR 10.97% -> 9.81%, FAR unchanged; on held-out speakers FRR 8.80% -> 8.27%
+# (bench/results/channel-guard.json). Real phone lines sit 30 dB and more under wide-band speech.
+PHONE_COPY_GAP_DB = 20.0
 
 
 @dataclass(frozen=True)
@@ -123,14 +128,15 @@ class Match:
 
 def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Policy, quality: Quality,
            others: list[np.ndarray] | tuple = (), cohort: Cohort | None = None, *,
-           channels: Mapping[str, np.ndarray] | None = None) -> Match:
+           channels: Mapping[str, np.ndarray] | None = None, band_edge_db: float | None = None) -> Match:
     """Compare an embedding with one user's centroid (1:1), calibrated for the test audio's quality.
 
     Accepts when the calibrated score reaches the policy's target false-accept rate and the raw
     cosine reaches the policy's floor. ``others`` are other enrolled users' voices, added to the
     shipped cohort for AS-norm. ``channels`` are the voiceprint's channel centroids
     (``Voiceprint.channel_vectors``): telephone-band audio is compared with the ``phone`` one
-    when given. A missing or altered cohort raises CalibrationError: nothing is accepted.
+    when given and ``held_to_phone_copy`` says so (``band_edge_db``: the enrollment's band edge,
+    ``Voiceprint.band_edge_db``). A missing or altered cohort raises CalibrationError: nothing is accepted.
 
     Voices are compared in the richest space both have (app/engines/fused.py): a voiceprint of
     ECAPA alone is scored on the test's ECAPA part, with ECAPA's cohort and calibration.
@@ -144,9 +150,7 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
     # A voice this close to the claimed one is most likely the same person under another name:
     # normalising against it would hold them to their own voice.
     others = [other for other in others if cosine(other, enrolled) < SAME_PERSON]
-    if quality.narrow and channels and "phone" in channels:
-        # The voice as a phone line carries it: a wide-band centroid would hold the user to
-        # frequencies the line cut off (docs/threshold.md).
+    if held_to_phone_copy(quality, channels, band_edge_db):
         enrolled = channels["phone"]
     score = cosine(embedding, enrolled)
     voice, test = cohort.centre(enrolled), cohort.centre(embedding)
@@ -158,6 +162,21 @@ def verify(embedding: np.ndarray, enrolled: np.ndarray, user: str, policy: Polic
     accept = calibrated >= needed and score >= floor
     return Match("accept" if accept else "reject", user, score, calibrated=calibrated, calibrated_threshold=needed,
                  raw_floor=floor)
+
+
+def held_to_phone_copy(quality: Quality, channels: Mapping[str, np.ndarray] | None,
+                       band_edge_db: float | None) -> bool:
+    """Return True when a test is compared with the voiceprint's telephone copy, not its centroid.
+
+    Telephone-band audio meets the voice as a phone line carries it: a wide-band centroid would
+    hold the user to frequencies the line cut off. But only when its band lies ``PHONE_COPY_GAP_DB``
+    under the enrollment's own (``band_edge_db``; None on older voiceprints: always): a voice
+    recorded band-limited to begin with (a headset, a cheap microphone) is still closest to its
+    own centroid, and the phone line's copy of it is another voice (docs/threshold.md).
+    """
+    if not (quality.narrow and channels and "phone" in channels):
+        return False
+    return band_edge_db is None or band_edge_db - quality.edge_db >= PHONE_COPY_GAP_DB
 
 
 def raw_floor(policy: Policy, cohort: Cohort) -> float:
@@ -224,23 +243,24 @@ def identify_among(embedding: np.ndarray, names: tuple[str, ...] | list[str], co
 def verify_among(embedding: np.ndarray, enrolled: np.ndarray, user: str, names: tuple[str, ...] | list[str],
                  columns: np.ndarray, policy: Policy, quality: Quality, cohort: Cohort | None = None,
                  row: int | None = None, stats: dict | None = None, *,
-                 channels: Mapping[str, np.ndarray] | None = None) -> Match:
+                 channels: Mapping[str, np.ndarray] | None = None, band_edge_db: float | None = None) -> Match:
     """Verify as ``verify`` with every enrolled voice (``columns``, named by ``names``) but ``user``'s as cohort.
 
     ``row``: the user's column in ``columns`` (None: not in it), which is then the voice verified against.
-    ``channels`` as in ``verify``: telephone-band audio is scored against the telephone copy.
+    ``channels``, ``band_edge_db`` as in ``verify``: telephone-band audio may be scored against the telephone copy.
     """
+    bands = {"channels": channels, "band_edge_db": band_edge_db}
     if row is None:
-        return verify(embedding, enrolled, user, policy, quality, list(columns.T), cohort, channels=channels)
+        return verify(embedding, enrolled, user, policy, quality, list(columns.T), cohort, **bands)
     if min(np.shape(embedding)[-1], np.shape(enrolled)[-1]) != columns.shape[0]:
         # The voices are in another space than the one this pair is scored in (some enrolled
         # with ECAPA alone, or CAM++ not loaded): score the pair on its own.
         others = [columns[:, i] for i in range(columns.shape[1]) if i != row]
-        return verify(embedding, enrolled, user, policy, quality, others, cohort, channels=channels)
-    if quality.narrow and channels and "phone" in channels:
+        return verify(embedding, enrolled, user, policy, quality, others, cohort, **bands)
+    if held_to_phone_copy(quality, channels, band_edge_db):
         # The matrix's figures are of the wide-band centroids: score the telephone copy on its own.
         others = [columns[:, i] for i in range(columns.shape[1]) if i != row]
-        return verify(embedding, enrolled, user, policy, quality, others, cohort, channels=channels)
+        return verify(embedding, enrolled, user, policy, quality, others, cohort, **bands)
     cohort = cohort or cohort_for(columns.shape[0])
     test = normalise(in_space(embedding, columns.shape[0]))
     raw = test @ columns

@@ -45,8 +45,9 @@ class DictateSession(GatedStream):
         self.shows_scores, self.standing = shows_scores, standing
         voiceprint = None if standing else store.find_user(user_name).voiceprint
         self._enrolled = None if voiceprint is None else voiceprint.centroid_vector()
-        # Telephone-band windows are scored against the voiceprint's telephone copy (docs/threshold.md).
+        # Telephone-band windows well under the enrollment's band meet its telephone copy (docs/threshold.md).
         self._channels = {} if voiceprint is None else voiceprint.channel_vectors()
+        self._band_edge_db = None if voiceprint is None else voiceprint.band_edge_db
         self._verified_until: int | None = None  # end of the last window that verified calibrated (context for windows)
         if live:
             self._take_slot()
@@ -79,7 +80,8 @@ class DictateSession(GatedStream):
             return
         # The calibrated decision every surface shares (docs/threshold.md).
         quality = calibration.measure_quality(audio, speech)
-        match = decide.verify(embedding, self._enrolled, self.user, policy, quality, channels=self._channels)
+        match = decide.verify(embedding, self._enrolled, self.user, policy, quality, channels=self._channels,
+                              band_edge_db=self._band_edge_db)
         passed = match.state == "accept"
         if passed:
             self._verified_until = end

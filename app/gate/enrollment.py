@@ -7,6 +7,7 @@ from ..audio.augment import CHANNELS, channel
 from . import decide, store
 from ..errors import SessionError
 from .base import ClipBuffer, Context, new_request_id, run_model, seconds
+from .calibration import band_edge
 
 
 class EnrollSession:
@@ -22,6 +23,7 @@ class EnrollSession:
         self._embeddings: list[np.ndarray] = []
         # Embeddings of the accepted clips through each channel (the copies' audio is dropped at once).
         self._channels: dict[str, list[np.ndarray]] = {name: [] for name in CHANNELS}
+        self._edges: list[float] = []  # each accepted clip's band edge (dB): the band the voice was recorded in
         self._speech = 0.0
 
     def audio(self, samples: np.ndarray) -> list[dict]:
@@ -59,6 +61,7 @@ class EnrollSession:
                 reason = "inconsistent_voice"
             else:
                 self._embeddings.append(embedding)
+                self._edges.append(band_edge(audio))
                 self._speech += quality.speech_seconds
                 for name, copies in self._channels.items():
                     copies.append(run_model(self.ctx, _embed_through, self.ctx.engines.speaker, name, audio))
@@ -97,11 +100,12 @@ class EnrollSession:
                                matched_user=self.user_name, audio_seconds=round(self._speech, 2))
         try:
             store.save_voiceprint(self.user_id, clips, self.ctx.engines.speaker.model_id, self._speech,
-                                  self.invite_id, audit, {n: np.stack(v) for n, v in self._channels.items()})
+                                  self.invite_id, audit, {n: np.stack(v) for n, v in self._channels.items()},
+                                  float(np.median(self._edges)))
         except store.InviteUsed as error:
             raise SessionError("invite_used", str(error)) from None
         self.done = True
-        self._embeddings = []
+        self._embeddings, self._edges = [], []
         self._channels = {name: [] for name in CHANNELS}
         return {"type": "result", "mode": "enroll", "state": "enrolled", "user": self.user_name,
                 "clips": len(clips), "speech_seconds": round(self._speech, 2), "request_id": self.request_id}

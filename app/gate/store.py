@@ -292,7 +292,8 @@ def take_challenge(challenge_id: str, claim: str | None, client_addr: str | None
 
 
 def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_seconds: float,
-                    invite_id: int | None, audit: Audit, channels: dict[str, np.ndarray] | None = None) -> None:
+                    invite_id: int | None, audit: Audit, channels: dict[str, np.ndarray] | None = None,
+                    band_edge_db: float | None = None) -> None:
     """Replace the user's voiceprint, use up the invite and audit it, all in one transaction."""
     try:
         if invite_id is not None:
@@ -306,7 +307,7 @@ def save_voiceprint(user_id: int, clips: np.ndarray, model_id: str, speech_secon
                 raise InviteUsed("this enrollment invite has been used or has expired")
         # The old voiceprint's key is destroyed, so the replaced voice is gone from old backups too.
         db.session.get(User, user_id).forget_voice()
-        voiceprint = Voiceprint.from_embeddings(clips, model_id, speech_seconds, channels)
+        voiceprint = Voiceprint.from_embeddings(clips, model_id, speech_seconds, channels, band_edge_db)
         voiceprint.user_id = user_id
         db.session.add(voiceprint)
         db.session.add(audit.row())

@@ -201,7 +201,7 @@ def _judge(embedding: np.ndarray, claimed: str | None, policy, quality: calibrat
         voiceprint = store.find_user(claimed).voiceprint
         match = decide.verify_among(embedding, voiceprint.centroid_vector(), claimed, voices.names, voices.columns,
                                     policy, quality, row=voices.rows.get(claimed), stats=voices.stats,
-                                    channels=voiceprint.channel_vectors())
+                                    channels=voiceprint.channel_vectors(), band_edge_db=voiceprint.band_edge_db)
     else:
         match = decide.identify_among(embedding, voices.names, voices.columns, policy, quality, stats=voices.stats)
     account = store.find_user(match.user) if match.state == "accept" else None

@@ -131,13 +131,19 @@ class Voiceprint(db.Model):
     # enrolled before them (migration 0007).
     channels: Mapped[str | None] = mapped_column(String(64))
     channel_centroids: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The enrollment clips' median band edge (calibration.band_edge, dB): how much high band the
+    # voice was recorded with. NULL on voiceprints enrolled before it (migration 0008).
+    band_edge_db: Mapped[float | None] = mapped_column(Float)
 
     user: Mapped[User] = relationship(back_populates="voiceprint")
 
     @classmethod
     def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float,
-                        channels: dict[str, np.ndarray] | None = None) -> Voiceprint:
-        """Build a voiceprint from unit-length clip embeddings (clips × dim) and per channel the clips' copies, sealed with a new key."""
+                        channels: dict[str, np.ndarray] | None = None, band_edge_db: float | None = None) -> Voiceprint:
+        """Build a voiceprint from unit-length clip embeddings (clips × dim) and per channel the clips' copies, sealed with a new key.
+
+        ``band_edge_db``: the clips' median band edge (``band_edge_db`` above).
+        """
         clips = np.asarray(clips, dtype="<f4")
         mean = clips.mean(axis=0)
         centroid = mean / np.linalg.norm(mean)
@@ -154,6 +160,7 @@ class Voiceprint(db.Model):
             centroid=vault.seal(key, key_id, "voiceprints.centroid", centroid.astype("<f4").tobytes()),
             speech_seconds=float(speech_seconds),
             key_id=key_id,
+            band_edge_db=None if band_edge_db is None else float(band_edge_db),
         )
 
     @property

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jiwer
 import pytest
+import requests
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from app.gate.stream import joined
 from clients import voicegate as client
 
 from .conftest import serve_enrolled
@@ -36,8 +39,17 @@ def _transcript(speech, file):
     return next(u.transcript for u in speech.utterances if u.file == file)
 
 
+def _finals_decoded_ahead(server) -> float:
+    """Return the server's count of live finals decoded mostly while the person spoke (/metrics)."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(r'^voicegate_live_final_transcripts_total\{source="ahead"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_the_enrolled_voice_gets_partials_and_its_words(server, speech):
+    """Spoken in real time, the sentence is decoded while it is spoken: its final waits only for the rest."""
     file = "wav/ljspeech/LJ001-0001.wav"
+    before = _finals_decoded_ahead(server)
     replies, final = _dictate(server, speech, [file], realtime=True)
     finals = [r for r in replies if r["type"] == "final"]
     partials = [r for r in replies if r["type"] == "partial"]
@@ -49,6 +61,8 @@ def test_the_enrolled_voice_gets_partials_and_its_words(server, speech):
     # idle worker (they never delay a decision), so a loaded machine shows fewer, never none.
     assert partials
     assert wer <= 0.15
+    # Its pauses (a 9.7 s sentence has several) let settled pieces be decoded on an idle worker.
+    assert _finals_decoded_ahead(server) >= before + 1
 
 
 def test_an_impostor_gets_no_text_at_all(server, speech):
@@ -60,7 +74,8 @@ def test_an_impostor_gets_no_text_at_all(server, speech):
 
 def test_when_another_voice_takes_over_only_the_first_half_is_written(server, speech):
     first, second = "wav/ljspeech/LJ001-0004.wav", "wav/vctk-p287/p287_003.wav"
-    replies, final = _dictate(server, speech, [first, second])
+    # In real time: what is decoded while the owner speaks must hold no word of the voice after.
+    replies, final = _dictate(server, speech, [first, second], realtime=True)
     finals = [r for r in replies if r["type"] == "final"]
     text = normalise(" ".join(r["text"] for r in finals if r["state"] == "accept"))
     print(f"\nfinals: {[(r['state'], r['start'], r['end'], r['text']) for r in finals]}")
@@ -78,3 +93,11 @@ def test_short_pauses_split_utterances_and_each_is_verified(server, speech):
     text = normalise(" ".join(r["text"] for r in accepted))
     reference = normalise(" ".join(_transcript(speech, f) for f in files))
     assert jiwer.wer(reference, text) <= 0.15
+
+
+def test_pieces_decoded_ahead_join_into_one_sentence():
+    """Whisper closes every piece as a sentence; the next piece, in lower case, says it went on."""
+    assert joined(["In the middle of the 15th century.", "may justly be", "", "considered."]) \
+        == "In the middle of the 15th century may justly be considered."
+    assert joined(["It ended.", "Then another began..."]) == "It ended. Then another began..."
+    assert joined(["Wait...", "and see"]) == "Wait... and see"

@@ -25,6 +25,10 @@ SHORT_PAD_FRAMES = 200
 # speech-more, with 40% less CPU there (over 10 s: 3.4% and 21.9%, too close to call). Checked
 # like a draft, and decoded again over 30 s when it looks wrong (28 of 280 speech-more files).
 FINAL_MIN_SECONDS = 15.0
+# The rest of an utterance whose beginning was decoded while it was spoken (GatedStream's pieces,
+# each over FINAL_MIN_SECONDS) is a second or two: encoded over 8 s it takes about 110 ms
+# instead of 190 (tiny.en, 1.5 s of speech, AVX-512), the wait a final has after the person stops.
+REST_MIN_SECONDS = 8.0
 # faster-whisper's own thresholds for a decode that has gone wrong (hallucination, loops):
 # such a short decode is done again the standard way.
 LOG_PROB_THRESHOLD = -1.0
@@ -99,7 +103,7 @@ class Transcriber:
         return list(self._model.supported_languages)
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None,
-                   draft: bool = False, among: tuple[str, ...] = ()) -> Transcript:
+                   draft: bool = False, among: tuple[str, ...] = (), rest: bool = False) -> Transcript:
         """Return the transcript of ``audio``; ``language`` None lets a multilingual model detect it.
 
         ``among``: the languages a detection chooses from (those spoken here; empty: any the model
@@ -107,6 +111,7 @@ class Transcriber:
         replaces, decoded over the audio's own length (fast); text that stays is decoded over at
         least FINAL_MIN_SECONDS, where its words are at least as right as over Whisper's 30 s
         window. Either falls back to the 30 s decode of plain faster-whisper when it looks wrong.
+        ``rest``: the end of an utterance whose beginning is already decoded (REST_MIN_SECONDS).
         """
         if not self.multilingual:
             language = "en"
@@ -116,7 +121,8 @@ class Transcriber:
         if language is None and among:
             language, probability = self.detect_language(audio, among)
         if language and self.short_context and audio.size < (WINDOW_FRAMES - SHORT_PAD_FRAMES) * SAMPLE_RATE // FRAMES_PER_SECOND:
-            text = self._transcribe_short(audio, language, beam_size, 0.0 if draft else FINAL_MIN_SECONDS)
+            window = 0.0 if draft else REST_MIN_SECONDS if rest else FINAL_MIN_SECONDS
+            text = self._transcribe_short(audio, language, beam_size, window)
             if text is not None:
                 return Transcript(text, (text,) if text else (), language, probability)
         # transcribe() returns a lazy generator: decoding happens while it is consumed.

@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 
 from ..errors import SessionError
+from ..observe import metrics
 from .base import Context, embed_window, new_request_id, run_model
 from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, horizon
 from ..audio.vad import SAMPLE_RATE
@@ -48,6 +49,23 @@ BLOCK = SAMPLE_RATE // 4
 PARTIAL_DUE = 3.0
 # How long such a wait may last at most (a stuck draft must not stall the stream).
 PARTIAL_WAIT = 10.0
+# A live stream decodes its settled, accepted speech while the person goes on talking, in pieces
+# of at least AHEAD_SECONDS, each cut in the middle of a pause of AHEAD_PAUSE (s) where the VAD
+# hears no speech, so that no word is cut in two: a final then waits only for what came after
+# the last piece. Cut at any pause (a comma's), speech-dev's LJ sentences lost words to the missing
+# context ("that | as an example" came back "that has an example"): WER 2.5% -> 4.2%; cut at
+# pauses of 0.2 s it stayed 2.5% and the median final came 110 ms sooner (in-process, 6 files).
+AHEAD_SECONDS = 2.0
+AHEAD_PAUSE = 0.2
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Settled, accepted audio [begin, end) of the open utterance, decoded ahead as a final would be."""
+
+    begin: int
+    end: int
+    future: Future
 
 
 @dataclass
@@ -87,6 +105,7 @@ class GatedStream:
         self.done = False
         policy = ctx.policy
         self.partials = live and policy.partial_interval != float("inf")
+        self._live = live
         self._endpointer = ctx.engines.vad.endpointer(policy.end_silence_ms, policy.max_utterance_seconds)
         self._audio = np.zeros(0, dtype=np.float32)
         self._offset = 0  # stream sample of self._audio[0]
@@ -94,6 +113,7 @@ class GatedStream:
         self._utterance: Utterance | None = None
         self._next_check = 0
         self._partial: tuple[int, str | None, Future] | None = None  # (span begin, whose, transcription)
+        self._ahead: list[Piece] = []  # consecutive pieces of the growing accepted stretch, decoded ahead
         self._shown: str | None = None  # whose partial text the client has been shown in the open utterance
         self._last_partial = 0
         self._last_shown = 0  # stream sample where the client last got text, or the open utterance began
@@ -130,6 +150,7 @@ class GatedStream:
             self._run_checks(self._endpointer.position)
             messages += self._settle()
             self._start_partial()
+            self._decode_ahead()
             self._wait_for_due_partial()
         else:
             # A start is found only after some speech, and dated back: keep enough for its lead-in
@@ -197,7 +218,7 @@ class GatedStream:
         self._run_checks(at)
         utterance.end = at
         messages = self._finish(utterance)
-        self._utterance = None
+        self._utterance, self._ahead = None, []
         self._trim(at)
         return messages
 
@@ -309,11 +330,21 @@ class GatedStream:
         pause = self._endpointer.pause_in(max(low, self._offset), high)
         return at if pause is None else pause
 
-    def _transcribe(self, begin: int, end: int) -> str:
+    def _transcribe(self, begin: int, end: int, rest: bool = False) -> str:
+        """Return the text of [begin, end); ``rest``: what follows pieces decoded ahead (Transcriber.transcribe)."""
+        pieces = [] if rest else self._pieces(begin, end)
+        if pieces:
+            # Decoded while the person spoke: only the rest is left to do (the texts join at pauses).
+            metrics.count_final_transcript("ahead")
+            texts = [piece.future.result().text for piece in pieces]
+            return joined([*texts, self._transcribe(pieces[-1].end, end, rest=True)])
         if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
             return ""
+        if self._live and not rest:
+            metrics.count_final_transcript("whole")
         transcript = run_model(self.ctx, partial(self.ctx.engines.transcriber.transcribe, language=self.language,
-                                                 among=self.ctx.policy.detect_among), self._slice(begin, end))
+                                                 among=self.ctx.policy.detect_among, rest=rest),
+                               self._slice(begin, end))
         if self.language is None and transcript.text:
             self.detected = transcript.language
             if transcript.language_probability >= LANGUAGE_SURE:
@@ -343,6 +374,46 @@ class GatedStream:
             self._partial = (growing.begin, _whose(growing), future)
         except Busy:
             self._partial = None
+
+    def _decode_ahead(self) -> None:
+        """Decode the next piece of the growing accepted stretch that is settled and ends at a pause.
+
+        Only settled, accepted audio (the release rule's, as for a partial), only once the stream's
+        language is fixed (every piece and the rest are then decoded alike), one piece at a time,
+        and only on a worker nothing else needs (courtesy): under load, finals decode it all at the end.
+        """
+        utterance, transcriber = self._utterance, self.ctx.engines.transcriber
+        language = self.language if transcriber.multilingual else "en"
+        if not self._live or language is None or (self._ahead and not self._ahead[-1].future.done()):
+            return
+        settled = horizon(utterance.checks, None)
+        parts = [] if settled is None else self._parts(utterance.start, settled, utterance.checks, settled)
+        growing = parts[-1] if parts else None
+        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until:
+            return
+        if self._ahead and (self._ahead[0].begin != growing.begin or any(p.future.exception() for p in self._ahead)):
+            # A stretch settled meanwhile (these pieces belong to no final any more), or a decode failed.
+            self._ahead = []
+        begin = self._ahead[-1].end if self._ahead else growing.begin
+        if settled - begin < AHEAD_SECONDS * SAMPLE_RATE or not self.ctx.engines.pool.courtesy_room():
+            return
+        pause = self._endpointer.pause_in(begin + int(AHEAD_SECONDS * SAMPLE_RATE), settled)
+        half = int(AHEAD_PAUSE / 2 * SAMPLE_RATE)
+        if pause is None or self._endpointer.speech_seconds_between(pause - half, pause + half) > 0:
+            return
+        try:
+            future = self.ctx.engines.pool.submit_courtesy(partial(transcriber.transcribe, language=language),
+                                                           self._slice(begin, pause))
+        except Busy:
+            return
+        self._ahead.append(Piece(begin, pause, future))
+
+    def _pieces(self, begin: int, end: int) -> list[Piece]:
+        """Return the pieces decoded ahead that cover [begin, end) from its start (none if they do not fit it)."""
+        pieces = [piece for piece in self._ahead if piece.end <= end]
+        if not pieces or pieces[0].begin != begin or any(piece.future.exception() for piece in pieces):
+            return []
+        return pieces
 
     def _wait_for_due_partial(self) -> None:
         """Wait for the partial being computed when this lone live stream has shown no text for PARTIAL_DUE s."""
@@ -384,6 +455,21 @@ class GatedStream:
     def _record(self, state: str, whose: str | None, begin: int, end: int, score: float | None,
                 reason: str | None = None) -> None:
         raise NotImplementedError
+
+
+def joined(texts: list[str]) -> str:
+    """Return consecutive pieces of one stretch's text as one: a piece's closing full stop goes when the next goes on in lower case.
+
+    Whisper ends every piece it is given as a sentence; the next says whether it really ended there.
+    """
+    out = ""
+    for text in (t.strip() for t in texts):
+        if not text:
+            continue
+        if out.endswith(".") and not out.endswith("..") and text[0].islower():
+            out = out[:-1]
+        out = f"{out} {text}" if out else text
+    return out
 
 
 def _whose(part) -> str | None:

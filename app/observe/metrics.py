@@ -38,6 +38,11 @@ LOGIN_EMBEDDINGS = Counter(
     "utterance (redecided: a refusal or a close call), or on the whole utterance (whole: no finished prefix "
     "near the end)", ["source"], registry=REGISTRY)
 
+FINAL_TRANSCRIPTS = Counter(
+    "voicegate_live_final_transcripts", "How the finals of live dictations and meetings were decoded: ahead (most "
+    "of the stretch while the person spoke, the rest after) or whole (all of it after; under load, or no pause)",
+    ["source"], registry=REGISTRY)
+
 
 def count_decision(kind: str, surface: str, state: str) -> None:
     """Count one audited decision."""
@@ -47,6 +52,11 @@ def count_decision(kind: str, surface: str, state: str) -> None:
 def count_login_embedding(source: str) -> None:
     """Count how one streamed voice login was embedded (estimate, redecided, whole)."""
     LOGIN_EMBEDDINGS.labels(source).inc()
+
+
+def count_final_transcript(source: str) -> None:
+    """Count how one live final was decoded (ahead, whole)."""
+    FINAL_TRANSCRIPTS.labels(source).inc()
 
 
 @contextmanager

@@ -2,9 +2,9 @@
 
 This is the contract every surface relies on (/ws/voice, /api/v1, the browser, Kõnele):
 
-    Audio reaches Whisper, in a partial or a final, only if every part of it lies inside
-    a voice check that passed and inside no check that failed, and only once no later
-    check can still fail over it.
+    Audio reaches Whisper, in a partial, a final or a piece of one decoded ahead (stream.py),
+    only if every part of it lies inside a voice check that passed and inside no check that
+    failed, and only once no later check can still fail over it.
 
 Checks are ECAPA scores of windows of ``WINDOW`` seconds, ending every ``STEP`` seconds
 of an utterance, plus one window ending where the utterance ends. A window that passed

@@ -11,7 +11,10 @@ everything is measured, per degradation condition, with the trials of the set's 
 for false-accept rates fine enough to see 1 in 1000, every enrollment list against every other
 evaluation speaker's files. ``--heldout`` sets are measured with that fit, all their speakers.
 Telephone-band test files are scored against the enrollment's telephone copies, as the service
-does (app/audio/augment.py); the clean centroid alone is measured beside it. Embeddings are
+did when the shipped calibration was fitted (app/audio/augment.py); the clean centroid alone is
+measured beside it. The service now keeps the copy for tests at least 20 dB under the
+enrollment's band (decide.PHONE_COPY_GAP_DB, migration 0008); what that changes is measured by
+``python -m bench.studies.channel_guard`` (FAR unchanged, FRR lower). Embeddings are
 computed in this process and cached (bench/embedcache.py).
 
 ``--model campplus`` fits and measures the same scoring on CAM++'s embeddings (its own cohort of

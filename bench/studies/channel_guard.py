@@ -1,4 +1,4 @@
-"""Undecided: why Dutch dictation is refused with the fused voice (issue 26), and what a fix must not do.
+"""Why Dutch dictation was refused with the fused voice (issue 26), and what the fix must not do.
 
     python -m bench.studies.channel_guard [--out bench/results/channel-guard.json]
 
@@ -18,7 +18,8 @@ Two measurements:
 3. **The telephone copy kept for tests well below the enrollment's own band.** The service's
    scoring, but a telephone-band test meets the telephone copy only when its band edge lies at
    least ``gap`` dB below the enrollment clips' median; else the clean centroid. On speech-more's
-   13 fitting speakers (where a gap would be chosen), its 20 evaluation speakers and speech-dev.
+   13 fitting speakers (where the gap was chosen: 20 dB, shipped as decide.PHONE_COPY_GAP_DB with
+   migration 0008), its 20 evaluation speakers and speech-dev.
 
 Embeddings of (1) and (3) come from bench/embedcache.py's cache; (2) runs the models (about a minute).
 """
@@ -42,7 +43,7 @@ from ..paths import DEFAULT_DATA, RESULTS, ROOT, SPEECH_MORE
 BAND_LIMITED_SPEAKER = "fillets-nl-small"
 NARROW_FLOORS = (0.25, 0.30, 0.35)
 # How far (dB) a telephone-band test's band edge must lie below the enrollment's for the telephone
-# copy; -inf: always (the service's rule).
+# copy; -inf: always (the rule before migration 0008, which the shipped calibration was fitted with).
 GAPS = (-np.inf, 5.0, 10.0, 15.0, 20.0)
 WINDOW, STEP = 32000, 16000
 

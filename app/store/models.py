@@ -140,9 +140,10 @@ class Voiceprint(db.Model):
     @classmethod
     def from_embeddings(cls, clips: np.ndarray, model_id: str, speech_seconds: float,
                         channels: dict[str, np.ndarray] | None = None, band_edge_db: float | None = None) -> Voiceprint:
-        """Build a voiceprint from unit-length clip embeddings (clips × dim) and per channel the clips' copies, sealed with a new key.
+        """Build a voiceprint from unit-length clip embeddings (clips × dim), sealed with a new key.
 
-        ``band_edge_db``: the clips' median band edge (``band_edge_db`` above).
+        ``channels``: per channel the clips' copies' embeddings; ``band_edge_db``: the clips'
+        median band edge (``band_edge_db`` above).
         """
         clips = np.asarray(clips, dtype="<f4")
         mean = clips.mean(axis=0)

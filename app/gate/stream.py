@@ -253,14 +253,8 @@ class GatedStream:
             elif self._short_phrase_allowed(utterance):
                 # A short phrase right after accepted speech: decided on its own, stricter.
                 self._check(utterance, utterance.start, end, short=True)
-        elif (covered := max(check.end for check in utterance.checks)) < end:
-            if self._endpointer.speech_seconds_between(covered - int(TRAIL * SAMPLE_RATE), end) == 0:
-                # Only silence after the last check, which holds TRAIL of it already (a pause before
-                # stop, the VAD's trail): nothing is left for a check to vouch for, so the utterance
-                # ends where the checks do and its final does not wait for one more.
-                utterance.end = covered
-            else:
-                self._check(utterance, end - WINDOW_SAMPLES, end)
+        elif max(check.end for check in utterance.checks) < end:
+            self._check(utterance, end - WINDOW_SAMPLES, end)
         return self._settle(utterance)
 
     def _short_phrase_allowed(self, utterance: Utterance) -> bool:

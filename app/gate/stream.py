@@ -351,18 +351,27 @@ class GatedStream:
                 self.language = transcript.language
         return transcript.text
 
+    def _growing(self):
+        """Return the open utterance's settled horizon and its accepted stretch still growing (None, None if none).
+
+        The stretch is the last settled one, accepted, with nothing of it sent yet: what a partial
+        shows and what pieces decoded ahead are cut from.
+        """
+        utterance = self._utterance
+        settled = horizon(utterance.checks, None)
+        parts = [] if settled is None else self._parts(utterance.start, settled, utterance.checks, settled)
+        growing = parts[-1] if parts else None
+        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until:
+            return None, None
+        return settled, growing
+
     def _start_partial(self) -> None:
         """Transcribe the accepted stretch that is still growing, when a worker is free and enough is new."""
-        utterance = self._utterance
         pool = self.ctx.engines.pool
         if not self.partials or self._partial is not None or not pool.courtesy_room():
             return  # partials are a courtesy: never queue them, nor let them hold up decisions
-        settled = horizon(utterance.checks, None)
-        if settled is None or settled - self._last_partial < self.ctx.policy.partial_interval * SAMPLE_RATE:
-            return
-        parts = self._parts(utterance.start, settled, utterance.checks, settled)
-        growing = parts[-1] if parts else None
-        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until \
+        settled, growing = self._growing()
+        if growing is None or settled - self._last_partial < self.ctx.policy.partial_interval * SAMPLE_RATE \
                 or settled - growing.begin < MIN_PARTIAL_SECONDS * SAMPLE_RATE:
             return
         self._last_partial = settled
@@ -382,14 +391,12 @@ class GatedStream:
         language is fixed (every piece and the rest are then decoded alike), one piece at a time,
         and only on a worker nothing else needs (courtesy): under load, finals decode it all at the end.
         """
-        utterance, transcriber = self._utterance, self.ctx.engines.transcriber
+        transcriber = self.ctx.engines.transcriber
         language = self.language if transcriber.multilingual else "en"
         if not self._live or language is None or (self._ahead and not self._ahead[-1].future.done()):
             return
-        settled = horizon(utterance.checks, None)
-        parts = [] if settled is None else self._parts(utterance.start, settled, utterance.checks, settled)
-        growing = parts[-1] if parts else None
-        if growing is None or growing.state != ACCEPT or growing.begin != utterance.emitted_until:
+        settled, growing = self._growing()
+        if growing is None:
             return
         if self._ahead and (self._ahead[0].begin != growing.begin or any(p.future.exception() for p in self._ahead)):
             # A stretch settled meanwhile (these pieces belong to no final any more), or a decode failed.

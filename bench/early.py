@@ -2,9 +2,9 @@
 
     python -m bench.early [--data DIR ...] [--late SECONDS ...] [--out FILE.json]
 
-During a streamed voice login the server computes ECAPA's frame features of what has been said
-so far (``SpeakerEncoder.prefix``); after ``stop`` only the frames after that prefix are left
-to compute (``embed_after``). The estimate is not the whole utterance's embedding, so every
+During a streamed voice login the server works on what has been said so far (``prefix``):
+ECAPA's frame features, and with the fused models CAM++'s embedding of it; after ``stop`` only
+ECAPA's frames after that prefix are left to compute (``embed_after``). The estimate is not the whole utterance's embedding, so every
 trial of each set is decided both ways with the service's scoring (AS-norm on the shipped
 cohort, calibration, the policy's target and floor), the prefix ending ``--late`` seconds before
 the end of the audio. Reported: how far the estimate's scores move, how many decisions change,
@@ -29,12 +29,13 @@ LATE = (0.15, 0.3, 0.45, 0.6)  # the service uses prefixes up to early.MAX_LATE_
 
 def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
     """Return, per prefix lateness, score changes and decision changes of the estimate against the whole utterance."""
+    from app.engines.fused import PART_DIM, in_space
     from app.engines.speaker import centroid, cosine
     from app.gate import calibration, decide, early
     from app.gate.policy import Policy
 
     policy = Policy()
-    cohort = calibration.load_cohort()
+    cohort = calibration.cohort_for(engines.speaker.dim)
     files = sorted({p for t in speech.trials for p in (*t.enroll, t.test)} | {u.path for u in speech.utterances})
     audio = {p: speech.audio(p) for p in files}
     whole = {p: engines.speaker.embed(a) for p, a in audio.items()}
@@ -45,10 +46,12 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
         return decide.verify(embedding, voices[trial.enroll], "user", policy, quality[trial.test], cohort=cohort)
 
     exact = [decided(whole[t.test], t) for t in speech.trials]
-    # The replay check: the highest cosine to the speaker's other clips (as to the enrollment clips).
+    # The replay check: the highest cosine to the speaker's other clips (as to the enrollment clips),
+    # of ECAPA's part where the models are fused (verification.replay_similarity).
     speaker_files = {u.path: [v.path for v in speech.utterances if v.speaker == u.speaker and v.path != u.path]
                      for u in speech.utterances}
-    copies = {p: max((cosine(whole[p], whole[q]) for q in speaker_files.get(p, []) if q in whole), default=None)
+    copies = {p: max((cosine(in_space(whole[p], PART_DIM), in_space(whole[q], PART_DIM))
+                      for q in speaker_files.get(p, []) if q in whole), default=None)
               for p in files}
     out = {"trials": len(speech.trials), "files": len(files),
            "whole_accepts": sum(m.state == "accept" for m in exact), "by_late_seconds": {}}
@@ -85,7 +88,8 @@ def measure(speech: SpeechSet, engines, late: tuple[float, ...]) -> dict:
         for path, estimate in estimates.items():
             if copies.get(path) is None:
                 continue
-            copy = max(cosine(estimate, whole[q]) for q in speaker_files[path] if q in whole)
+            copy = max(cosine(in_space(estimate, PART_DIM), in_space(whole[q], PART_DIM))
+                       for q in speaker_files[path] if q in whole)
             copy_moves.append(abs(copy - copies[path]))
             flipped = (copy >= policy.replay_similarity) != (copies[path] >= policy.replay_similarity)
             replay_changed += flipped
@@ -116,7 +120,7 @@ def _left_after_stop(samples: np.ndarray, prefix) -> float:
     from app.engines.speaker import PREFIX_CONTEXT
 
     frames = 1 + samples.size // 160
-    start = prefix.frames.shape[1]
+    start = getattr(prefix, "ecapa", prefix).frames.shape[1]  # fused: ECAPA's part is what is left
     return round((frames - max(0, start - PREFIX_CONTEXT)) / frames, 4)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 import websocket
 
-from app.engines.speaker import PREFIX_CONTEXT, cosine
+from app.engines.speaker import PREFIX_CONTEXT, Cancel, Cancelled, cosine
 from app.gate import early
 from bench.data import pcm16
 
@@ -95,15 +96,34 @@ def test_the_estimate_from_a_prefix_is_the_embedding_or_close_to_it(engines, spe
     assert speaker.streams  # the service's ONNX runtime splits ECAPA into frames and pooling
     audio = speech.load(LOGIN)
     exact = speaker.embed(audio)
-    # A prefix too short to keep any frame leaves every frame to compute: the embedding itself.
-    assert cosine(speaker.embed_after(audio, speaker.prefix(audio[:4000])), exact) > 0.99999
-    # A prefix that ends 0.5 s before the end leaves under half the frames, and moves the vector little.
+    # ECAPA's part: a prefix too short to keep any frame leaves every frame to compute, the embedding itself.
+    ecapa = speaker.ecapa
+    assert cosine(ecapa.embed_after(audio, ecapa.prefix(audio[:4000])), ecapa.embed(audio)) > 0.99999
+    # A prefix that ends 0.5 s before the end leaves under half of ECAPA's frames, and CAM++'s
+    # embedding of the beginning stands for the whole: the fused vector moves little.
     prefix = speaker.prefix(audio[:audio.size - 8000])
-    left = audio.size // 160 + 1 - (prefix.frames.shape[1] - PREFIX_CONTEXT)
+    assert prefix.samples == audio.size - 8000
+    left = audio.size // 160 + 1 - (prefix.ecapa.frames.shape[1] - PREFIX_CONTEXT)
     assert left < 0.5 * (audio.size // 160 + 1)
     assert 0.98 < cosine(speaker.embed_after(audio, prefix), exact) < 0.99999
     with pytest.raises(ValueError):
         speaker.embed_after(audio[:8000], prefix)
+
+
+@pytest.mark.parametrize("part", ["fused", "campplus"])
+def test_a_prefix_in_flight_ends_when_cancelled(engines, speech, part):
+    # Both models' calls stop, so that the login's own decision finds the cores free.
+    work = engines.speaker.prefix if part == "fused" else engines.speaker.campplus.embed
+    audio = np.tile(speech.load(LOGIN), 8)  # 41 s: seconds of work, caught while running
+    cancel = Cancel()
+    with ThreadPoolExecutor(1) as runner:
+        running = runner.submit(work, audio, cancel)
+        time.sleep(0.05)
+        began = time.monotonic()
+        cancel()
+        with pytest.raises(Cancelled):
+            running.result(timeout=60)
+        assert time.monotonic() - began < 1.0
 
 
 def embedded(live) -> dict[str, float]:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .speaker import normalise, onnx_session
+from .speaker import Cancel, Cancelled, normalise, onnx_session
 
 EMBEDDING_DIM = 192
 # The network's first layers need a few frames; anything this short carries no voice anyway.
@@ -85,11 +85,14 @@ class CampplusEncoder:
         self._session = onnx_session(directory / ONNX_FILE, threads or 1)
         self._features = KaldiFbank()
 
-    def embed(self, audio: np.ndarray) -> np.ndarray:
-        """Return the unit-length embedding (float32, 192) of 16 kHz mono float32 audio."""
-        return self.embed_many([audio])[0]
+    def embed(self, audio: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
+        """Return the unit-length embedding (float32, 192) of 16 kHz mono float32 audio.
 
-    def embed_many(self, clips: list[np.ndarray]) -> np.ndarray:
+        ``cancel``: a handle that ends the call early (it then raises Cancelled).
+        """
+        return self.embed_many([audio], cancel)[0]
+
+    def embed_many(self, clips: list[np.ndarray], cancel: Cancel | None = None) -> np.ndarray:
         """Return the unit-length embeddings (n × 192) of clips, in one call when they are equally long."""
         for audio in clips:
             if audio.ndim != 1 or audio.size < MIN_SAMPLES:
@@ -97,9 +100,15 @@ class CampplusEncoder:
         if not clips:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         if len({audio.size for audio in clips}) > 1:
-            return np.stack([self.embed_many([audio])[0] for audio in clips])
+            return np.stack([self.embed_many([audio], cancel)[0] for audio in clips])
         features = self._features(np.stack([np.asarray(a, dtype=np.float32) for a in clips]))
-        return np.stack([normalise(vector) for vector in self._session.run(None, {"features": features})[0]])
+        try:
+            vectors = self._session.run(None, {"features": features}, cancel.options if cancel else None)[0]
+        except Exception:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("the call was cancelled") from None
+            raise
+        return np.stack([normalise(vector) for vector in vectors])
 
 
 def onnx_export_current(model_dir: str | os.PathLike) -> bool:

@@ -8,7 +8,8 @@ against a cohort, calibration, identification) then works on the pair unchanged,
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
-# CAM++'s half of a login's last work, run beside ECAPA's (FusedEncoder.embed_after): one thread
+# CAM++'s half of an embedding, run beside ECAPA's (FusedEncoder.embed_many, prefix): one thread
 # a core, as many logins may end at once.
 _beside = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="campplus")
 
@@ -64,11 +65,25 @@ _beside = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix
 FUSED_MODEL_ID = f"ecapa+campplus@{ECAPA_SHARE}"
 
 
+@dataclass(frozen=True)
+class FusedPrefix:
+    """The beginning of an utterance, the first ``samples`` of it: ECAPA's frames and CAM++'s embedding of it."""
+
+    ecapa: object  # speaker.Prefix
+    campplus: np.ndarray
+
+    @property
+    def samples(self) -> int:
+        return self.ecapa.samples
+
+
 class FusedEncoder:
     """ECAPA and CAM++ as one speaker encoder of fused 384-dim vectors (``fuse``), with ECAPA's interface.
 
-    An utterance's ECAPA frames can be computed while it is said (``prefix``); CAM++, about a
-    third of ECAPA's cost, embeds the whole utterance once it has ended (``embed_after``).
+    While an utterance is said, its beginning can be worked on (``prefix``): ECAPA's frames,
+    and CAM++'s embedding of that beginning. After it ends only ECAPA's last frames are left
+    (``embed_after``); CAM++'s part of the estimate is the beginning's, which leaves out the
+    last fraction of a second (the close-call bands of early.py are measured on this estimate).
     """
 
     model_id = FUSED_MODEL_ID
@@ -107,15 +122,24 @@ class FusedEncoder:
         campplus = _beside.submit(self.campplus.embed_many, clips)
         return fuse(self.ecapa.embed_many(clips), campplus.result())
 
-    def prefix(self, audio: np.ndarray, cancel=None):
-        """Return ECAPA's prefix of an utterance's beginning (SpeakerEncoder.prefix)."""
-        return self.ecapa.prefix(audio, cancel)
+    def prefix(self, audio: np.ndarray, cancel=None) -> FusedPrefix:
+        """Return an utterance's beginning ``audio`` worked on: ECAPA's prefix (SpeakerEncoder.prefix) and CAM++'s embedding.
 
-    def embed_after(self, audio: np.ndarray, prefix) -> np.ndarray:
-        """Return an estimate of ``embed(audio)``: ECAPA's from ``prefix`` and the rest, CAM++'s of the whole.
-
-        The two run at once: this is the work left after a login's last word, and a second core,
-        when free, takes CAM++'s share off the wait.
+        The two run at once; ``cancel`` ends both (the call then raises speaker.Cancelled).
         """
-        campplus = _beside.submit(self.campplus.embed, audio)
-        return fuse(self.ecapa.embed_after(audio, prefix), campplus.result())
+        campplus = _beside.submit(self.campplus.embed, audio, cancel)
+        try:
+            ecapa = self.ecapa.prefix(audio, cancel)
+        finally:
+            wait([campplus])  # also when ECAPA's part was cancelled: CAM++'s ends at once then
+        return FusedPrefix(ecapa, campplus.result())
+
+    def embed_after(self, audio: np.ndarray, prefix: FusedPrefix) -> np.ndarray:
+        """Return an estimate of ``embed(audio)``: ECAPA's from ``prefix`` and the rest, CAM++'s of the beginning.
+
+        The work left after a login's last word is ECAPA's last frames alone, which then has
+        every core when the machine is quiet (SpeakerEncoder.idle).
+        """
+        if audio.size < prefix.samples:
+            raise ValueError("the prefix is longer than the audio")
+        return fuse(self.ecapa.embed_after(audio, prefix.ecapa), prefix.campplus)

@@ -59,21 +59,26 @@ class Pooling:
         ``projected``: ``project(frames)``, when it was kept from earlier calls.
         """
         projected = self.project(frames) if projected is None else projected
-        mean, spread = _statistics(frames, np.full(frames.shape[1], 1.0 / frames.shape[1], dtype=np.float32))
+        mean, spread = _statistics(frames)
         context = self.mean @ mean + self.spread @ spread + self.bias
         hidden = np.tanh(np.maximum(projected + context[:, None], 0.0) * self.scale[:, None] + self.shift[:, None])
-        logits = self.attend @ hidden + self.attend_bias[:, None]
-        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        # In place: after a login's last word this is part of the wait, on channels × frames.
+        weights = self.attend @ hidden
+        weights += self.attend_bias[:, None]
+        weights -= weights.max(axis=1, keepdims=True)
+        np.exp(weights, out=weights)
         weights /= weights.sum(axis=1, keepdims=True)
         pooled_mean, pooled_spread = _statistics(frames, weights)
         return self.out @ np.concatenate([pooled_mean, pooled_spread]) + self.out_bias
 
 
-def _statistics(frames: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the weighted mean and standard deviation of each channel over the frames."""
-    mean = (frames * weights).sum(axis=1)
-    spread = np.sqrt(np.maximum((weights * np.square(frames - mean[:, None])).sum(axis=1), EPS))
-    return mean, spread
+def _statistics(frames: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the weighted mean and standard deviation of each channel over the frames (None: weighed alike)."""
+    mean = frames.mean(axis=1) if weights is None else np.einsum("ij,ij->i", frames, weights)
+    squares = frames - mean[:, None]
+    squares *= squares
+    variance = squares.mean(axis=1) if weights is None else np.einsum("ij,ij->i", weights, squares)
+    return mean, np.sqrt(np.maximum(variance, EPS))
 
 
 def export(network) -> Pooling:

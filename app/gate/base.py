@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,22 @@ def run_model(ctx: Context, fn, *args):
         with metrics.timed_model_call(fn):
             return ctx.engines.pool.run(fn, *args)
     except Busy as error:
-        raise SessionError("busy", f"the server is at capacity ({error}); try again in a moment") from None
+        raise _busy(error) from None
+
+
+def start_model(ctx: Context, fn, *args) -> Future:
+    """Start a model call on the pool and return its future, to do other work meanwhile; ``busy`` as run_model."""
+    def call():
+        with metrics.timed_model_call(fn):
+            return fn(*args)
+    try:
+        return ctx.engines.pool.submit(call)
+    except Busy as error:
+        raise _busy(error) from None
+
+
+def _busy(error: Busy) -> SessionError:
+    return SessionError("busy", f"the server is at capacity ({error}); try again in a moment")
 
 
 def embed_window(ctx: Context, audio: np.ndarray) -> np.ndarray:
@@ -65,7 +81,7 @@ def embed_window(ctx: Context, audio: np.ndarray) -> np.ndarray:
         with metrics.timed_model_call(ctx.engines.speaker.embed):
             return windows.embed(audio)
     except Busy as error:
-        raise SessionError("busy", f"the server is at capacity ({error}); try again in a moment") from None
+        raise _busy(error) from None
 
 
 def seconds(samples: int) -> float:

@@ -1,15 +1,16 @@
-"""A streamed voice login's work while the person speaks: ECAPA's frame features of what was said so far.
+"""A streamed voice login's work while the person speaks: the speaker models on what was said so far.
 
 Whenever STEP_SECONDS more audio has come and the inference pool has room for courtesy work,
-the frame features of everything so far are computed (``SpeakerEncoder.prefix``). After
-``stop``, only the frames after the newest prefix are left (``SpeakerEncoder.embed_after``):
-about a third of the work for a 5 s utterance, and a prefix still running is cancelled.
+everything so far is worked on (``prefix``): ECAPA's frame features, and CAM++'s embedding
+where the models are fused. After ``stop``, only ECAPA's frames after the newest prefix are left
+(``embed_after``): about a third of ECAPA's work for a 5 s utterance, and none of CAM++'s; a
+prefix still running is cancelled.
 
 That estimate is close to the whole utterance's embedding but not equal to it: a prefix's
-features are normalised on the beginning's statistics. Only an accept far enough from every
-threshold stands (``settled``); a refusal or a close call is made again on the whole
-utterance, so that decisions are the whole utterance's (bench/early.py measures both on
-speech-more: docs/benchmarks.md).
+features are normalised on the beginning's statistics, and CAM++ has not heard the last
+fraction of a second. Only an accept far enough from every threshold stands (``settled``); a
+refusal or a close call is made again on the whole utterance, so that decisions are the whole
+utterance's (bench/early.py measures both on speech-more: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -47,10 +48,13 @@ class Bands:
 
 
 # The largest changes the estimate made on speech-more (bench/early.py, docs/benchmarks.md) with
-# prefixes ending up to the given seconds before the utterance. A decision within MARGIN times
-# these of a threshold is a close call. A prefix later than the last is not used: its estimate
-# strays further, and most of the work would be left (a client that sends faster than it speaks).
-MEASURED_CHANGES = ((0.3, Bands(0.048, 0.65, 0.030)), (0.45, Bands(0.057, 0.65, 0.047)))
+# prefixes ending up to the given seconds before the utterance, fused models: ECAPA's frames
+# from the prefix and the rest, CAM++'s embedding of the prefix alone (each band at least the
+# one before it). They also cover ECAPA alone, whose changes were smaller (raw 0.048 and 0.057,
+# calibrated 0.65, measured 2026-12-01). A decision within MARGIN times these of a threshold is a close call. A prefix
+# later than the last is not used: its estimate strays further, and most of the work would be
+# left (a client that sends faster than it speaks).
+MEASURED_CHANGES = ((0.3, Bands(0.051, 0.96, 0.030)), (0.45, Bands(0.061, 0.96, 0.047)))
 MARGIN = 1.5
 MAX_LATE_SECONDS = MEASURED_CHANGES[-1][0]
 # Audio that arrives faster than this many seconds a second (a file sent at once) gets no

@@ -11,7 +11,7 @@ from . import calibration, decide, early, gallery, second_chance, store
 from ..observe import metrics
 from . import tokens
 from ..errors import SessionError
-from .base import PROBLEM_MESSAGES, ClipBuffer, Context, new_request_id, run_model, seconds, standing
+from .base import PROBLEM_MESSAGES, ClipBuffer, Context, new_request_id, run_model, seconds, standing, start_model
 from .challenge import Challenge, answered, new_challenge
 
 logger = logging.getLogger(__name__)
@@ -104,10 +104,15 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
                              claimed_user=None if problem == "unknown_user" else claimed))
         return {**result, "state": problem, "message": PROBLEM_MESSAGES[problem]}
 
+    # A streamed login's estimate is the last work on the voice: started first, it runs while the
+    # speech is measured (a core each), and is not waited for when there is too little speech.
+    estimated = start_model(ctx, estimate.embed, audio) if estimate is not None else None
     speech = sum(s.seconds for s in ctx.engines.vad.segments(audio))
     quality = calibration.measure_quality(audio, speech)
     result["speech_seconds"] = round(speech, 2)
     state = decide.speech_state(speech, policy.min_verify_speech)
+    if state and estimated is not None:
+        estimated.cancel()
     if state and attempts is not None and not attempts.asked:
         # Not counted as a failure: nothing was decided. The same digits, said again, finish it.
         # Asked of a name that cannot log in too, so that the answer does not tell which names exist.
@@ -119,7 +124,7 @@ def _decide(ctx: Context, audio: np.ndarray, claimed: str | None, login: bool, l
         store.record(replace(audit, decision=state, reason=state))
         return _shown(ctx, {**result, "state": state})
 
-    embedding = run_model(ctx, estimate.embed if estimate else ctx.engines.speaker.embed, audio)
+    embedding = estimated.result() if estimated is not None else run_model(ctx, ctx.engines.speaker.embed, audio)
     if problem:
         # Decided like a wrong voice, after the same work, so that a stranger cannot tell the two apart.
         store.record_attempt(claimed, False, policy.lockout_attempts, policy.lockout_seconds,

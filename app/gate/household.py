@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
 from . import settings, store
-from ..audio.vad import SAMPLE_RATE
-from .base import Context, SessionError, run_model, standing
+from .base import Context, SessionError, standing
 from .meeting import MeetingSession, Member
-from .stream import MIN_TEXT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +40,6 @@ class CommandSession(MeetingSession):
         self.partials = False  # one transcript at the end: drafts would cost CPU and show nothing
         self.language = language
         self._lines: list[dict] = []
-
-    def _transcribe(self, begin: int, end: int) -> str:
-        """Transcribe a released stretch in the command's language (None: the model detects it)."""
-        if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
-            return ""
-        transcribe = partial(self.ctx.engines.transcriber.transcribe, language=self.language,
-                             among=self.ctx.policy.detect_among)
-        return run_model(self.ctx, transcribe, self._slice(begin, end)).text
 
     def feed(self, samples) -> None:
         """Take more of the command (16 kHz mono float32)."""

@@ -386,8 +386,9 @@ class GatedStream:
         is used only for that very stretch, once the release rule has settled it as accepted
         (``_transcribe``); otherwise it is dropped unseen.
         """
-        if not self._live:
-            return
+        utterance = self._utterance
+        if not self._live or (utterance.checks and max(check.end for check in utterance.checks) >= end):
+            return  # no check left to run beside: the final decodes at once, on every core when idle
         _, growing = self._growing()
         if growing is None:
             return
@@ -396,7 +397,9 @@ class GatedStream:
         if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
             return
         try:
-            future = start_model(self.ctx, self._final_decode(bool(pieces)), self._slice(begin, end))
+            # On one core: the check takes the other (started on every core, the decode would slow it).
+            future = start_model(self.ctx, partial(self._final_decode(bool(pieces)), beside=True),
+                                 self._slice(begin, end))
         except SessionError:
             return  # the pool is full: the final decodes after its check, as without a guess
         self._guess = Guess(begin, end, bool(pieces), future)

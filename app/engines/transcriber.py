@@ -103,8 +103,7 @@ class Transcriber:
         return list(self._model.supported_languages)
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, beam_size: int | None = None,
-                   draft: bool = False, among: tuple[str, ...] = (), rest: bool = False,
-                   beside: bool = False) -> Transcript:
+                   draft: bool = False, among: tuple[str, ...] = (), rest: bool = False) -> Transcript:
         """Return the transcript of ``audio``; ``language`` None lets a multilingual model detect it.
 
         ``among``: the languages a detection chooses from (those spoken here; empty: any the model
@@ -113,7 +112,6 @@ class Transcriber:
         least FINAL_MIN_SECONDS, where its words are at least as right as over Whisper's 30 s
         window. Either falls back to the 30 s decode of plain faster-whisper when it looks wrong.
         ``rest``: the end of an utterance whose beginning is already decoded (REST_MIN_SECONDS).
-        ``beside``: other work starts with this call (a final's last voice check): one core, never every core.
         """
         if not self.multilingual:
             language = "en"
@@ -121,14 +119,14 @@ class Transcriber:
         beam_size = beam_size or self.beam_size
         probability = 1.0
         if language is None and among:
-            language, probability = self.detect_language(audio, among, beside)
+            language, probability = self.detect_language(audio, among)
         if language and self.short_context and audio.size < (WINDOW_FRAMES - SHORT_PAD_FRAMES) * SAMPLE_RATE // FRAMES_PER_SECOND:
             window = 0.0 if draft else REST_MIN_SECONDS if rest else FINAL_MIN_SECONDS
-            text = self._transcribe_short(audio, language, beam_size, window, beside)
+            text = self._transcribe_short(audio, language, beam_size, window)
             if text is not None:
                 return Transcript(text, (text,) if text else (), language, probability)
         # transcribe() returns a lazy generator: decoding happens while it is consumed.
-        model = self._model_now(beside)
+        model = self._wide if self._wide is not None and self.idle() else self._model
         segments, info = model.transcribe(
             audio,
             language=language,
@@ -140,11 +138,7 @@ class Transcriber:
         return Transcript(" ".join(t for t in texts if t), texts, info.language,
                           probability if language else float(info.language_probability))
 
-    def _model_now(self, beside: bool = False):
-        """Return the copy to run a call on: every core when nothing else runs (``idle``), else one."""
-        return self._wide if self._wide is not None and not beside and self.idle() else self._model
-
-    def detect_language(self, audio: np.ndarray, among: tuple[str, ...], beside: bool = False) -> tuple[str | None, float]:
+    def detect_language(self, audio: np.ndarray, among: tuple[str, ...]) -> tuple[str | None, float]:
         """Return the likeliest of the languages ``among`` in ``audio`` (its first 30 s) and its share of their probability.
 
         Whisper base takes Czech for Polish on a few seconds (right on 7 and 5 of 10 files of
@@ -155,20 +149,20 @@ class Transcriber:
         known = [code for code in dict.fromkeys(among) if code in self._model.supported_languages]
         if len(known) <= 1:
             return (known[0], 1.0) if known else (None, 1.0)
-        _, _, probabilities = self._model_now(beside).detect_language(audio=audio)
+        model = self._wide if self._wide is not None and self.idle() else self._model
+        _, _, probabilities = model.detect_language(audio=audio)
         chances = {code: p for code, p in probabilities if code in known}
         best = max(known, key=lambda code: chances.get(code, 0.0))
         return best, chances.get(best, 0.0) / max(sum(chances.values()), 1e-9)
 
-    def _transcribe_short(self, audio: np.ndarray, language: str, beam_size: int, min_seconds: float,
-                          beside: bool = False) -> str | None:
+    def _transcribe_short(self, audio: np.ndarray, language: str, beam_size: int, min_seconds: float) -> str | None:
         """Decode an utterance under 28 s from an encoder pass over its length (at least ``min_seconds``); None if it looks wrong.
 
         Decoding with timestamps anchors the text to the audio: without them, the decoder
         sometimes says the utterance twice, the second time over the silent padding. Any
         segment that starts after the audio has ended is dropped for the same reason.
         """
-        draft = self.decode_short(audio, language, beam_size, min_seconds, beside)
+        draft = self.decode_short(audio, language, beam_size, min_seconds)
         problem = draft.problem()
         if problem:
             self.fallbacks += 1
@@ -177,7 +171,7 @@ class Transcriber:
         return draft.text
 
     def decode_short(self, audio: np.ndarray, language: str = "en", beam_size: int | None = None,
-                     min_seconds: float = 0.0, beside: bool = False) -> ShortDecode:
+                     min_seconds: float = 0.0) -> ShortDecode:
         """Return the short-window decode of ``audio`` (over at least ``min_seconds``) with what is needed to judge it (no fallback)."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
@@ -194,7 +188,7 @@ class Transcriber:
         padded = np.zeros((1, features.shape[0], length), dtype=np.float32)
         padded[0, :, :min(frames, length)] = features[:, :length]
         tokenizer = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
-        model = self._model_now(beside)
+        model = self._wide if self._wide is not None and self.idle() else self._model
         limit = min(self._model.max_length // 2, DRAFT_MIN_TOKENS + math.ceil(seconds * DRAFT_TOKENS_PER_SECOND))
         result = model.model.generate(
             ctranslate2.StorageView.from_array(padded),

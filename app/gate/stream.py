@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import SessionError
 from ..observe import metrics
-from .base import Context, embed_window, new_request_id, run_model, start_model
+from .base import Context, embed_window, new_request_id, run_model
 from .release import ACCEPT, PENDING, REJECT, STEP_SAMPLES, WINDOW_SAMPLES, horizon
 from ..audio.vad import SAMPLE_RATE
 from ..engines.pool import Busy
@@ -68,16 +68,6 @@ class Piece:
     future: Future
 
 
-@dataclass(frozen=True)
-class Guess:
-    """The decode a final will most likely need, [begin, end) (``rest``: after pieces), started before it is settled."""
-
-    begin: int
-    end: int
-    rest: bool
-    future: Future
-
-
 @dataclass
 class Utterance:
     """One stretch of speech in the stream, in stream samples, with the checks made on it so far."""
@@ -124,7 +114,6 @@ class GatedStream:
         self._next_check = 0
         self._partial: tuple[int, str | None, Future] | None = None  # (span begin, whose, transcription)
         self._ahead: list[Piece] = []  # consecutive pieces of the growing accepted stretch, decoded ahead
-        self._guess: Guess | None = None  # an ended utterance's last decode, started before its last check
         self._shown: str | None = None  # whose partial text the client has been shown in the open utterance
         self._last_partial = 0
         self._last_shown = 0  # stream sample where the client last got text, or the open utterance began
@@ -226,16 +215,9 @@ class GatedStream:
         trail = at + int(TRAIL * SAMPLE_RATE)
         if trail <= self._endpointer.position and self._endpointer.speech_seconds_between(at, trail) == 0:
             at = trail  # ended by silence (not cut for length, not the end of the stream)
-        self._guess_final(at)
-        try:
-            self._run_checks(at)
-            utterance.end = at
-            messages = self._finish(utterance)
-        finally:
-            if self._guess is not None:
-                metrics.count_final_guess("dropped")  # the end was not accepted as it grew
-                self._guess.future.cancel()
-            self._guess = None
+        self._run_checks(at)
+        utterance.end = at
+        messages = self._finish(utterance)
         self._utterance, self._ahead = None, []
         self._trim(at)
         return messages
@@ -360,49 +342,14 @@ class GatedStream:
             return ""
         if self._live and not rest:
             metrics.count_final_transcript("whole")
-        guess = self._guess
-        if guess is not None and (guess.begin, guess.end, guess.rest) == (begin, end, rest):
-            self._guess = None  # this very stretch, settled as accepted: its text may be shown
-            metrics.count_final_guess("used")
-            transcript = guess.future.result()
-        else:
-            transcript = run_model(self.ctx, self._final_decode(rest), self._slice(begin, end))
+        transcript = run_model(self.ctx, partial(self.ctx.engines.transcriber.transcribe, language=self.language,
+                                                 among=self.ctx.policy.detect_among, rest=rest),
+                               self._slice(begin, end))
         if self.language is None and transcript.text:
             self.detected = transcript.language
             if transcript.language_probability >= LANGUAGE_SURE:
                 self.language = transcript.language
         return transcript.text
-
-    def _final_decode(self, rest: bool):
-        """Return the transcription a final stretch gets (``rest``: after pieces decoded ahead)."""
-        return partial(self.ctx.engines.transcriber.transcribe, language=self.language,
-                       among=self.ctx.policy.detect_among, rest=rest)
-
-    def _guess_final(self, end: int) -> None:
-        """At the end of a live utterance, start the decode its final will need if the last check accepts its end.
-
-        The growing accepted stretch is assumed to run to ``end``: Whisper decodes what its pieces
-        decoded ahead leave (or all of it) while the last window is checked, a core each. The text
-        is used only for that very stretch, once the release rule has settled it as accepted
-        (``_transcribe``); otherwise it is dropped unseen.
-        """
-        utterance = self._utterance
-        if not self._live or (utterance.checks and max(check.end for check in utterance.checks) >= end):
-            return  # no check left to run beside: the final decodes at once, on every core when idle
-        _, growing = self._growing()
-        if growing is None:
-            return
-        pieces = self._pieces(growing.begin, end)
-        begin = pieces[-1].end if pieces else growing.begin
-        if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
-            return
-        try:
-            # On one core: the check takes the other (started on every core, the decode would slow it).
-            future = start_model(self.ctx, partial(self._final_decode(bool(pieces)), beside=True),
-                                 self._slice(begin, end))
-        except SessionError:
-            return  # the pool is full: the final decodes after its check, as without a guess
-        self._guess = Guess(begin, end, bool(pieces), future)
 
     def _growing(self):
         """Return the open utterance's settled horizon and its accepted stretch still growing (None, None if none).

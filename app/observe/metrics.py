@@ -42,10 +42,6 @@ FINAL_TRANSCRIPTS = Counter(
     "voicegate_live_final_transcripts", "How the finals of live dictations and meetings were decoded: ahead (most "
     "of the stretch while the person spoke, the rest after) or whole (all of it after; under load, or no pause)",
     ["source"], registry=REGISTRY)
-FINAL_GUESSES = Counter(
-    "voicegate_live_final_guesses", "Decodes a live utterance's final would need, started at its end before its "
-    "last check: used (the check accepted the end; its text was shown) or dropped (it did not; never shown)",
-    ["outcome"], registry=REGISTRY)
 
 
 def count_decision(kind: str, surface: str, state: str) -> None:
@@ -61,11 +57,6 @@ def count_login_embedding(source: str) -> None:
 def count_final_transcript(source: str) -> None:
     """Count how one live final was decoded (ahead, whole)."""
     FINAL_TRANSCRIPTS.labels(source).inc()
-
-
-def count_final_guess(outcome: str) -> None:
-    """Count what became of one final's decode started before its last check (used, dropped)."""
-    FINAL_GUESSES.labels(outcome).inc()
 
 
 @contextmanager

@@ -5,11 +5,13 @@ import json
 import re
 
 import jiwer
+import numpy as np
 import pytest
 import requests
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from app.gate.stream import joined
+from bench import calls
 from clients import voicegate as client
 
 from .conftest import serve_enrolled
@@ -83,6 +85,24 @@ def test_when_another_voice_takes_over_only_the_first_half_is_written(server, sp
     assert jiwer.wer(normalise(_transcript(speech, first)), text) <= 0.2
     intruder_words = set(normalise(_transcript(speech, second)).split()) - set(normalise(_transcript(speech, first)).split())
     assert not intruder_words & set(text.split()), text
+
+
+def test_another_voice_for_under_a_second_after_the_last_word_is_not_written(server, speech, engines):
+    """The newest second of the last window is checked alone (dictation.END_SECONDS): 0.6 s of another
+    voice right after the user's last word was written as the user's before (docs/protocol.md)."""
+    first, second = "wav/ljspeech/LJ001-0004.wav", "wav/vctk-p287/p287_003.wav"
+    owner, intruder = speech.load(first), speech.load(second)
+    voiced = engines.vad.segments(intruder)[0].start
+    spoken_until = engines.vad.segments(owner)[-1].end
+    audio = np.concatenate([owner[:spoken_until], intruder[voiced:voiced + 9600]])
+    for realtime in (True, False):
+        outcome = calls.dictate(server.ws_url, "lj", audio, realtime=realtime)
+        print(f"\nfinals: {[(f['state'], f['start'], f['end'], f.get('text')) for f in outcome.finals]}")
+        assert outcome.count("accept") >= 1 and outcome.count("reject") >= 1, outcome.finals
+        text = normalise(outcome.text)
+        assert jiwer.wer(normalise(_transcript(speech, first)), text) <= 0.35, text
+        intruder_words = set(normalise(_transcript(speech, second)).split()) - set(normalise(_transcript(speech, first)).split())
+        assert not intruder_words & set(text.split()), text
 
 
 def test_short_pauses_split_utterances_and_each_is_verified(server, speech):

@@ -7,7 +7,8 @@ This is the contract every surface relies on (/ws/voice, /api/v1, the browser, K
     failed, and only once no later check can still fail over it.
 
 Checks are ECAPA scores of windows of ``WINDOW`` seconds, ending every ``STEP`` seconds
-of an utterance, plus one window ending where the utterance ends. A window that passed
+of an utterance, plus one window ending where the utterance ends (and, in a dictation, that
+window's last second of speech alone: dictation.END_SECONDS). A window that passed
 does not vouch for its newest part: the next window, which overlaps it, may fail there
 (another voice that has just begun is a small part of one window but most of the next).
 So a stretch is settled only behind the *horizon*, ``WINDOW - STEP`` before the end of

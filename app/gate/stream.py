@@ -74,6 +74,7 @@ class Utterance:
 
     start: int
     end: int | None = None
+    speech_end: int | None = None  # where the VAD heard its speech end (``end`` may add TRAIL of silence)
     checks: list = field(default_factory=list)
     emitted_until: int = 0  # messages have been sent for everything before this sample
     partial_sent: bool = False
@@ -212,6 +213,7 @@ class GatedStream:
         utterance = self._utterance
         if utterance is None:
             return []
+        utterance.speech_end = at
         trail = at + int(TRAIL * SAMPLE_RATE)
         if trail <= self._endpointer.position and self._endpointer.speech_seconds_between(at, trail) == 0:
             at = trail  # ended by silence (not cut for length, not the end of the stream)
@@ -255,7 +257,11 @@ class GatedStream:
                 self._check(utterance, utterance.start, end, short=True)
         elif max(check.end for check in utterance.checks) < end:
             self._check(utterance, end - WINDOW_SAMPLES, end)
+        self._check_end(utterance)
         return self._settle(utterance)
+
+    def _check_end(self, utterance: Utterance) -> None:
+        """Check the newest part of an ended utterance's last window, which no later window vouches for (subclasses)."""
 
     def _short_phrase_allowed(self, utterance: Utterance) -> bool:
         """Return True when a phrase too short to verify alone follows accepted speech closely."""

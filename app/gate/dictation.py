@@ -90,10 +90,7 @@ class DictateSession(GatedStream):
             score = cosine(*common(embedding, self._enrolled))
             utterance.checks.append(Check(begin, end, score, score >= policy.short_threshold))
             return
-        # The calibrated decision every surface shares (docs/threshold.md).
-        quality = calibration.measure_quality(audio, speech)
-        match = decide.verify(embedding, self._enrolled, self.user, policy, quality, channels=self._channels,
-                              band_edge_db=self._band_edge_db)
+        match = self._match(embedding, audio, speech)
         passed = match.state == "accept"
         if passed:
             self._verified_until = end
@@ -118,10 +115,14 @@ class DictateSession(GatedStream):
         if speech < END_MIN_SPEECH:
             return
         audio = self._slice(begin, end)
-        match = decide.verify(self._embed(audio), self._enrolled, self.user, self.ctx.policy,
-                              calibration.measure_quality(audio, speech), channels=self._channels,
-                              band_edge_db=self._band_edge_db)
+        match = self._match(self._embed(audio), audio, speech)
         utterance.checks.append(Check(begin, utterance.end, match.score, match.score >= self.ctx.policy.threshold))
+
+    def _match(self, embedding: np.ndarray, audio: np.ndarray, speech: float) -> decide.Match:
+        """Return the calibrated decision every surface shares (docs/threshold.md) on a window's ``embedding``."""
+        return decide.verify(embedding, self._enrolled, self.user, self.ctx.policy,
+                             calibration.measure_quality(audio, speech), channels=self._channels,
+                             band_edge_db=self._band_edge_db)
 
     def _parts(self, start: int, end: int, checks: list[Check], settled: int) -> list[Span]:
         return spans(start, end, checks, settled)

@@ -51,9 +51,9 @@ class Bands:
 # prefixes ending up to the given seconds before the utterance, fused models: ECAPA's frames
 # from the prefix and the rest, CAM++'s embedding of the prefix alone (each band at least the
 # one before it). They also cover ECAPA alone, whose changes were smaller (raw 0.048 and 0.057,
-# calibrated 0.65, measured 2026-12-01). A decision within MARGIN times these of a threshold is a close call. A prefix
-# later than the last is not used: its estimate strays further, and most of the work would be
-# left (a client that sends faster than it speaks).
+# calibrated 0.65, measured 2026-12-01). A decision within MARGIN times these of a threshold is a
+# close call. A prefix later than the last is not used: its estimate strays further, and most of
+# the work would be left (a client that sends faster than it speaks).
 MEASURED_CHANGES = ((0.3, Bands(0.051, 0.96, 0.030)), (0.45, Bands(0.061, 0.96, 0.047)))
 MARGIN = 1.5
 MAX_LATE_SECONDS = MEASURED_CHANGES[-1][0]

@@ -130,12 +130,20 @@ class Endpointer:
         self._state = (h, c)
         return np.ravel(output)
 
+    @property
+    def silence_start(self) -> int | None:
+        """Return where the silence the open utterance is in began, as an end would be dated; None in speech or outside one."""
+        if not self.in_speech or self._run == 0:
+            return None
+        return (len(self.probabilities) - self._run) * WINDOW
+
     def flush(self) -> list[tuple[str, int]]:
-        """End the stream: close an open utterance at the last scored sample."""
+        """End the stream: close an open utterance where its speech stopped, else at the last scored sample."""
         if not self.in_speech:
             return []
-        self.in_speech = False
-        return [("end", self.position)]
+        end = self.silence_start
+        self.in_speech, self._run = False, 0
+        return [("end", self.position if end is None else end)]
 
     def _step(self, probability: float) -> list[tuple[str, int]]:
         index = len(self.probabilities)

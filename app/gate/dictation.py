@@ -49,6 +49,7 @@ class DictateSession(GatedStream):
     mode = "dictate"
     noun = "dictation"
     TALLY = {"accept": "accepted", "reject": "rejected", "not_enough_speech": "unverified"}
+    DECODES_AT_PAUSE = True
 
     def __init__(self, ctx: Context, user_name: str, live: bool = True, shows_scores: bool = True,
                  standing: str | None = None, language: str | None = None):
@@ -81,7 +82,7 @@ class DictateSession(GatedStream):
             return
         begin, speech = window
         audio = self._slice(begin, end)
-        embedding = self._embed(audio)
+        embedding = self._embedding(begin, end)
         if self._enrolled is None:
             utterance.checks.append(Check(begin, end, -1.0, False))  # no voice to match: as a wrong one
             return
@@ -107,16 +108,30 @@ class DictateSession(GatedStream):
         Failing, it rejects that second and the silence after it, as any failing check does.
         """
         last = max(utterance.checks, key=lambda check: check.end, default=None)
-        if self._enrolled is None or last is None or not last.passed or last.end < utterance.end:
+        window = self._end_window(utterance.start, utterance.speech_end or utterance.end)
+        if window is None or last is None or not last.passed or last.end < utterance.end:
             return
-        end = utterance.speech_end or utterance.end
-        begin = max(utterance.start, end - int(END_SECONDS * SAMPLE_RATE))
-        speech = self._endpointer.speech_seconds_between(begin, end)
-        if speech < END_MIN_SPEECH:
-            return
-        audio = self._slice(begin, end)
-        match = self._match(self._embed(audio), audio, speech)
+        begin, end, speech = window
+        match = self._match(self._embedding(begin, end), self._slice(begin, end), speech)
         utterance.checks.append(Check(begin, utterance.end, match.score, match.score >= self.ctx.policy.threshold))
+
+    def _end_window(self, start: int, speech_end: int) -> tuple[int, int, float] | None:
+        """Return the last END_SECONDS of an utterance's speech (from ``start``) and its seconds of speech; None when too little."""
+        if self._enrolled is None:
+            return None
+        begin = max(start, speech_end - int(END_SECONDS * SAMPLE_RATE))
+        speech = self._endpointer.speech_seconds_between(begin, speech_end)
+        return None if speech < END_MIN_SPEECH else (begin, speech_end, speech)
+
+    def _decision_state(self) -> object:
+        return self._verified_until
+
+    def _restore_decision_state(self, state: object) -> None:
+        self._verified_until = state
+
+    def _end_windows(self, utterance: Utterance, speech_end: int, end: int) -> list[tuple[int, int]]:
+        window = self._end_window(utterance.start, speech_end)
+        return super()._end_windows(utterance, speech_end, end) + ([] if window is None else [window[:2]])
 
     def _match(self, embedding: np.ndarray, audio: np.ndarray, speech: float) -> decide.Match:
         """Return the calibrated decision every surface shares (docs/threshold.md) on a window's ``embedding``."""

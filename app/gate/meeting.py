@@ -195,7 +195,7 @@ class MeetingSession(GatedStream):
             return
         begin, speech = window
         audio = self._slice(begin, end)
-        embedding = in_space(self._embed(audio), self._dim)
+        embedding = in_space(self._embedding(begin, end), self._dim)
         if short:  # a phrase too short for a calibrated decision: raw cosine, stricter, as dictation does
             utterance.checks.append(self._identify_short(begin, end, embedding))
             return

@@ -94,6 +94,7 @@ class GatedStream:
     mode = ""
     noun = "stream"
     TALLY: dict[str, str] = {}  # a settled stretch's state -> the result counter it adds to
+    DECODES_AT_PAUSE = False  # decode what an end at a pause would settle, before it is known to end there
 
     def __init__(self, ctx: Context, live: bool, language: str | None = None):
         self.ctx = ctx
@@ -115,6 +116,12 @@ class GatedStream:
         self._next_check = 0
         self._partial: tuple[int, str | None, Future] | None = None  # (span begin, whose, transcription)
         self._ahead: list[Piece] = []  # consecutive pieces of the growing accepted stretch, decoded ahead
+        # Embeddings of the windows an utterance's end would check, started at a pause that may be
+        # its end (``_prepare_end``), by the exact stretch of the stream they embed.
+        self._early: dict[tuple[int, int], Future] = {}
+        self._prepared: tuple[int, int] | None = None  # (speech end, utterance end) of the pause last prepared for
+        # The text of the accepted stretch an end at that pause would settle: ((begin, end, rest), its decoding).
+        self._decoded_at_pause: tuple[tuple[int, int, bool], Future] | None = None
         self._shown: str | None = None  # whose partial text the client has been shown in the open utterance
         self._last_partial = 0
         self._last_shown = 0  # stream sample where the client last got text, or the open utterance began
@@ -152,6 +159,7 @@ class GatedStream:
             messages += self._settle()
             self._start_partial()
             self._decode_ahead()
+            self._prepare_end()
             self._wait_for_due_partial()
         else:
             # A start is found only after some speech, and dated back: keep enough for its lead-in
@@ -170,6 +178,7 @@ class GatedStream:
     def close(self) -> None:
         """Give back the slot, and audit text a vanished client was shown; adapters always call this."""
         utterance = self._utterance
+        self._drop_prepared()
         try:
             if not self.done and utterance is not None and utterance.partial_sent:
                 # The client left mid-utterance after seeing partial text: that text needs its row too.
@@ -214,15 +223,22 @@ class GatedStream:
         if utterance is None:
             return []
         utterance.speech_end = at
-        trail = at + int(TRAIL * SAMPLE_RATE)
-        if trail <= self._endpointer.position and self._endpointer.speech_seconds_between(at, trail) == 0:
-            at = trail  # ended by silence (not cut for length, not the end of the stream)
+        at = self._trailed(at)
         self._run_checks(at)
         utterance.end = at
         messages = self._finish(utterance)
+        self._drop_prepared()
         self._utterance, self._ahead = None, []
         self._trim(at)
         return messages
+
+    def _trailed(self, speech_end: int) -> int:
+        """Return where an utterance whose speech ended at ``speech_end`` ends: TRAIL of silence later, as much of it as came.
+
+        An end found for length keeps its speech, and ends where it was cut.
+        """
+        trail = min(speech_end + int(TRAIL * SAMPLE_RATE), self._endpointer.position)
+        return trail if self._endpointer.speech_seconds_between(speech_end, trail) == 0 else speech_end
 
     def _run_checks(self, until: int) -> None:
         """Make the periodic checks of the open utterance that end by ``until``.
@@ -245,8 +261,117 @@ class GatedStream:
     def _embed(self, audio: np.ndarray) -> np.ndarray:
         return embed_window(self.ctx, audio)  # batched with other live streams' windows
 
+    def _embedding(self, begin: int, end: int) -> np.ndarray:
+        """Return the embedding of the stream's [begin, end): the one started early for it, if any, else computed now."""
+        early = self._early.get((begin, end))
+        if early is not None and not early.cancelled() and early.exception() is None:
+            return early.result()
+        return self._embed(self._slice(begin, end))
+
+    def _prepare_end(self) -> None:
+        """At a pause of TRAIL in a live utterance, start embedding the windows its end there would check.
+
+        The utterance may end at that pause (the endpointer says so ``end_silence_ms`` later, or
+        the client stops): its last checks are then done, and only its decoding is left. Speech
+        that goes on leaves them unused. Courtesy work only, so it never holds up a decision;
+        the decisions are the same either way (each embedding is of the very stretch a check takes).
+        """
+        utterance, pause = self._utterance, self._endpointer.silence_start
+        if not self._live or utterance is None or pause is None or (self._prepared is not None and self._prepared[0] == pause):
+            return
+        end = self._trailed(pause)
+        if end - pause < int(TRAIL * SAMPLE_RATE) or not self.ctx.engines.pool.courtesy_room():
+            return
+        self._drop_prepared()
+        self._prepared = pause, end
+        for begin, stop in self._end_windows(utterance, pause, end):
+            try:
+                self._early[(begin, stop)] = self.ctx.engines.pool.submit_courtesy(
+                    self.ctx.engines.speaker.embed, self._slice(begin, stop))
+            except Busy:
+                return
+        self._decode_at_pause()
+
+    def _decode_at_pause(self) -> None:
+        """When the checks an end at the prepared pause needs are embedded, decide that end on a copy, and decode its text.
+
+        The copy's checks are the ones the end would make, on the same embeddings, so its accepted
+        stretch is what the end would settle: verified, the whole utterance's last window and last
+        second included. Its text is used only when the utterance does end there and settles that
+        very stretch (``_transcribe``); speech that goes on drops it unseen.
+        """
+        transcriber = self.ctx.engines.transcriber
+        language = self.language if transcriber.multilingual else "en"
+        if not self.DECODES_AT_PAUSE or language is None:
+            return
+        # Waited for here, as a check is: the audio that comes meanwhile waits in the connection.
+        wait(list(self._early.values()))
+        if not self.ctx.engines.pool.courtesy_room():
+            return
+        stretch = self._last_accepted_at(*self._prepared)
+        if stretch is None:
+            return
+        begin, end, rest = stretch
+        try:
+            future = self.ctx.engines.pool.submit_courtesy(partial(transcriber.transcribe, language=language, rest=rest),
+                                                           self._slice(begin, end))
+        except Busy:
+            return
+        self._decoded_at_pause = stretch, future
+
+    def _last_accepted_at(self, speech_end: int, end: int) -> tuple[int, int, bool] | None:
+        """Return what a final would decode if the open utterance ended at ``end``: (begin, end, rest); None unless accepted."""
+        utterance = self._utterance
+        trial = Utterance(utterance.start, end, speech_end, list(utterance.checks))
+        trial.emitted_until = utterance.emitted_until
+        state = self._decision_state()
+        try:
+            self._end_checks(trial)
+        finally:
+            self._restore_decision_state(state)
+        parts = self._parts(trial.start, end, trial.checks, end)
+        ready = [part for part in parts if part.end > trial.emitted_until]
+        if not ready or ready[-1].state != ACCEPT:
+            return None
+        part = ready[-1]
+        index = parts.index(part)
+        begin, stop = self._cut(part, max(part.begin, trial.emitted_until), parts[index - 1] if index else None, None)
+        pieces = self._pieces(begin, stop)
+        return (pieces[-1].end, stop, True) if pieces else (begin, stop, False)
+
+    def _drop_prepared(self) -> None:
+        """Forget what was prepared for an end at a pause (the pool drops work that has not begun)."""
+        if self._decoded_at_pause is not None:
+            metrics.count_pause_decode("dropped")
+        for future in [*self._early.values(), *([self._decoded_at_pause[1]] if self._decoded_at_pause else [])]:
+            future.cancel()
+        self._early, self._prepared, self._decoded_at_pause = {}, None, None
+
+    def _decision_state(self) -> object:
+        """Return what the session's checks change besides the utterance's list (subclasses), to put back after a trial."""
+        return None
+
+    def _restore_decision_state(self, state: object) -> None:
+        """Put back what ``_decision_state`` returned (subclasses)."""
+
+    def _end_windows(self, utterance: Utterance, speech_end: int, end: int) -> list[tuple[int, int]]:
+        """Return the stretches ``_finish`` would embed if the utterance's speech ended at ``speech_end`` and it at ``end``."""
+        if not utterance.checks:
+            speech = self._endpointer.speech_seconds_between(utterance.start, end)
+            if speech >= self.ctx.policy.min_verify_speech:
+                return [(max(utterance.start, end - WINDOW_SAMPLES), end)]
+            return [(utterance.start, end)] if self._short_phrase_allowed(utterance) else []
+        if max(check.end for check in utterance.checks) < end:
+            return [(max(utterance.start, end - WINDOW_SAMPLES), end)]
+        return []
+
     def _finish(self, utterance: Utterance) -> list[dict]:
         """Check an ended utterance to its end and settle all of it."""
+        self._end_checks(utterance)
+        return self._settle(utterance)
+
+    def _end_checks(self, utterance: Utterance) -> None:
+        """Make the checks an ended utterance gets at its end."""
         end = utterance.end
         if not utterance.checks:
             speech = self._endpointer.speech_seconds_between(utterance.start, end)
@@ -258,7 +383,6 @@ class GatedStream:
         elif max(check.end for check in utterance.checks) < end:
             self._check(utterance, end - WINDOW_SAMPLES, end)
         self._check_end(utterance)
-        return self._settle(utterance)
 
     def _check_end(self, utterance: Utterance) -> None:
         """Check the newest part of an ended utterance's last window, which no later window vouches for (subclasses)."""
@@ -346,6 +470,15 @@ class GatedStream:
             return joined([*texts, self._transcribe(pieces[-1].end, end, rest=True)])
         if end - begin < MIN_TEXT_SECONDS * SAMPLE_RATE:
             return ""
+        at_pause = self._decoded_at_pause
+        if at_pause is not None and at_pause[0] == (begin, end, rest) and not at_pause[1].cancelled() \
+                and at_pause[1].exception() is None:
+            # The very stretch decoded at the pause where the utterance has now ended.
+            self._decoded_at_pause = None
+            metrics.count_pause_decode("used")
+            if self._live and not rest:
+                metrics.count_final_transcript("pause")
+            return at_pause[1].result().text
         if self._live and not rest:
             metrics.count_final_transcript("whole")
         transcript = run_model(self.ctx, partial(self.ctx.engines.transcriber.transcribe, language=self.language,

@@ -40,8 +40,13 @@ LOGIN_EMBEDDINGS = Counter(
 
 FINAL_TRANSCRIPTS = Counter(
     "voicegate_live_final_transcripts", "How the finals of live dictations and meetings were decoded: ahead (most "
-    "of the stretch while the person spoke, the rest after) or whole (all of it after; under load, or no pause)",
-    ["source"], registry=REGISTRY)
+    "of the stretch while the person spoke, the rest after), pause (all of it at the pause that ended it, before "
+    "the end was known) or whole (all of it after; under load, or no pause)", ["source"], registry=REGISTRY)
+
+PAUSE_DECODES = Counter(
+    "voicegate_pause_decodes", "Dictation text decoded at a pause, of what an end there would settle, before it was "
+    "known to end there: used (the utterance ended there) or dropped unseen (speech went on, or another end)",
+    ["outcome"], registry=REGISTRY)
 
 
 def count_decision(kind: str, surface: str, state: str) -> None:
@@ -55,8 +60,13 @@ def count_login_embedding(source: str) -> None:
 
 
 def count_final_transcript(source: str) -> None:
-    """Count how one live final was decoded (ahead, whole)."""
+    """Count how one live final was decoded (ahead, pause, whole)."""
     FINAL_TRANSCRIPTS.labels(source).inc()
+
+
+def count_pause_decode(outcome: str) -> None:
+    """Count one decode made at a pause (used, dropped)."""
+    PAUSE_DECODES.labels(outcome).inc()
 
 
 @contextmanager

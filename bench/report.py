@@ -394,6 +394,10 @@ def _speed_section(results: dict, link) -> list[str]:
         [f"dictate a ~5 s utterance at real-time pace ({_seconds(speed['final_5s']['audio_seconds'])})",
          speed["final_5s"]["n"], _ms(speed["final_5s"]["p50_ms"]), _ms(speed["final_5s"]["p95_ms"]),
          _ms(speed["final_5s"]["max_ms"])],
+        *([[f"the same, stop {speed['final_5s_breath']['silence_s']:g} s after the file (a breath)",
+            speed["final_5s_breath"]["n"], _ms(speed["final_5s_breath"]["p50_ms"]),
+            _ms(speed["final_5s_breath"]["p95_ms"]), _ms(speed["final_5s_breath"]["max_ms"])]]
+          if "final_5s_breath" in speed else []),
     ])
     lines += [
         "",

@@ -124,9 +124,9 @@ def test_a_final_is_decoded_at_the_pause_that_ends_it(server, speech, engines):
     decided = [(f["state"], f["start"], f["end"]) for f in upload.finals]
     used = _pause_decodes(server, "used")
     # Courtesy work: a partial still being drafted in the pause may leave no worker for it, so a few tries.
-    for _ in range(3):
+    for attempt in range(3):
         live = calls.dictate(server.ws_url, "lj", audio, realtime=True)
-        print(f"\nfinals: {[(f['state'], f['start'], f['end'], f.get('text')) for f in live.finals]}")
+        print(f"\nattempt {attempt + 1}, finals: {[(f['state'], f['start'], f['end'], f.get('text')) for f in live.finals]}")
         assert [(f["state"], f["start"], f["end"]) for f in live.finals] == decided
         assert jiwer.wer(normalise(_transcript(speech, file)), normalise(live.text)) <= 0.15, live.text
         if _pause_decodes(server, "used") > used:

@@ -6,6 +6,11 @@ This is the contract every surface relies on (/ws/voice, /api/v1, the browser, K
     only if every part of it lies inside a voice check that passed and inside no check that
     failed, and only once no later check can still fail over it.
 
+    One exception, whose text nobody sees unless the rule above settles it: at a pause of TRAIL
+    (stream.py), a dictation decides the end it would have there, with every check that end
+    makes, and decodes the stretch that end would settle as accepted. The text is sent only if
+    the utterance does end there and its final is that very stretch; otherwise it is dropped.
+
 Checks are ECAPA scores of windows of ``WINDOW`` seconds, ending every ``STEP`` seconds
 of an utterance, plus one window ending where the utterance ends (and, in a dictation, that
 window's last second of speech alone: dictation.END_SECONDS). A window that passed

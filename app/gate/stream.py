@@ -2,7 +2,8 @@
 
 ``GatedStream`` takes audio as it arrives, finds utterances with the VAD, checks each one
 on the grid of windows of ``release.py`` while it is spoken, and hands Whisper only the
-stretches the release rule settles. What a check decides (one user's voice, or who of a
+stretches the release rule settles. At a pause that may end an utterance, the checks of that
+end are made ahead (and a dictation decodes its text, sent only if it does end there). What a check decides (one user's voice, or who of a
 roster), how settled stretches are split, and what is sent for each is the subclass's:
 ``dictation.DictateSession`` and ``meeting.MeetingSession``.
 """
@@ -120,8 +121,9 @@ class GatedStream:
         # its end (``_prepare_end``), by the exact stretch of the stream they embed.
         self._early: dict[tuple[int, int], Future] = {}
         self._prepared: tuple[int, int] | None = None  # (speech end, utterance end) of the pause last prepared for
-        # The text of the accepted stretch an end at that pause would settle: ((begin, end, rest), its decoding).
-        self._decoded_at_pause: tuple[tuple[int, int, bool], Future] | None = None
+        # The text of the accepted stretch an end at that pause would settle: ((begin, end, rest), its
+        # decoding); (None, None) when that end would send none; None while not yet decided.
+        self._decoded_at_pause: tuple[tuple[int, int, bool] | None, Future | None] | None = None
         self._shown: str | None = None  # whose partial text the client has been shown in the open utterance
         self._last_partial = 0
         self._last_shown = 0  # stream sample where the client last got text, or the open utterance began
@@ -157,9 +159,9 @@ class GatedStream:
         if self._utterance is not None:
             self._run_checks(self._endpointer.position)
             messages += self._settle()
+            self._prepare_end()  # first: at a pause, the end's work comes before courtesy drafts
             self._start_partial()
             self._decode_ahead()
-            self._prepare_end()
             self._wait_for_due_partial()
         else:
             # A start is found only after some speech, and dated back: keep enough for its lead-in
@@ -277,19 +279,20 @@ class GatedStream:
         the decisions are the same either way (each embedding is of the very stretch a check takes).
         """
         utterance, pause = self._utterance, self._endpointer.silence_start
-        if not self._live or utterance is None or pause is None or (self._prepared is not None and self._prepared[0] == pause):
+        if not self._live or utterance is None or pause is None:
             return
-        end = self._trailed(pause)
-        if end - pause < int(TRAIL * SAMPLE_RATE) or not self.ctx.engines.pool.courtesy_room():
-            return
-        self._drop_prepared()
-        self._prepared = pause, end
-        for begin, stop in self._end_windows(utterance, pause, end):
-            try:
-                self._early[(begin, stop)] = self.ctx.engines.pool.submit_courtesy(
-                    self.ctx.engines.speaker.embed, self._slice(begin, stop))
-            except Busy:
-                return
+        if self._prepared is None or self._prepared[0] != pause:
+            end = self._trailed(pause)
+            if end - pause < int(TRAIL * SAMPLE_RATE) or not self.ctx.engines.pool.courtesy_room():
+                return  # tried again with the next audio
+            self._drop_prepared()
+            self._prepared = pause, end
+            for begin, stop in self._end_windows(utterance, pause, end):
+                try:
+                    self._early[(begin, stop)] = self.ctx.engines.pool.submit_courtesy(
+                        self.ctx.engines.speaker.embed, self._slice(begin, stop))
+                except Busy:
+                    break
         self._decode_at_pause()
 
     def _decode_at_pause(self) -> None:
@@ -302,14 +305,15 @@ class GatedStream:
         """
         transcriber = self.ctx.engines.transcriber
         language = self.language if transcriber.multilingual else "en"
-        if not self.DECODES_AT_PAUSE or language is None:
+        if not self.DECODES_AT_PAUSE or language is None or self._decoded_at_pause is not None:
             return
         # Waited for here, as a check is: the audio that comes meanwhile waits in the connection.
         wait(list(self._early.values()))
         if not self.ctx.engines.pool.courtesy_room():
-            return
+            return  # tried again with the next audio
         stretch = self._last_accepted_at(*self._prepared)
         if stretch is None:
+            self._decoded_at_pause = None, None  # that end would send no text: nothing to decode
             return
         begin, end, rest = stretch
         try:
@@ -341,9 +345,10 @@ class GatedStream:
 
     def _drop_prepared(self) -> None:
         """Forget what was prepared for an end at a pause (the pool drops work that has not begun)."""
-        if self._decoded_at_pause is not None:
+        decoding = self._decoded_at_pause[1] if self._decoded_at_pause is not None else None
+        if decoding is not None:
             metrics.count_pause_decode("dropped")
-        for future in [*self._early.values(), *([self._decoded_at_pause[1]] if self._decoded_at_pause else [])]:
+        for future in [*self._early.values(), *([decoding] if decoding is not None else [])]:
             future.cancel()
         self._early, self._prepared, self._decoded_at_pause = {}, None, None
 

@@ -3,9 +3,9 @@
 ``GatedStream`` takes audio as it arrives, finds utterances with the VAD, checks each one
 on the grid of windows of ``release.py`` while it is spoken, and hands Whisper only the
 stretches the release rule settles. At a pause that may end an utterance, the checks of that
-end are made ahead (and a dictation decodes its text, sent only if it does end there). What a check decides (one user's voice, or who of a
-roster), how settled stretches are split, and what is sent for each is the subclass's:
-``dictation.DictateSession`` and ``meeting.MeetingSession``.
+end are made ahead (and a dictation decodes its text, sent only if it does end there). What a
+check decides (one user's voice, or who of a roster), how settled stretches are split, and what
+is sent for each is the subclass's: ``dictation.DictateSession`` and ``meeting.MeetingSession``.
 """
 from __future__ import annotations
 

@@ -49,7 +49,6 @@ class DictateSession(GatedStream):
     mode = "dictate"
     noun = "dictation"
     TALLY = {"accept": "accepted", "reject": "rejected", "not_enough_speech": "unverified"}
-    DECODES_AT_PAUSE = True
 
     def __init__(self, ctx: Context, user_name: str, live: bool = True, shows_scores: bool = True,
                  standing: str | None = None, language: str | None = None):

@@ -7,7 +7,7 @@ This is the contract every surface relies on (/ws/voice, /api/v1, the browser, K
     failed, and only once no later check can still fail over it.
 
     One exception, whose text nobody sees unless the rule above settles it: at a pause of TRAIL
-    (stream.py), a dictation decides the end it would have there, with every check that end
+    (stream.py), a live stream decides the end it would have there, with every check that end
     makes, and decodes the stretch that end would settle as accepted. The text is sent only if
     the utterance does end there and its final is that very stretch; otherwise it is dropped.
 

@@ -44,7 +44,7 @@ FINAL_TRANSCRIPTS = Counter(
     "the end was known) or whole (all of it after; under load, or no pause)", ["source"], registry=REGISTRY)
 
 PAUSE_DECODES = Counter(
-    "voicegate_pause_decodes", "Dictation text decoded at a pause, of what an end there would settle, before it was "
+    "voicegate_pause_decodes", "Text decoded at a pause, of what an end there would settle, before it was "
     "known to end there: used (the utterance ended there) or dropped unseen (speech went on, or another end)",
     ["outcome"], registry=REGISTRY)
 

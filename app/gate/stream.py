@@ -278,9 +278,10 @@ class GatedStream:
         the decisions are the same either way (each embedding is of the very stretch a check takes).
         """
         utterance, pause = self._utterance, self._endpointer.silence_start
-        # A lone stream only: most pauses do not end the utterance, and with company the work done
-        # in vain is CPU the others' checks need (with one core taken by another process, 4
-        # streams had a median final of 1.49 s and 2 fell behind, against 0.79 s and none).
+        # A lone stream only, as a precaution: most pauses do not end the utterance, and with company
+        # the work done in vain is CPU the others' checks need (the pool's courtesy rule keeps a
+        # worker free, not a core). Beside a CPU-bound process, 4 streams fell behind alike with
+        # and without it (docs/benchmarks.md), so it is not measured to matter either way.
         if not self._live or utterance is None or pause is None or self.ctx.engines.streams.open > 1:
             return
         if self._prepared is None or self._prepared[0] != pause:

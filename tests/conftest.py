@@ -291,3 +291,14 @@ def pcm(audio: np.ndarray) -> bytes:
 
 
 PCM16K = {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1}
+
+
+def pause_decodes(url: str, outcome: str) -> float:
+    """Return the server's count of texts decoded at a pause and then ``used`` or ``dropped`` unseen (its /metrics)."""
+    import re
+
+    import requests
+
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    found = re.search(rf'^voicegate_pause_decodes_total\{{outcome="{outcome}"\}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0

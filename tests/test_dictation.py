@@ -14,7 +14,7 @@ from app.gate.stream import joined
 from bench import calls
 from clients import voicegate as client
 
-from .conftest import serve_enrolled
+from .conftest import pause_decodes, serve_enrolled
 
 normalise = EnglishTextNormalizer()
 
@@ -43,17 +43,8 @@ def _transcript(speech, file):
 
 def _finals_decoded_ahead(server) -> float:
     """Return the server's count of live finals decoded mostly while the person spoke (/metrics)."""
-    return _metric(server, 'voicegate_live_final_transcripts_total{source="ahead"}')
-
-
-def _pause_decodes(server, outcome: str) -> float:
-    """Return the server's count of texts decoded at a pause and then used or dropped unseen (/metrics)."""
-    return _metric(server, f'voicegate_pause_decodes_total{{outcome="{outcome}"}}')
-
-
-def _metric(server, series: str) -> float:
     text = requests.get(f"{server.url}/metrics", timeout=10).text
-    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    found = re.search(r'^voicegate_live_final_transcripts_total\{source="ahead"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
@@ -122,14 +113,14 @@ def test_a_final_is_decoded_at_the_pause_that_ends_it(server, speech, engines):
     audio = np.concatenate([owner[:engines.vad.segments(owner)[-1].end], np.zeros(12800, dtype=np.float32)])
     upload = calls.dictate(server.ws_url, "lj", audio, realtime=False)
     decided = [(f["state"], f["start"], f["end"]) for f in upload.finals]
-    used = _pause_decodes(server, "used")
+    used = pause_decodes(server.url, "used")
     # Courtesy work: a partial still being drafted in the pause may leave no worker for it, so a few tries.
     for attempt in range(3):
         live = calls.dictate(server.ws_url, "lj", audio, realtime=True)
         print(f"\nattempt {attempt + 1}, finals: {[(f['state'], f['start'], f['end'], f.get('text')) for f in live.finals]}")
         assert [(f["state"], f["start"], f["end"]) for f in live.finals] == decided
         assert jiwer.wer(normalise(_transcript(speech, file)), normalise(live.text)) <= 0.15, live.text
-        if _pause_decodes(server, "used") > used:
+        if pause_decodes(server.url, "used") > used:
             break
     else:
         pytest.fail("no final of three was decoded at its pause")
@@ -143,16 +134,16 @@ def test_text_decoded_at_a_pause_is_dropped_when_another_voice_follows(server, s
     voiced = engines.vad.segments(intruder)[0].start
     audio = np.concatenate([owner[:engines.vad.segments(owner)[-1].end], np.zeros(6400, dtype=np.float32),
                             intruder[voiced:]])
-    used, dropped = _pause_decodes(server, "used"), _pause_decodes(server, "dropped")
+    used, dropped = pause_decodes(server.url, "used"), pause_decodes(server.url, "dropped")
     outcome = calls.dictate(server.ws_url, "lj", audio, realtime=True)
     print(f"\nfinals: {[(f['state'], f['start'], f['end'], f.get('text')) for f in outcome.finals]}, "
-          f"{_pause_decodes(server, 'dropped') - dropped:g} decoded at a pause and dropped")
+          f"{pause_decodes(server.url, 'dropped') - dropped:g} decoded at a pause and dropped")
     assert outcome.count("reject") >= 1
     text = normalise(outcome.text)
     intruder_words = set(normalise(_transcript(speech, second)).split()) - set(normalise(_transcript(speech, first)).split())
     assert not intruder_words & set(text.split()), text
     assert jiwer.wer(normalise(_transcript(speech, first)), text) <= 0.35, text
-    assert _pause_decodes(server, "used") == used
+    assert pause_decodes(server.url, "used") == used
 
 
 def test_short_pauses_split_utterances_and_each_is_verified(server, speech):

@@ -27,7 +27,7 @@ from app.protocols.wyoming import WyomingServer
 from app.store.models import AuditEvent, User
 from bench.meetings import compose
 
-from .conftest import serve_enrolled
+from .conftest import pause_decodes, serve_enrolled
 
 normalise = EnglishTextNormalizer()
 MEMBER, GUEST = "lj", "sas"
@@ -144,27 +144,16 @@ def test_a_command_is_transcribed_in_the_pause_before_audio_stop(household, spee
     audio = np.concatenate([said[:engines.vad.segments(said)[-1].end], np.zeros(8000, dtype=np.float32)])
     # Courtesy work: a worker still busy in the pause (on a loaded machine) may leave it to the end, so a few tries.
     for _ in range(3):
-        used = _pause_decodes(live, "used")
+        used = pause_decodes(live.url, "used")
         event = asyncio.run(_command(wyoming.port, _pcm(audio), realtime=True))
         assert event is not None and Transcript.is_type(event.type), event
         transcript = Transcript.from_event(event)
         assert jiwer.wer(_words(speech, MEMBER_SAYS), normalise(transcript.text)) <= 0.2, transcript.text
         assert transcript.context["speakers"] == [{"user": MEMBER, "name": "Linda Johnson"}]
-        if _pause_decodes(live, "used") == used + 1:
+        if pause_decodes(live.url, "used") == used + 1:
             break
     else:
         pytest.fail("no command of three was decoded in its pause")
-
-
-def _pause_decodes(live, outcome: str) -> float:
-    """Return the server's count of texts decoded at a pause and then used or dropped (/metrics)."""
-    import re
-
-    import requests
-
-    text = requests.get(f"{live.url}/metrics", timeout=10).text
-    found = re.search(rf'^voicegate_pause_decodes_total\{{outcome="{outcome}"\}} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_audio_in_another_rate_and_stereo_is_converted(household, speech):

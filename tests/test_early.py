@@ -114,7 +114,11 @@ def test_the_estimate_from_a_prefix_is_the_embedding_or_close_to_it(engines, spe
 def test_a_prefix_in_flight_ends_when_cancelled(engines, speech, part):
     # Both models' calls stop, so that the login's own decision finds the cores free.
     work = engines.speaker.prefix if part == "fused" else engines.speaker.campplus.embed
-    audio = np.tile(speech.load(LOGIN), 8)  # 41 s: seconds of work, caught while running
+    clip = speech.load(LOGIN)
+    began = time.monotonic()
+    work(clip, Cancel())
+    one = time.monotonic() - began  # on this machine as loaded now: the 41 s below take about 8 times as long
+    audio = np.tile(clip, 8)  # 41 s: seconds of work, caught while running
     cancel = Cancel()
     with ThreadPoolExecutor(1) as runner:
         running = runner.submit(work, audio, cancel)
@@ -123,7 +127,8 @@ def test_a_prefix_in_flight_ends_when_cancelled(engines, speech, part):
         cancel()
         with pytest.raises(Cancelled):
             running.result(timeout=60)
-        assert time.monotonic() - began < 1.0
+        # Ended in well under half of the uncancelled work's time, however loaded the machine.
+        assert time.monotonic() - began < max(1.0, 4 * one)
 
 
 def embedded(live) -> dict[str, float]:

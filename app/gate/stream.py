@@ -274,25 +274,26 @@ class GatedStream:
 
         The utterance may end at that pause (the endpointer says so ``end_silence_ms`` later, or
         the client stops): its last checks are then done, and only its decoding is left. Speech
-        that goes on leaves them unused. Courtesy work only, so it never holds up a decision;
-        the decisions are the same either way (each embedding is of the very stretch a check takes).
+        that goes on leaves them unused. The decisions are the same either way (each embedding is
+        of the very stretch a check takes). It is the stream's own end's work, queued as required
+        work (a draft in flight only delays it), for a lone live stream only.
         """
         utterance, pause = self._utterance, self._endpointer.silence_start
         # A lone stream only, as a precaution: most pauses do not end the utterance, and with company
-        # the work done in vain is CPU the others' checks need (the pool's courtesy rule keeps a
-        # worker free, not a core). Beside a CPU-bound process, 4 streams fell behind alike with
-        # and without it (docs/benchmarks.md), so it is not measured to matter either way.
+        # the work done in vain would hold up the others' checks. Beside a CPU-bound process, 4
+        # streams fell behind alike with it (then as courtesy work) and without it
+        # (docs/benchmarks.md), so it is not measured to matter either way.
         if not self._live or utterance is None or pause is None or self.ctx.engines.streams.open > 1:
             return
         if self._prepared is None or self._prepared[0] != pause:
             end = self._trailed(pause)
-            if end - pause < int(TRAIL * SAMPLE_RATE) or not self.ctx.engines.pool.courtesy_room():
-                return  # tried again with the next audio
+            if end - pause < int(TRAIL * SAMPLE_RATE):
+                return
             self._drop_prepared()
             self._prepared = pause, end
             for begin, stop in self._end_windows(utterance, pause, end):
                 try:
-                    self._early[(begin, stop)] = self.ctx.engines.pool.submit_courtesy(
+                    self._early[(begin, stop)] = self.ctx.engines.pool.submit(
                         self.ctx.engines.speaker.embed, self._slice(begin, stop))
                 except Busy:
                     break
@@ -312,17 +313,16 @@ class GatedStream:
             return
         # Waited for here, as a check is: the audio that comes meanwhile waits in the connection.
         wait(list(self._early.values()))
-        if not self.ctx.engines.pool.courtesy_room():
-            return  # tried again with the next audio
         stretch = self._last_accepted_at(*self._prepared)
         if stretch is None:
             self._decoded_at_pause = None, None  # that end would send no text: nothing to decode
             return
         begin, end, rest = stretch
         try:
-            future = self.ctx.engines.pool.submit_courtesy(partial(transcriber.transcribe, language=language, rest=rest),
-                                                           self._slice(begin, end))
+            future = self.ctx.engines.pool.submit(partial(transcriber.transcribe, language=language, rest=rest),
+                                                  self._slice(begin, end))
         except Busy:
+            self._decoded_at_pause = None, None  # the end decodes it, as without a pause
             return
         self._decoded_at_pause = stretch, future
 

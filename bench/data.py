@@ -107,6 +107,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
+def followed(audio: np.ndarray, silence: float) -> np.ndarray:
+    """Return 16 kHz ``audio`` with ``silence`` seconds of digital silence after it."""
+    return np.concatenate([audio, np.zeros(int(silence * 16000), dtype=np.float32)]) if silence else audio
+
+
 def pcm16(audio: np.ndarray) -> bytes:
     """Return float32 audio as 16-bit little-endian PCM bytes."""
     return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()

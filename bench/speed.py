@@ -12,10 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from . import calls, metrics
-from .data import SpeechSet
+from .data import SpeechSet, followed
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +65,13 @@ def final_latency(service, speech: SpeechSet, pairs: list[Pair], silence: float 
     The files end a fraction of a second after their last word (speech-dev: 0.13 s median); a
     user who breathes before pressing stop sends half a second more, in which the server can work.
     """
-    outcomes = [calls.dictate(service.ws_url, p.user, _followed(speech.audio(p.path), silence), realtime=True)
+    outcomes = [calls.dictate(service.ws_url, p.user, followed(speech.audio(p.path), silence), realtime=True)
                 for p in pairs]
     latencies = [o.last_final_s for o in outcomes if o.last_final_s is not None]
     return {**metrics.summary_ms(latencies), "errors": dict(Counter(o.error for o in outcomes if o.error)),
             "without_final": sum(1 for o in outcomes if o.last_final_s is None),
             "rejected_utterances": sum(o.count("reject") for o in outcomes),
             "audio_seconds": sorted({round(p.seconds, 2) for p in pairs}), "silence_s": silence}
-
-
-def _followed(audio: np.ndarray, silence: float) -> np.ndarray:
-    """Return ``audio`` with ``silence`` seconds of digital silence after it."""
-    return np.concatenate([audio, np.zeros(int(silence * 16000), dtype=np.float32)]) if silence else audio
 
 
 def streams(service, speech: SpeechSet, pairs: list[Pair]) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import machine, metrics
-from .data import SpeechSet, pcm16
+from .data import SpeechSet, followed, pcm16
 from .kaldi import baseline, enroll_halves
 from .output import quiet_logging, save
 from .paths import DEFAULT_DATA, DEV_REPORT, RESULTS
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("household %s, guest %s; %d commands through Wyoming on port %d", members, guest, len(tests), port)
         records = []
         for user, path in tests:
-            audio = np.concatenate([speech.audio(path), np.zeros(int(args.silence * 16000), dtype=np.float32)])
-            reply = asyncio.run(command(port, audio, realtime=not args.fast))
+            reply = asyncio.run(command(port, followed(speech.audio(path), args.silence), realtime=not args.fast))
             records.append({"user": user, "member": user in members, "file": speech.label(path),
                             "seconds": round(speech.seconds(path), 3), "type": reply["type"],
                             "text": reply["data"].get("text", "") if reply["type"] == "transcript" else "",

@@ -126,8 +126,7 @@ class Transcriber:
             if text is not None:
                 return Transcript(text, (text,) if text else (), language, probability)
         # transcribe() returns a lazy generator: decoding happens while it is consumed.
-        model = self._wide if self._wide is not None and self.idle() else self._model
-        segments, info = model.transcribe(
+        segments, info = self._model_now().transcribe(
             audio,
             language=language,
             beam_size=beam_size,
@@ -137,6 +136,10 @@ class Transcriber:
         texts = tuple(segment.text.strip() for segment in segments)
         return Transcript(" ".join(t for t in texts if t), texts, info.language,
                           probability if language else float(info.language_probability))
+
+    def _model_now(self):
+        """Return the copy to run a call on: every core when nothing else runs (``idle``), else one."""
+        return self._wide if self._wide is not None and self.idle() else self._model
 
     def detect_language(self, audio: np.ndarray, among: tuple[str, ...]) -> tuple[str | None, float]:
         """Return the likeliest of the languages ``among`` in ``audio`` (its first 30 s) and its share of their probability.
@@ -149,8 +152,7 @@ class Transcriber:
         known = [code for code in dict.fromkeys(among) if code in self._model.supported_languages]
         if len(known) <= 1:
             return (known[0], 1.0) if known else (None, 1.0)
-        model = self._wide if self._wide is not None and self.idle() else self._model
-        _, _, probabilities = model.detect_language(audio=audio)
+        _, _, probabilities = self._model_now().detect_language(audio=audio)
         chances = {code: p for code, p in probabilities if code in known}
         best = max(known, key=lambda code: chances.get(code, 0.0))
         return best, chances.get(best, 0.0) / max(sum(chances.values()), 1e-9)
@@ -188,7 +190,7 @@ class Transcriber:
         padded = np.zeros((1, features.shape[0], length), dtype=np.float32)
         padded[0, :, :min(frames, length)] = features[:, :length]
         tokenizer = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
-        model = self._wide if self._wide is not None and self.idle() else self._model
+        model = self._model_now()
         limit = min(self._model.max_length // 2, DRAFT_MIN_TOKENS + math.ceil(seconds * DRAFT_TOKENS_PER_SECOND))
         result = model.model.generate(
             ctranslate2.StorageView.from_array(padded),

@@ -364,14 +364,7 @@ class GatedStream:
 
     def _end_windows(self, utterance: Utterance, speech_end: int, end: int) -> list[tuple[int, int]]:
         """Return the stretches ``_finish`` would embed if the utterance's speech ended at ``speech_end`` and it at ``end``."""
-        if not utterance.checks:
-            speech = self._endpointer.speech_seconds_between(utterance.start, end)
-            if speech >= self.ctx.policy.min_verify_speech:
-                return [(max(utterance.start, end - WINDOW_SAMPLES), end)]
-            return [(utterance.start, end)] if self._short_phrase_allowed(utterance) else []
-        if max(check.end for check in utterance.checks) < end:
-            return [(max(utterance.start, end - WINDOW_SAMPLES), end)]
-        return []
+        return [(max(utterance.start, begin), end) for begin, _ in self._last_windows(utterance, end)]
 
     def _finish(self, utterance: Utterance) -> list[dict]:
         """Check an ended utterance to its end and settle all of it."""
@@ -380,17 +373,21 @@ class GatedStream:
 
     def _end_checks(self, utterance: Utterance) -> None:
         """Make the checks an ended utterance gets at its end."""
-        end = utterance.end
+        for begin, short in self._last_windows(utterance, utterance.end):
+            self._check(utterance, begin, utterance.end, short=short)
+        self._check_end(utterance)
+
+    def _last_windows(self, utterance: Utterance, end: int) -> list[tuple[int, bool]]:
+        """Return where the windows an utterance ending at ``end`` is checked on there begin, and whether each is a short phrase."""
         if not utterance.checks:
             speech = self._endpointer.speech_seconds_between(utterance.start, end)
             if speech >= self.ctx.policy.min_verify_speech:
-                self._check(utterance, end - WINDOW_SAMPLES, end)
-            elif self._short_phrase_allowed(utterance):
-                # A short phrase right after accepted speech: decided on its own, stricter.
-                self._check(utterance, utterance.start, end, short=True)
-        elif max(check.end for check in utterance.checks) < end:
-            self._check(utterance, end - WINDOW_SAMPLES, end)
-        self._check_end(utterance)
+                return [(end - WINDOW_SAMPLES, False)]
+            # A short phrase right after accepted speech: decided on its own, stricter.
+            return [(utterance.start, True)] if self._short_phrase_allowed(utterance) else []
+        if max(check.end for check in utterance.checks) < end:
+            return [(end - WINDOW_SAMPLES, False)]
+        return []
 
     def _check_end(self, utterance: Utterance) -> None:
         """Check the newest part of an ended utterance's last window, which no later window vouches for (subclasses)."""

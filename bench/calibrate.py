@@ -29,13 +29,15 @@ import argparse
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from app.engines.fused import FUSED_DIM, PART_DIM
 from app.gate.calibration import (COHORT_PATH, COHORT_SHA256, FUSED_COHORT_PATH, FUSED_COHORT_SHA256, NARROW_EDGE_DB,
                                   Calibration, Quality, save_cohort)
+from app.gate.decide import PHONE_COPY_GAP_DB
 from app.gate.policy import DEFAULT_TARGET_FAR
 
 from . import metrics
@@ -43,6 +45,7 @@ from .cohort import COHORT_CONDITIONS, COHORT_SPEAKERS
 from .data import SpeechSet
 from .degrade import condition_of, default_out
 from .embedcache import Measured, channel_set, edge_set, measure_set
+from .fusion import frr_at_far
 from .paths import RESULTS, ROOT, SPEECH_MORE
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,15 @@ DEFAULT_FLOOR = 0.25
 # The fused space's raw guard (app.gate.calibration.Calibration.floor): the raw cosine this share
 # of the fitting speakers' impostor trials reach.
 RAW_GUARD_FAR = 0.01
+# Quality.features' columns: 1, log2 seconds of speech, SNR / 10, band share, narrow band.
+ALL_TERMS = (0, 1, 2, 3, 4)
+# The fused voices' calibration has the intercept and the seconds of speech alone. Cross-validated
+# on speech-more (cohort and calibration fitted on one side of the speaker split, measured on the
+# other, both ways), its EER was lower than with SNR and band as well in 7 of 8 conditions (over
+# all: 1.73% against 1.89%; g711 2.42% against 3.08%, crop1 2.01% against 2.32%) and its FAR at
+# the default stayed under the target in every one: measured on one test, SNR and band moved a
+# fused score's impostor centre by more noise than they explained (docs/threshold.md).
+SPEECH_TERMS = (0, 1)
 # Raw cosine floors tried under the calibrated decision.
 FLOORS = (0.0, 0.15, 0.20, 0.25, 0.30, 0.40)
 
@@ -79,19 +91,23 @@ class Scorer:
 
     ``phone`` (clean file label -> embedding of its telephone copy, app/audio/augment.py) makes
     telephone-band tests (``edges`` below NARROW_EDGE_DB) score against the enrollment's
-    telephone centroid, as the service does; None scores every test against the clean centroid.
+    telephone centroid; None scores every test against the clean centroid. With ``enroll_edges``
+    (clean file label -> band edge), only tests ``gap`` dB or more below the enrollment clips'
+    median edge meet the copy, as the service decides (decide.held_to_phone_copy); without, every
+    telephone-band test does (the rule the shipped calibration was fitted with).
     """
 
     def __init__(self, clean: dict[str, Measured], hard: dict[str, Measured], speaker_of: dict[str, str],
                  cohort: np.ndarray, cohort_speaker: np.ndarray, top_k: int,
                  phone: dict[str, np.ndarray] | None = None, edges: dict[str, float] | None = None,
-                 centred: bool = True):
+                 centred: bool = True, enroll_edges: dict[str, float] | None = None, gap: float = PHONE_COPY_GAP_DB):
         self.clean, self.hard, self.speaker_of, self.top_k = clean, hard, speaker_of, top_k
         # AS-norm on voices less the cohort's mean, as app.gate.calibration.Cohort.centre does.
         self.mean = cohort.mean(axis=0) if centred else np.zeros(cohort.shape[1], dtype=cohort.dtype)
         self.centred = centred
         self.cohort, self.cohort_speaker = self.centre(cohort), cohort_speaker
         self.phone, self.edges = phone, edges or {}
+        self.enroll_edges, self.gap = enroll_edges, gap
         self._stats: dict = {}
 
     def centre(self, vectors: np.ndarray) -> np.ndarray:
@@ -104,11 +120,11 @@ class Scorer:
         return self.speaker_of[key.split("/", 1)[1] if key.split("/", 1)[0] in CONDITION_NAMES else key]
 
     def narrow(self, test: str, enroll: tuple[str, ...] = ()) -> bool:
-        """Return True when the test file is telephone-band audio (and the phone channel is in use).
-
-        ``enroll`` (the enrollment list) is for variants that also weigh the enrollment's own band.
-        """
-        return self.phone is not None and self.edges.get(test, 0.0) < NARROW_EDGE_DB
+        """Return True when the test meets the enrollment's telephone copy (``enroll``: the enrollment list)."""
+        edge = self.edges.get(test, 0.0)
+        if self.phone is None or edge >= NARROW_EDGE_DB:
+            return False
+        return self.enroll_edges is None or float(np.median([self.enroll_edges[p] for p in enroll])) - edge >= self.gap
 
     def enrolled(self, enroll: tuple[str, ...], narrow: bool = False) -> np.ndarray:
         """Return the centroid of an enrollment list (of its telephone copies when ``narrow``)."""
@@ -143,6 +159,9 @@ class Scorer:
             me, se = self.stats((t.enroll, narrow), ce, exclude)
             mt, st = self.stats(t.test, cm, exclude)
             out["raw"].append(raw)
+            if e.size == FUSED_DIM:  # each model's own plain cosine, from its part of the fused voices
+                out["raw_ecapa"].append(float(_unit(e[:PART_DIM]) @ _unit(m.embedding[:PART_DIM])))
+                out["raw_campplus"].append(float(_unit(e[PART_DIM:]) @ _unit(m.embedding[PART_DIM:])))
             out["clip_mean"].append(float(clips.mean()))
             out["clip_max"].append(float(clips.max()))
             out["asnorm"].append(0.5 * ((centred - me) / max(se, 1e-3) + (centred - mt) / max(st, 1e-3)))
@@ -155,12 +174,22 @@ class Scorer:
 CONDITION_NAMES: set[str] = set()
 
 
-def fit(normed: np.ndarray, features: np.ndarray, top_k: int, centred: bool = True) -> Calibration:
-    """Fit the impostor AS-norm centre and spread as functions of quality, and the measured tail."""
-    centre, *_ = np.linalg.lstsq(features, normed, rcond=None)
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def fit(normed: np.ndarray, features: np.ndarray, top_k: int, centred: bool = True,
+        terms: tuple[int, ...] = ALL_TERMS) -> Calibration:
+    """Fit the impostor AS-norm centre and spread as functions of quality, and the measured tail.
+
+    ``terms``: the columns of Quality.features fitted; the others' weights are 0.
+    """
+    used = features[:, list(terms)]
+    centre, spread = np.zeros(features.shape[1]), np.zeros(features.shape[1])
+    centre[list(terms)] = np.linalg.lstsq(used, normed, rcond=None)[0]
     residual = normed - features @ centre
     # For normal residuals, E[log|r|] = log(sigma) - 0.635: fit the log spread, then correct.
-    spread, *_ = np.linalg.lstsq(features, np.log(np.abs(residual) + 1e-6), rcond=None)
+    spread[list(terms)] = np.linalg.lstsq(used, np.log(np.abs(residual) + 1e-6), rcond=None)[0]
     spread[0] += 0.635
     calibration = Calibration(top_k, tuple(float(c) for c in centre), tuple(float(s) for s in spread), centred=centred)
     z = np.array([calibration.calibrate(n, _q(f)) for n, f in zip(normed, features)])
@@ -241,6 +270,7 @@ class Loaded:
     edges: dict[str, float]
     lists: dict[str, set]
     files: dict[str, list[str]]
+    enroll_edges: dict[str, float] = field(default_factory=dict)  # clean file label -> band edge (dB)
 
     def all_pairs(self, speakers: set[str]) -> list[Trial]:
         """Return every enrollment list of ``speakers`` against every other file of theirs, in every condition."""
@@ -255,11 +285,11 @@ class Loaded:
                             trials.append(Trial(enroll, f"{c}/{f}", claimed == spoken, c, claimed, spoken))
         return trials
 
-    def cohort(self, conditions=COHORT_CONDITIONS) -> tuple[np.ndarray, np.ndarray]:
+    def cohort(self, conditions=COHORT_CONDITIONS, speakers=COHORT_SPEAKERS) -> tuple[np.ndarray, np.ndarray]:
         """Return the held-out speakers' embeddings in ``conditions`` (the shipped cohort, float16 as shipped)
         and each one's speaker, so that a fitting trial's cohort can leave its own two speakers out."""
         keys = [f"{c}/{self.speech.label(u.path)}" for c in conditions if c in self.conditions
-                for u in self.speech.utterances if u.speaker in COHORT_SPEAKERS]
+                for u in self.speech.utterances if u.speaker in speakers]
         # As shipped (float16), so that fitting and measuring see the cohort the service loads.
         embeddings = np.stack([self.hard[k].embedding for k in keys]).astype("<f2").astype(np.float32)
         return embeddings, np.array([self.speaker_of[k.split("/", 1)[1]] for k in keys])
@@ -294,7 +324,8 @@ def load(data: Path, hard_dir: Path | None, only: str | None = None, model: str 
     files = defaultdict(list)
     for u in speech.utterances:
         files[u.speaker].append(speech.label(u.path))
-    return Loaded(speech, hard_set, clean, hard, speaker_of, conditions, phone, edges, lists, files)
+    enroll_edges = {speech.label(k): v for k, v in edge_set(speech, paths).items()}
+    return Loaded(speech, hard_set, clean, hard, speaker_of, conditions, phone, edges, lists, files, enroll_edges)
 
 
 def evaluate(scorers: dict[str, Scorer], trials: list[Trial], calibrations: dict[str, Calibration],
@@ -322,6 +353,9 @@ def evaluate(scorers: dict[str, Scorer], trials: list[Trial], calibrations: dict
             source = base if system in ("raw", "clip_mean", "clip_max") else scores
             g, i = source[system][sel & target], source[system][sel & ~target]
             row[system] = figures(g, i) if system in ("raw", "calibrated") else {"eer": round(metrics.eer(g, i), 4)}
+        for system in ("raw_ecapa", "raw_campplus"):  # fused: each model's plain cosine to the clean centroid
+            if system in base:
+                row[system] = {"eer": round(metrics.eer(base[system][sel & target], base[system][sel & ~target]), 4)}
         row["raw_phone"] = {"eer": round(metrics.eer(scores["raw"][sel & target], scores["raw"][sel & ~target]), 4)}
         # The clean centroid alone (no telephone copies), calibrated on its own: what the channel adds.
         row["calibrated_centroid_only"] = {"eer": round(metrics.eer(base["calibrated"][sel & target],
@@ -387,6 +421,102 @@ def show(name: str, per: dict, default_far: float) -> None:
               f"{row['previous']['eer']:6.2%} {row['previous']['far']:.3%} {row['previous']['frr']:6.2%}")
 
 
+def scorers(loaded: Loaded, cohort: np.ndarray, cohort_speaker: np.ndarray, top_k: int, centred: bool,
+            service: bool) -> dict[str, Scorer]:
+    """Return the scorings measured: ``phone`` (the service's), ``centroid`` (clean centroid only), ``previous``.
+
+    ``service``: telephone copies as the service keeps them now (decide.held_to_phone_copy); else
+    for every telephone-band test, the rule the shipped calibration was fitted with.
+    """
+    edges = loaded.enroll_edges if service else None
+    return {"phone": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, top_k,
+                            loaded.phone, loaded.edges, centred=centred, enroll_edges=edges),
+            "centroid": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, top_k,
+                               centred=centred),
+            "previous": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, PREVIOUS_TOP_K,
+                               loaded.phone, loaded.edges, centred=False)}
+
+
+def fit_calibrations(loaded: Loaded, speakers: set[str], cohort: np.ndarray, cohort_speaker: np.ndarray, top_k: int,
+                     centred: bool, fused: bool, variants: dict[str, tuple[int, ...]] | None = None,
+                     only: tuple[str, ...] = ("phone", "centroid", "previous")) -> dict[str, Calibration]:
+    """Fit each scoring's calibration on the impostor trials among ``speakers``, each cohort without the trial's two.
+
+    The fused voices' calibrations use SPEECH_TERMS, ECAPA's and CAM++'s every quality term.
+    ``variants`` (name -> terms) also fits the service's scoring (``phone``) with other terms, under those names.
+    """
+    trials = loaded.all_pairs(speakers)
+    impostor = ~np.array([t.target for t in trials])
+    terms = SPEECH_TERMS if fused else ALL_TERMS
+    calibrations = {}
+    for name, scorer in scorers(loaded, cohort, cohort_speaker, top_k, centred, service=False).items():
+        if name not in only:
+            continue
+        scores = scorer.score(trials, exclude_speakers=True)
+        guard = round(float(np.quantile(scores["raw"][impostor], 1 - RAW_GUARD_FAR)), 4) if fused else 0.0
+        fits = {name: terms, **({} if name != "phone" else (variants or {}))}
+        for key, chosen in fits.items():
+            calibrations[key] = replace(fit(scores["asnorm"][impostor], scores["features"][impostor], scorer.top_k,
+                                            scorer.centred, chosen), floor=guard)
+    return calibrations
+
+
+def cross_validated(loaded: Loaded, halves: tuple[set[str], set[str]], conditions: list[str], top_k: int,
+                    centred: bool, fused: bool, default_far: float) -> dict:
+    """Return the service's scoring fitted on each side of the speaker split (cohort and calibration) and
+    measured on the other, pooled: every score from a fit that never saw its speakers; per condition,
+    beside each model's plain cosine (both models' when ``fused``)."""
+    pooled = defaultdict(list)
+    # Fused: also calibrated on every quality term, as before SPEECH_TERMS, to compare.
+    variants = {"all_quality_terms": ALL_TERMS} if fused else {}
+    for fit_on, check_on in (halves, halves[::-1]):
+        cohort, cohort_speaker = loaded.cohort(conditions, fit_on)
+        calibrations = fit_calibrations(loaded, fit_on, cohort, cohort_speaker, top_k, centred, fused, variants,
+                                        only=("phone",))
+        trials = loaded.all_pairs(check_on)
+        scores = scorers(loaded, cohort, cohort_speaker, top_k, centred, service=True)["phone"].score(trials, False)
+        for system, name in (("service", "phone"), *((v, v) for v in variants)):
+            calibration = calibrations[name]
+            z = calibrated(calibration, scores)
+            pooled[system].append(z)
+            pooled[f"{system}_accept"].append((scores["speech"] >= DEFAULT_MIN_SPEECH) & (z >= calibration.threshold(default_far))
+                                              & (scores["raw"] >= max(DEFAULT_FLOOR, calibration.floor)))
+        for system in ("ecapa", "campplus") if fused else ():
+            pooled[system].append(scores[f"raw_{system}"])
+        pooled["raw"].append(scores["raw"])
+        pooled["target"].append(np.array([t.target for t in trials]))
+        pooled["condition"].append(np.array([t.condition for t in trials]))
+    joined = {k: np.concatenate(v) for k, v in pooled.items()}
+    target, condition = joined["target"], joined["condition"]
+    per = {}
+    for c in [*loaded.conditions, "all"]:
+        sel = np.ones_like(target) if c == "all" else condition == c
+        row = {"targets": int((sel & target).sum()), "nontargets": int((sel & ~target).sum())}
+        for system in ("ecapa", "campplus", "raw", "service", *variants):
+            if system in joined:
+                g, i = joined[system][sel & target], joined[system][sel & ~target]
+                row[system] = {"eer": round(metrics.eer(g, i), 5), "frr_at_far_0.005": round(frr_at_far(g, i, 0.005), 5),
+                               "min_dcf": round(metrics.min_dcf(g, i, 0.01), 4)}
+            if f"{system}_accept" in joined:  # the decision at the default target, as the service takes it
+                accept = joined[f"{system}_accept"]
+                row[system]["default"] = {"far": round(float(accept[sel & ~target].mean()), 5),
+                                          "frr": round(float(1 - accept[sel & target].mean()), 5)}
+        per[c] = row
+    return per
+
+
+def show_cross_validated(per: dict, default_far: float) -> None:
+    """Print the cross-validated figures per condition: EER and FRR at FAR 0.5% of each system."""
+    systems = [s for s in ("ecapa", "campplus", "raw", "service", "all_quality_terms") if s in per["all"]]
+    decided = [s for s in systems if "default" in per["all"][s]]
+    print(f"\ncross-validated (each side of the split scored by the other's fit): EER / FRR at FAR 0.5% of "
+          f"{', '.join(systems)} | at the default target {default_far:g}, FAR FRR of {', '.join(decided)}")
+    for c, row in per.items():
+        cells = "  ".join(f"{row[s]['eer']:6.2%} {row[s]['frr_at_far_0.005']:6.1%}" for s in systems)
+        decisions = "  ".join(f"{row[s]['default']['far']:.3%} {row[s]['default']['frr']:6.2%}" for s in decided)
+        print(f"  {c:<15} n={row['targets']:>5}/{row['nontargets']:<6} {cells} | {decisions}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Fit, measure, print and write."""
     parser = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__.split("\n\n")[0])
@@ -415,36 +545,17 @@ def main(argv: list[str] | None = None) -> dict:
     cohort_conditions = [c for c in args.cohort_conditions.split(",") if c in more.conditions]
     cohort, cohort_speaker = more.cohort(cohort_conditions)
 
-    def scorers(loaded: Loaded) -> dict[str, Scorer]:
-        centred = not args.uncentred
-        return {"phone": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k,
-                                loaded.phone, loaded.edges, centred=centred),
-                "centroid": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, args.top_k,
-                                   centred=centred),
-                "previous": Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker, PREVIOUS_TOP_K,
-                                   loaded.phone, loaded.edges, centred=False)}
-
-    # Fitting: impostor trials among the held-out speakers, each cohort without the two speakers.
-    fit_trials = more.all_pairs(held)
-    impostor = ~np.array([t.target for t in fit_trials])
-    calibrations = {}
-    for name, scorer in scorers(more).items():
-        fit_scores = scorer.score(fit_trials, exclude_speakers=True)
-        calibrations[name] = fit(fit_scores["asnorm"][impostor], fit_scores["features"][impostor], scorer.top_k,
-                                 scorer.centred)
-        if args.model == "fused":
-            guard = float(np.quantile(fit_scores["raw"][impostor], 1 - RAW_GUARD_FAR))
-            calibrations[name] = replace(calibrations[name], floor=round(guard, 4))
+    centred = not args.uncentred
+    calibrations = fit_calibrations(more, held, cohort, cohort_speaker, args.top_k, centred, args.model == "fused")
     calibration = calibrations["phone"]
-    logger.info("fitted on %d impostor trials of %d held-out speakers: %s", impostor.sum(), len(held), calibration)
+    logger.info("fitted on %d held-out speakers: %s", len(held), calibration)
 
     rest = {u.speaker for u in more.speech.utterances} - held
     results = {"model": args.model, "cohort_speakers": sorted(held), "evaluation_speakers": sorted(rest), "top_k": args.top_k,
                "cohort_conditions": cohort_conditions, "cohort_size": len(cohort),
                "narrow_edge_db": NARROW_EDGE_DB,
                "calibration": {"centre": calibration.centre, "spread": calibration.spread, "tail": calibration.tail,
-                               "floor": calibration.floor,
-                               "fitting_impostor_trials": int(impostor.sum())},
+                               "floor": calibration.floor},
                "sets": {}}
     runs = [("trials", more, more.listed(rest)), ("all_pairs", more, more.all_pairs(rest))]
     for path in args.heldout:
@@ -452,9 +563,15 @@ def main(argv: list[str] | None = None) -> dict:
         everyone = {u.speaker for u in other.speech.utterances}
         runs.append((f"{other.speech.root.name}_all_pairs", other, other.all_pairs(everyone)))
     for set_name, loaded, trials in runs:
-        per = evaluate(scorers(loaded), trials, calibrations, loaded.conditions, args.default_far)
+        per = evaluate(scorers(loaded, cohort, cohort_speaker, args.top_k, centred, service=True), trials, calibrations,
+                       loaded.conditions, args.default_far)
         results["sets"][set_name] = per
         show(set_name, per, args.default_far)
+    # The split swapped as well: fitted on the evaluation speakers, measured on the cohort's.
+    per = cross_validated(more, (held, rest), cohort_conditions, args.top_k, centred, args.model == "fused",
+                          args.default_far)
+    results["sets"]["cross_validated"] = per
+    show_cross_validated(per, args.default_far)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     plot(results["sets"]["all_pairs"], args.out.with_name(args.out.stem + "-det.png"), calibration, args.default_far)

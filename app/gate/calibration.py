@@ -33,7 +33,7 @@ COHORT_PATH = Path(__file__).with_name("cohort.npz")
 COHORT_SHA256 = "f1c17cd23105e6c5a3e50fbf1db48b5267b28e87a380d2d7b2b38bf8a7f257f6"
 # The same for voices of ECAPA and CAM++ fused (app/engines/fused.py): ``--model fused --write-cohort``.
 FUSED_COHORT_PATH = Path(__file__).with_name("cohort-fused.npz")
-FUSED_COHORT_SHA256 = "44f0fd1ff0128f613e08e28cb226e79c3fd234230424d11c0f610ab4aedd0c3d"
+FUSED_COHORT_SHA256 = "30bb4097bf78f788423d83edef50234f4bc1350d5d52cb2491a2c963826a117f"
 # Quality features are clipped to the range the calibration was fitted on.
 SPEECH_RANGE = (0.5, 8.0)
 SNR_RANGE = (0.0, 40.0)

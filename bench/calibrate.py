@@ -10,12 +10,14 @@ the shipped cohort, and the calibration is fitted on their trials among each oth
 everything is measured, per degradation condition, with the trials of the set's trials.tsv and,
 for false-accept rates fine enough to see 1 in 1000, every enrollment list against every other
 evaluation speaker's files. ``--heldout`` sets are measured with that fit, all their speakers.
-Telephone-band test files are scored against the enrollment's telephone copies, as the service
-did when the shipped calibration was fitted (app/audio/augment.py); the clean centroid alone is
-measured beside it. The service now keeps the copy for tests at least 20 dB under the
-enrollment's band (decide.PHONE_COPY_GAP_DB, migration 0008); what that changes is measured by
-``python -m bench.studies.channel_guard`` (FAR unchanged, FRR lower). Embeddings are
-computed in this process and cached (bench/embedcache.py).
+Telephone-band test files are scored against the enrollment's telephone copies (app/audio/augment.py)
+as the service decides (decide.held_to_phone_copy: tests at least 20 dB under the enrollment's
+band); the calibration is fitted as it was when that rule came (migration 0008), with the copy
+for every telephone-band test, so that ``--write-cohort`` rewrites the shipped fit. The clean
+centroid alone is measured beside it. **Cross-validated** as well (``cross_validated`` in the
+results): the cohort and calibration fitted on the evaluation speakers and measured on the cohort
+speakers too, both sides pooled, beside each model's plain cosine when ``--model fused``.
+Embeddings are computed in this process and cached (bench/embedcache.py).
 
 ``--model campplus`` fits and measures the same scoring on CAM++'s embeddings (its own cohort of
 the same held-out speakers, its own telephone copies), to ``calibration-campplus.json``: what the

@@ -88,21 +88,6 @@ def guards(target_far: float) -> dict:
     return out
 
 
-class BandAware(Scorer):
-    """The service's scoring, but a telephone-band test meets the telephone copy only when its band edge
-    lies at least ``gap`` dB below the enrollment's own (the median of its clips')."""
-
-    def __init__(self, *args, enroll_edges: dict[str, float], gap: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.enroll_edges, self.gap = enroll_edges, gap
-
-    def narrow(self, test: str, enroll: tuple[str, ...] = ()) -> bool:
-        if not super().narrow(test):
-            return False
-        own = float(np.median([self.enroll_edges[p] for p in enroll]))
-        return own - self.edges.get(test, 0.0) >= self.gap
-
-
 def band_aware(target_far: float) -> dict:
     """Return FAR / FRR when the telephone copy is kept for tests well below the enrollment's band."""
     shipped = load_cohort(FUSED_COHORT_PATH, FUSED_COHORT_SHA256)
@@ -119,15 +104,15 @@ def band_aware(target_far: float) -> dict:
                                    ("speech-more evaluation speakers", more, rest),
                                    ("speech-dev", dev, {u.speaker for u in dev.speech.utterances})):
         fitting = speakers is held
-        edges = {loaded.speech.label(u.path): band_edge(loaded.speech.audio(u.path)) for u in loaded.speech.utterances}
+        edges = loaded.enroll_edges  # each clean file's band edge, as an enrollment clip's is kept
         trials = loaded.all_pairs(speakers)
         impostor = ~np.array([t.target for t in trials])
         band = np.array([t.speaker == BAND_LIMITED_SPEAKER for t in trials])
         rows = {}
         for gap in GAPS:
-            scorer = BandAware(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker,
-                               calibration.top_k, loaded.phone, loaded.edges,
-                               centred=calibration.centred, enroll_edges=edges, gap=gap)
+            scorer = Scorer(loaded.clean, loaded.hard, loaded.speaker_of, cohort, cohort_speaker,
+                            calibration.top_k, loaded.phone, loaded.edges,
+                            centred=calibration.centred, enroll_edges=edges, gap=gap)
             scores = scorer.score(trials, exclude_speakers=fitting)
             z = calibrated(calibration, scores)
             accept = (scores["speech"] >= DEFAULT_MIN_SPEECH) & (z >= threshold) & (scores["raw"] >= floor)

@@ -70,7 +70,7 @@ ALL_TERMS = (0, 1, 2, 3, 4)
 # other, both ways), its EER was lower than with SNR and band as well in 7 of 8 conditions (over
 # all: 1.73% against 1.89%; g711 2.42% against 3.08%, crop1 2.01% against 2.32%) and its FAR at
 # the default stayed under the target in every one: measured on one test, SNR and band moved a
-# fused score's impostor centre by more noise than they explained (docs/threshold.md).
+# fused score's impostor centre by more noise than they explained (docs/benchmarks.md).
 SPEECH_TERMS = (0, 1)
 # Raw cosine floors tried under the calibrated decision.
 FLOORS = (0.0, 0.15, 0.20, 0.25, 0.30, 0.40)

@@ -293,12 +293,17 @@ def pcm(audio: np.ndarray) -> bytes:
 PCM16K = {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1}
 
 
-def pause_decodes(url: str, outcome: str) -> float:
-    """Return the server's count of texts decoded at a pause and then ``used`` or ``dropped`` unseen (its /metrics)."""
+def metric(url: str, series: str) -> float:
+    """Return one series' value on the server's /metrics (``name{label="value"}``), 0 when it has none yet."""
     import re
 
     import requests
 
     text = requests.get(f"{url}/metrics", timeout=10).text
-    found = re.search(rf'^voicegate_pause_decodes_total\{{outcome="{outcome}"\}} (\S+)$', text, re.M)
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
+
+
+def pause_decodes(url: str, outcome: str) -> float:
+    """Return the server's count of texts decoded at a pause and then ``used`` or ``dropped`` unseen."""
+    return metric(url, f'voicegate_pause_decodes_total{{outcome="{outcome}"}}')

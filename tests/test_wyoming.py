@@ -142,7 +142,7 @@ def test_a_command_is_transcribed_in_the_pause_before_audio_stop(household, spee
     live, wyoming = household
     said = speech.load(MEMBER_SAYS)
     audio = np.concatenate([said[:engines.vad.segments(said)[-1].end], np.zeros(8000, dtype=np.float32)])
-    # Courtesy work: a worker still busy in the pause (on a loaded machine) may leave it to the end, so a few tries.
+    # A loaded machine may still be busy with the command's other work when audio-stop comes, so a few tries.
     for _ in range(3):
         used = pause_decodes(live.url, "used")
         event = asyncio.run(_command(wyoming.port, _pcm(audio), realtime=True))

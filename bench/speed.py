@@ -6,11 +6,14 @@ latency runs from the client's ``stop`` (sent at the end of the audio) to the re
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 from . import calls, metrics
 from .data import SpeechSet, followed
@@ -52,11 +55,33 @@ def pick(pairs: list[Pair], low: float, high: float, count: int) -> list[Pair]:
 
 
 def verify_latency(service, speech: SpeechSet, pairs: list[Pair]) -> dict:
-    """Verify each pair's file at real-time pace; return latency from stop to result."""
-    outcomes = [calls.verify(service.ws_url, p.user, speech.audio(p.path), realtime=True) for p in pairs]
+    """Verify each pair's file at real-time pace; return latency from stop to result.
+
+    Each login's latency is also given by how the server embedded it after ``stop`` (its
+    counter ``voicegate_streamed_login_embeddings``): from the work done while the person
+    spoke (estimate), that and the whole utterance again (redecided), or the whole utterance.
+    """
+    by_source: dict[str, list[float]] = {}
+    outcomes = []
+    for pair in pairs:
+        before = login_embeddings(service.url)
+        outcome = calls.verify(service.ws_url, pair.user, speech.audio(pair.path), realtime=True)
+        after = login_embeddings(service.url)
+        outcomes.append(outcome)
+        sources = [source for source in after if after[source] > before.get(source, 0)]
+        if outcome["latency_s"] is not None:
+            by_source.setdefault("+".join(sources) or "none", []).append(outcome["latency_s"])
     latencies = [o["latency_s"] for o in outcomes if o["latency_s"] is not None]
     return {**metrics.summary_ms(latencies), "states": dict(Counter(o["state"] for o in outcomes)),
+            "by_embedding": {source: metrics.summary_ms(values) for source, values in sorted(by_source.items())},
             "audio_seconds": sorted({round(p.seconds, 2) for p in pairs})}
+
+
+def login_embeddings(url: str) -> dict[str, float]:
+    """Return the server's counts of streamed logins by how they were embedded after stop (source -> count)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return {source: float(value) for source, value in
+            re.findall(r'^voicegate_streamed_login_embeddings_total\{source="(\w+)"\} (\S+)$', text, re.M)}
 
 
 def final_latency(service, speech: SpeechSet, pairs: list[Pair], silence: float = 0.0) -> dict:

@@ -48,19 +48,26 @@ def test_the_enrolled_voice_gets_partials_and_its_words(server, speech):
     """Spoken in real time, the sentence is decoded while it is spoken: its final waits only for the rest."""
     file = "wav/ljspeech/LJ001-0001.wav"
     before = _finals_decoded_ahead(server)
-    replies, final = _dictate(server, speech, [file], realtime=True)
-    finals = [r for r in replies if r["type"] == "final"]
-    partials = [r for r in replies if r["type"] == "partial"]
-    text = " ".join(r["text"] for r in finals if r["state"] == "accept")
-    wer = jiwer.wer(normalise(_transcript(speech, file)), normalise(text))
-    print(f"\n{len(partials)} partials, {len(finals)} finals, WER {wer:.1%}: {text}")
-    assert final["accepted"] >= 1 and final["rejected"] == 0
-    # About one a second while a 9.7 s sentence is spoken on an idle server; partials wait for an
-    # idle worker (they never delay a decision), so a loaded machine shows fewer, never none.
-    assert partials
-    assert wer <= 0.15
-    # Its pauses (a 9.7 s sentence has several) let settled pieces be decoded on an idle worker.
-    assert _finals_decoded_ahead(server) >= before + 1
+    # Pieces are decoded ahead only on a worker nothing else needs (courtesy work), and a loaded CI
+    # machine (2026-12-07: beside a CPU-bound process and another test) gave one dictation none of
+    # its pauses with a worker free: a few tries, each held to every other assertion.
+    for attempt in range(3):
+        replies, final = _dictate(server, speech, [file], realtime=True)
+        finals = [r for r in replies if r["type"] == "final"]
+        partials = [r for r in replies if r["type"] == "partial"]
+        text = " ".join(r["text"] for r in finals if r["state"] == "accept")
+        wer = jiwer.wer(normalise(_transcript(speech, file)), normalise(text))
+        print(f"\nattempt {attempt + 1}: {len(partials)} partials, {len(finals)} finals, WER {wer:.1%}: {text}")
+        assert final["accepted"] >= 1 and final["rejected"] == 0
+        # About one a second while a 9.7 s sentence is spoken on an idle server; partials wait for an
+        # idle worker (they never delay a decision), so a loaded machine shows fewer, never none.
+        assert partials
+        assert wer <= 0.15
+        # Its pauses (a 9.7 s sentence has several) let settled pieces be decoded on an idle worker.
+        if _finals_decoded_ahead(server) >= before + 1:
+            break
+    else:
+        pytest.fail("no final of three was decoded ahead, while the person spoke")
 
 
 def test_an_impostor_gets_no_text_at_all(server, speech):

@@ -87,3 +87,13 @@ def test_a_burst_of_streams_is_admitted_by_what_each_stream_was_measured_to_need
         slots.release()
     finally:
         pool.shutdown()
+
+
+def test_a_call_knows_whether_it_is_courtesy_work():
+    pool = InferencePool(1, 4)  # one worker: the required call runs on the thread the courtesy call ran on
+    try:
+        assert pool.submit_courtesy(pool.in_courtesy_call).result(30)
+        assert not pool.submit(pool.in_courtesy_call).result(30)
+        assert not pool.in_courtesy_call()  # outside the pool
+    finally:
+        pool.shutdown()

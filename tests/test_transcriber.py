@@ -182,3 +182,18 @@ def test_a_lone_call_on_every_core_writes_the_same_words(engines, speech, heard)
         transcriber.idle = idle
     assert transcriber._wide is not None or (os.cpu_count() or 1) == 1
     assert jiwer.wer(narrow, wide) <= 0.05, (narrow, wide)
+
+
+def test_a_courtesy_draft_runs_on_one_core_and_a_final_on_every_core_of_a_quiet_machine(engines):
+    # A draft on every core makes the end's checks and final wait for a core (engines/runtime.py).
+    transcriber, pool, speaker = engines.transcriber, engines.pool, engines.speaker
+    quiet = speaker.idle
+    try:
+        speaker.idle = lambda: True  # the machine to itself, as a lone dictation on a quiet server has it
+        draft = pool.submit_courtesy(transcriber._model_now).result(60)
+        final = pool.submit(transcriber._model_now).result(60)
+    finally:
+        speaker.idle = quiet
+    assert transcriber._wide is not None or (os.cpu_count() or 1) == 1
+    assert draft is transcriber._model
+    assert final is (transcriber._wide or transcriber._model)

@@ -36,6 +36,7 @@ class InferencePool:
         self._count_lock = threading.Lock()
         self._calls: deque[tuple[float, float]] = deque()  # (end, seconds) of recent required calls
         self._running: dict[int, float] = {}  # thread id -> start of the required call it runs
+        self._local = threading.local()  # on a worker thread: whether the call it runs is courtesy work
 
     @property
     def pending(self) -> int:
@@ -50,6 +51,10 @@ class InferencePool:
         utterance: half a second). With one worker, only an idle pool has room.
         """
         return self._pending < max(1, self.workers - 1)
+
+    def in_courtesy_call(self) -> bool:
+        """Return True when called from courtesy work on one of the pool's workers."""
+        return getattr(self._local, "courtesy", False)
 
     def submit(self, fn: Callable[..., T], *args, **kwargs) -> Future:
         """Queue ``fn(*args, **kwargs)``; raise Busy at once when the pool is full."""
@@ -87,6 +92,7 @@ class InferencePool:
     def _timed(self, required: bool, fn, *args, **kwargs):
         me = threading.get_ident()
         started = time.monotonic()
+        self._local.courtesy = not required
         if required:
             with self._count_lock:
                 self._running[me] = started

@@ -102,7 +102,13 @@ def load_engines(models_dir: str | os.PathLike, whisper_model: str, workers: int
     # it serves, and no other process keeping the cores busy) runs on every core: a verification,
     # or the final of a lone dictation. On cores that others use, threads that wait for each
     # other are far slower than one thread (measured on the shared dev machine).
-    speaker.idle = transcriber.idle = lambda: pool.pending <= 1 and streams.open <= 1 and machine_quiet()
+    speaker.idle = lambda: pool.pending <= 1 and streams.open <= 1 and machine_quiet()
+    # Never a courtesy draft or piece, though: one on every core makes the checks and the final
+    # that come at the end of speech wait for a core. Alone on a Zen 3 EPYC with drafts on one
+    # core, the final after 4-7 s of dictation came sooner in 25 of 36 interleaved pairs (p50
+    # 685-692 ms against 787-841 ms), with about as many partials. A login's courtesy prefixes
+    # keep every core: they are cancelled when speech ends (gate/early.py).
+    transcriber.idle = lambda: speaker.idle() and not pool.in_courtesy_call()
     from .batch import WindowBatcher
 
     return Engines(speaker, transcriber, vad, pool, streams, timings, whisper_model, WindowBatcher(speaker, pool))
@@ -256,7 +262,7 @@ def _load_whisper(app: Flask, engines) -> None:
                 if status["wanted"] == name:
                     return
             continue
-        transcriber.idle = engines.speaker.idle
+        transcriber.idle = engines.transcriber.idle  # the same rule as the copy it replaces
         with _switch_lock:
             engines.transcriber, engines.whisper_name = transcriber, name
         logger.info("Whisper model switched to %s", name)

@@ -179,17 +179,23 @@ def test_idle_slow_and_broken_clients_starve_no_one(front, speech):
         for i in range(40):
             for base, source in ((front.direct, "127.0.0.3"), (front.proxied, "127.0.0.4")):
                 assert abuse.start("slow_upload", base, source).wait(10), "a slow upload did not connect"
-        sent = []
+        malformed(front.direct, "127.0.0.5", 150)
+        malformed(front.proxied, "127.0.0.6", 150)
         for base, first in ((front.direct, 10), (front.proxied, 20)):
             for i in range(64):
                 # Spread over 8 addresses: 16 sockets each, what either limit per address admits.
-                sent.append(abuse.start("idle_ws", base, f"127.0.0.{first + i % 8}"))
-                sent.append(abuse.start("status", base, f"127.0.0.{first + i % 8}"))
-        malformed(front.direct, "127.0.0.5", 150)
-        malformed(front.proxied, "127.0.0.6", 150)
-        assert all(event.wait(30) for event in sent), "the abusive sockets did not connect"
+                abuse.start("idle_ws", base, f"127.0.0.{first + i % 8}")
+                abuse.start("status", base, f"127.0.0.{first + i % 8}")
+        # The users are timed once every held socket has its answer: while the server is still
+        # accepting a burst of ~300 connections (the broken ones, accepted before these, included),
+        # a newcomer waits for its turn to be accepted, up to 2.7 s on a busy CI machine. That
+        # is the arrival of a flood, which nginx's per-client limits are for; held sockets must
+        # cost the users nothing.
+        _wait_until(lambda: abuse.finished("idle_ws") >= 128 and abuse.finished("status") >= 128, 60,
+                    "the server answering every idle and status socket")
         during = _user_requests(front, wav)
-        print("\nwhile 128 idle sockets, 128 status sockets and 80 slow uploads are held:",
+        print("\nwhile 128 idle sockets, 128 status sockets and 80 slow uploads are held",
+              f"({abuse.finished('slow_upload')} of the uploads answered already):",
               {k: round(v, 3) for k, v in during.items()})
         # Pages answer within 2 s; a verify within 2 s of what the same verify took without the
         # abuse (its own model time depends on the CPU and on what else the machine runs).

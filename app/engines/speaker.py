@@ -39,11 +39,13 @@ SOURCE_FILE = "embedding_model.ckpt"
 ONNX_MIN_COSINE = 0.9999
 # Frames of ECAPA's frame features (10 ms each) redone after a prefix: the last RIGHT of the
 # prefix (they lacked the audio after them), and CONTEXT before those as their context, then
-# dropped. ECAPA's layers see about 0.65 s each way, but its features mostly settle within 0.5 s;
-# what the estimate costs in accuracy is measured in docs/benchmarks.md, "Deciding while the
-# person speaks".
-PREFIX_RIGHT = 50
-PREFIX_CONTEXT = 50
+# dropped. ECAPA's layers see about 0.65 s each way, but its features mostly settle within 0.3 s:
+# on speech-more (bench.early), the estimate's largest raw changes with prefixes 0.45 and 0.6 s
+# before the end were the same with 0.3 s as with 0.5 s (0.061 and 0.077), and a quarter less
+# work was left after stop. What the estimate costs in accuracy: docs/benchmarks.md, "Deciding
+# while the person speaks".
+PREFIX_RIGHT = 30
+PREFIX_CONTEXT = 30
 
 logger = logging.getLogger(__name__)
 

@@ -48,17 +48,18 @@ class Bands:
 
 
 # The largest changes the estimate made on speech-more (bench/early.py, docs/benchmarks.md) with
-# prefixes ending up to the given seconds before the utterance, fused models: ECAPA's frames
-# from the prefix and the rest, CAM++'s embedding of the prefix alone (each band at least the
-# one before it). They also cover ECAPA alone, whose changes were smaller (raw 0.048 and 0.057,
-# calibrated 0.65, measured 2026-12-01). A decision within MARGIN times these of a threshold is a
-# close call. 0.6 s was added on 2026-12-07: on a slower CPU (Zen 3 EPYC) a prefix pass takes
-# longer, so the newest finished prefix often ends 0.45-0.6 s before the end of speech, and such
-# logins were otherwise decided on the whole utterance (3 of 20 in interleaved pairs, 120-290 ms
-# later). Measured again when ECAPA's redone frames went from 0.5 s to 0.3 s each way
-# (speaker.PREFIX_RIGHT): the 0.3 and 0.45 s changes grew a little (raw 0.0516, calibrated 0.979;
-# replay 0.0496), 0.6 s's did not. A prefix later than the last is not used: its estimate strays
-# further, and most of the work would be left (a client that sends faster than it speaks).
+# prefixes ending up to the given seconds before the utterance, fused models: ECAPA's frames from
+# the prefix and the rest, CAM++'s embedding of the prefix alone (each band at least the one before
+# it). They also covered ECAPA alone, whose changes were smaller (raw 0.048 and 0.057, calibrated
+# 0.65, measured 2026-12-01 with 0.5 s redone each way; not measured again with 0.3 s). A decision
+# within MARGIN times these of a threshold is a close call. 0.6 s was added on 2026-12-07: on a
+# slower CPU (Zen 3 EPYC) a prefix pass takes longer, so the newest finished prefix often ends
+# 0.45-0.6 s before the end of speech, and such logins were otherwise decided on the whole utterance
+# (3 of 20 in interleaved pairs, 120-290 ms later). Measured again when ECAPA's redone frames went
+# from 0.5 s to 0.3 s each way (speaker.PREFIX_RIGHT): the 0.3 and 0.45 s changes grew a little (raw
+# 0.0516, calibrated 0.979; replay 0.0496), 0.6 s's did not. A prefix later than the last is not
+# used: its estimate strays further, and most of the work would be left (a client that sends faster
+# than it speaks).
 MEASURED_CHANGES = ((0.3, Bands(0.052, 0.98, 0.030)), (0.45, Bands(0.061, 0.96, 0.050)),
                     (0.6, Bands(0.077, 1.61, 0.069)))
 MARGIN = 1.5

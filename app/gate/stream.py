@@ -567,10 +567,17 @@ class GatedStream:
         return pieces
 
     def _wait_for_due_partial(self) -> None:
-        """Wait for the partial being computed when this lone live stream has shown no text for PARTIAL_DUE s."""
-        if not self.partial_in_flight() or self.ctx.engines.streams.open > 1:
+        """Wait for a partial when this lone live stream has shown no text for PARTIAL_DUE s.
+
+        With none started, a piece decoded ahead may be what holds the courtesy room a draft
+        needs: the stream waits for that piece, starts the draft, and waits for it.
+        """
+        if self.ctx.engines.streams.open > 1 or self._endpointer.position - self._last_shown < PARTIAL_DUE * SAMPLE_RATE:
             return  # with other live streams, partials yield: their checks and finals come first
-        if self._endpointer.position - self._last_shown >= PARTIAL_DUE * SAMPLE_RATE:
+        if self._partial is None and self._ahead and not self._ahead[-1].future.done():
+            wait([self._ahead[-1].future], timeout=PARTIAL_WAIT)
+            self._start_partial()
+        if self.partial_in_flight():
             wait([self._partial[2]], timeout=PARTIAL_WAIT)
 
     def _slice(self, begin: int, end: int) -> np.ndarray:

@@ -149,19 +149,22 @@ def score(meeting: Meeting, lines: list[dict], partials: list[str] = (), heard: 
     roster_turns = [t for t in meeting.turns if t.speaker]
     unnamed_lines = [(line["start"], line["end"]) for line in lines if not line.get("speaker")]
     unnamed = sum(_overlap(span, (t.start, t.end)) for span in unnamed_lines for t in roster_turns)
-    # Of that, the time the stranger was speaking too (interrupting): no roster word there can be
-    # released without the stranger's voice under it, so it is left unnamed by rule, not by doubt.
-    alongside = sum(_overlap(span, (max(t.start, o.start), min(t.end, o.end)))
-                    for span in unnamed_lines for t in roster_turns for o in strangers)
+    voiced = voiced or (lambda turn: (turn.start, turn.end))
+    spoken = {id(turn): voiced(turn) for turn in meeting.turns}
+    # Of that, the time both were speaking (interrupting; their speech, not their files' silent ends):
+    # no roster word there can be released without the stranger's voice under it, so it is left
+    # unnamed by rule, not by doubt.
+    both = [(max(spoken[id(t)][0], spoken[id(o)][0]), min(spoken[id(t)][1], spoken[id(o)][1]))
+            for t in roster_turns for o in strangers]
+    alongside = sum(_overlap(span, pair) for span in unnamed_lines for pair in both)
     # How close each named line comes to where only the stranger speaks (their speech, less the named
     # speaker's own turn): negative, it reaches into it.
-    voiced = voiced or (lambda turn: (turn.start, turn.end))
     clearances = []
     for line in lines:
         if line.get("speaker"):
             own = [(t.start, t.end) for t in roster_turns if t.speaker == line["speaker"]]
             for other in strangers:
-                for lone in _minus(voiced(other), own):
+                for lone in _minus(spoken[id(other)], own):
                     inside = _overlap((line["start"], line["end"]), lone)
                     clearances.append(round(-inside if inside else max(lone[0] - line["end"], line["start"] - lone[1]), 3))
     attributed = right = 0.0

@@ -572,7 +572,8 @@ class GatedStream:
         With none started, a piece decoded ahead may be what holds the courtesy room a draft
         needs: the stream waits for that piece, starts the draft, and waits for it.
         """
-        if self.ctx.engines.streams.open > 1 or self._endpointer.position - self._last_shown < PARTIAL_DUE * SAMPLE_RATE:
+        if not self.partials or self.ctx.engines.streams.open > 1 \
+                or self._endpointer.position - self._last_shown < PARTIAL_DUE * SAMPLE_RATE:
             return  # with other live streams, partials yield: their checks and finals come first
         if self._partial is None and self._ahead and not self._ahead[-1].future.done():
             wait([self._ahead[-1].future], timeout=PARTIAL_WAIT)

@@ -45,8 +45,9 @@ LANGUAGE_SURE = 0.5
 # Audio is handed to an engine in blocks this long, as a live stream would arrive.
 BLOCK = SAMPLE_RATE // 4
 # A lone live stream that has shown no text for this many seconds of its audio waits for the
-# partial being computed: on a CPU shared with other processes a draft can take longer than
-# the utterance, and would then never be seen. Streams with company never wait (courtesy).
+# partial being computed (or, with none started, for the piece decoded ahead that keeps it from
+# starting): on a CPU shared with other processes a draft can take longer than the utterance,
+# and would then never be seen. Streams with company never wait (courtesy).
 PARTIAL_DUE = 3.0
 # How long such a wait may last at most (a stuck draft must not stall the stream).
 PARTIAL_WAIT = 10.0
